@@ -1,0 +1,271 @@
+"""The Plan: what a runtime executes. Plain pydantic data, versioned, JSON round-trip.
+
+A Plan names Python code only by import path (``module:qualname``), so one written
+to disk by ``graphserve build -o plan.json`` can be served later by re-importing the
+deployments. A Plan built in process also keeps the objects themselves (not
+serialized), so deployments defined inside a function or a test still run in process;
+:meth:`Plan.to_json` refuses, with a clear error, what JSON cannot hold.
+
+``to_json`` is byte-identical for the same graph: keys sorted, order fixed by the
+planner.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from graphserve.errors import PlanError
+
+PLAN_VERSION = 1
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class NodeRef(_Data):
+    kind: Literal["node"] = "node"
+    node: str
+
+
+class ConstValue(_Data):
+    kind: Literal["const"] = "const"
+    value: Any = None
+
+
+class HandleRef(_Data):
+    kind: Literal["handle"] = "handle"
+    deployment: str
+
+
+class StructValue(_Data):
+    kind: Literal["struct"] = "struct"
+    form: Literal["list", "tuple", "dict"]
+    items: list[tuple[Any, ArgPlan]]
+
+
+ArgPlan = Annotated[NodeRef | ConstValue | HandleRef | StructValue, Field(discriminator="kind")]
+StructValue.model_rebuild()
+
+
+class BatchingPlan(_Data):
+    method: str
+    max_batch_size: int
+    batch_wait_timeout_s: float
+    max_concurrent_batches: int
+
+
+class ResourcesPlan(_Data):
+    num_cpus: float = 0.0
+    num_gpus: float = 0.0
+
+
+class DeploymentPlan(_Data):
+    name: str
+    import_path: str
+    kind: Literal["class", "function"]
+    init_args: list[ArgPlan] = Field(default_factory=list)
+    init_kwargs: dict[str, ArgPlan] = Field(default_factory=dict)
+    num_replicas: int = 1
+    max_ongoing_requests: int = 100
+    max_queued_requests: int = -1
+    max_retries: int = 0
+    resources: ResourcesPlan = Field(default_factory=ResourcesPlan)
+    batching: list[BatchingPlan] = Field(default_factory=list)
+    handles: list[str] = Field(default_factory=list)
+    route_prefix: str | None = None
+    location: str | None = None
+
+
+class GuardTerm(_Data):
+    """Holds when switch ``switch`` took arm number ``arm`` (-1: its default)."""
+
+    switch: str
+    arm: int
+
+
+class BranchPlan(_Data):
+    value: Any
+    arg: ArgPlan
+
+
+class NodePlan(_Data):
+    id: str
+    kind: Literal["input", "attr", "call", "switch", "output"]
+    location: str | None = None
+    # call
+    deployment: str | None = None
+    method: str | None = None
+    function: str | None = None  # import path of a glue function
+    args: list[ArgPlan] = Field(default_factory=list)
+    kwargs: dict[str, ArgPlan] = Field(default_factory=dict)
+    # attr
+    key: Any = None
+    access: Literal["attr", "item"] = "attr"
+    # switch
+    selector: str | None = None
+    branches: list[BranchPlan] = Field(default_factory=list)
+    default: ArgPlan | None = None
+    # output
+    form: Literal["single", "list", "tuple", "dict"] = "single"
+    keys: list[str] = Field(default_factory=list)
+    # planning
+    type: str = "Any"
+    inputs: list[str] = Field(default_factory=list)
+    consumers: list[str] = Field(default_factory=list)
+    stage: int = 0
+    guard: list[list[GuardTerm]] | None = None  # None: always runs; else any-of all-of terms
+    fused: bool = False
+    fused_reason: str | None = None
+
+
+class ReplicaPlan(_Data):
+    deployment: str
+    index: int
+    node: str
+    num_cpus: float
+    num_gpus: float
+
+
+class ClusterPlan(_Data):
+    cpus: float
+    gpus: float
+    source: Literal["given", "detected"]
+
+
+class DiagnosticPlan(_Data):
+    code: str
+    message: str
+    node: str | None = None
+    location: str | None = None
+    hint: str | None = None
+    severity: str = "warning"
+
+
+class Plan(_Data):
+    """An executable, serializable description of one graph."""
+
+    version: int = PLAN_VERSION
+    name: str
+    route_prefix: str | None = None
+    timeout_s: float | None = None
+    input: str
+    output: str
+    raw_ingress: bool = False
+    input_schema: str | None = None
+    input_json_schema: dict[str, Any] | None = None
+    nodes: list[NodePlan]
+    deployments: list[DeploymentPlan]
+    stages: list[list[str]]
+    replicas: list[ReplicaPlan] = Field(default_factory=list)
+    cluster: ClusterPlan | None = None
+    warnings: list[DiagnosticPlan] = Field(default_factory=list)
+
+    _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    # -- lookups -----------------------------------------------------------------------
+    def node(self, node_id: str) -> NodePlan:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    def deployment(self, name: str) -> DeploymentPlan:
+        for dep in self.deployments:
+            if dep.name == name:
+                return dep
+        raise KeyError(name)
+
+    def resolve(self, import_path: str) -> Any:
+        """The object an import path names: from this in-process build, else imported."""
+        if import_path in self._objects:
+            return self._objects[import_path]
+        return import_object(import_path)
+
+    def register(self, import_path: str, obj: Any) -> None:
+        self._objects[import_path] = obj
+
+    # -- JSON --------------------------------------------------------------------------
+    def to_json(self, indent: int | None = 2) -> str:
+        """Deterministic JSON; a PlanError names anything JSON cannot hold."""
+        problems = list(self._serialization_problems())
+        if problems:
+            raise PlanError(f"plan {self.name!r} cannot be written as JSON:\n  " + "\n  ".join(problems))
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Plan:
+        data = json.loads(text)
+        version = data.get("version") if isinstance(data, dict) else None
+        if version != PLAN_VERSION:
+            raise PlanError(f"plan version {version!r} is not supported (this graphserve reads version {PLAN_VERSION})")
+        return cls.model_validate(data)
+
+    def _serialization_problems(self) -> list[str]:
+        problems: list[str] = []
+        for dep in self.deployments:
+            problems += _path_problems(dep.import_path, f"deployment {dep.name!r}")
+            for i, arg in enumerate(dep.init_args):
+                problems += _arg_problems(arg, f"deployment {dep.name!r} constructor argument {i}")
+            for key, arg in dep.init_kwargs.items():
+                problems += _arg_problems(arg, f"deployment {dep.name!r} constructor argument {key!r}")
+        for node in self.nodes:
+            if node.function:
+                problems += _path_problems(node.function, f"glue node {node.id!r}")
+            for i, arg in enumerate(node.args):
+                problems += _arg_problems(arg, f"node {node.id!r} argument {i}")
+            for key, arg in node.kwargs.items():
+                problems += _arg_problems(arg, f"node {node.id!r} argument {key!r}")
+        if self.input_schema:
+            problems += _path_problems(self.input_schema, "the input schema")
+        return problems
+
+
+def _path_problems(path: str, what: str) -> list[str]:
+    if "<locals>" in path or "<lambda>" in path:
+        return [f"{what} is {path}, which cannot be imported by name: define it at module level"]
+    if path.startswith("__main__:"):
+        return [f"{what} is defined in __main__; put it in an importable module"]
+    return []
+
+
+def _arg_problems(arg: Any, what: str) -> list[str]:
+    if isinstance(arg, ConstValue):
+        try:
+            json.dumps(arg.value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return [
+                f"{what} ({type(arg.value).__name__}) is not JSON: {exc}; "
+                "pass JSON values (load large objects in the constructor from a path)"
+            ]
+    if isinstance(arg, StructValue):
+        return [p for _, item in arg.items for p in _arg_problems(item, what)]
+    return []
+
+
+def import_path_of(obj: Any) -> str:
+    """``module:qualname`` of a class or function."""
+    module = getattr(obj, "__module__", None) or "__main__"
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", repr(obj))
+    return f"{module}:{qualname}"
+
+
+def import_object(path: str) -> Any:
+    """Import ``module:qualname`` (or ``module.qualname``)."""
+    module_name, sep, qualname = path.partition(":")
+    if not sep:
+        module_name, _, qualname = path.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PlanError(f"cannot import {path!r}: {exc}") from exc
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise PlanError(f"cannot import {path!r}: {module_name} has no attribute {qualname!r}") from exc
+    return obj

@@ -1,0 +1,78 @@
+"""``@gs.batch``: list in, list out, as Ray Serve's ``@serve.batch``.
+
+The decorated async method receives lists and returns a list of the same length.
+Callers (graph nodes, handles, or the deployment's own ``__call__``) pass single items;
+the wrapper hands them to the runtime's batcher, which gathers them into batches.
+The batching options are also recorded on the wrapper so the compiler can check and
+plan them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+BATCH_ATTR = "__gs_batch__"
+
+
+def batch_config(fn: Any) -> dict[str, Any] | None:
+    """The batching options of a ``@gs.batch`` function, or None."""
+    config = getattr(fn, BATCH_ATTR, None)
+    return dict(config) if isinstance(config, dict) else None
+
+
+@overload
+def batch(_fn: F) -> F: ...
+
+
+@overload
+def batch(
+    _fn: None = None,
+    *,
+    max_batch_size: int = 10,
+    batch_wait_timeout_s: float = 0.01,
+    max_concurrent_batches: int = 1,
+) -> Callable[[F], F]: ...
+
+
+def batch(
+    _fn: Any = None,
+    *,
+    max_batch_size: int = 10,
+    batch_wait_timeout_s: float = 0.01,
+    max_concurrent_batches: int = 1,
+) -> Any:
+    """Batch calls to an async method: bare ``@gs.batch`` or ``@gs.batch(max_batch_size=32)``."""
+    config = {
+        "max_batch_size": max_batch_size,
+        "batch_wait_timeout_s": batch_wait_timeout_s,
+        "max_concurrent_batches": max_concurrent_batches,
+    }
+
+    def wrap(fn: Any) -> Any:
+        params = list(inspect.signature(fn).parameters)
+        is_method = bool(params) and params[0] == "self"
+        name = getattr(fn, "__qualname__", getattr(fn, "__name__", "batch"))
+
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from graphserve.runtime.batcher import get_batcher  # the runtime owns batching
+
+            if is_method:
+                owner, args = args[0], args[1:]
+                target = functools.partial(fn, owner)
+            else:
+                owner, target = wrapper, fn
+            batcher = get_batcher(owner, name, target, config)
+            return await batcher.submit(*args, **kwargs)
+
+        setattr(wrapper, BATCH_ATTR, dict(config))
+        return wrapper
+
+    if _fn is not None:
+        return wrap(_fn)
+    return wrap

@@ -1,0 +1,137 @@
+"""The exception tree of graphserve, and the diagnostics that validation errors carry.
+
+Every error a user can meet is one of these::
+
+    GraphError                       base of everything graphserve raises on purpose
+    ├── GraphValidationError         the graph is wrong; .diagnostics lists *every* problem
+    ├── PlanError                    a valid graph cannot be planned or serialized
+    ├── DeploymentStartError         a deployment's constructor failed (.deployment)
+    └── RequestError                 one request failed; the server maps each to a status
+        ├── RequestValidationError   the request does not fit the input schema (HTTP 422)
+        ├── OverloadedError          queues are full (HTTP 503)
+        ├── DeadlineExceededError    the request passed its deadline (HTTP 504)
+        └── NodeExecutionError       a node raised (.node, .deployment; HTTP 500)
+
+User mistakes are always one of these exceptions with a message, never an ``assert``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where in the user's code something was declared (the ``.bind(...)`` call site)."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem found by validation or planning.
+
+    ``code`` is stable (documented in the README) so tools can match on it.
+    """
+
+    code: str
+    message: str
+    node: str | None = None
+    location: Location | None = None
+    hint: str | None = None
+    severity: str = "error"  # "error" | "warning"
+
+    def format(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        node = f"[{self.node}] " if self.node else ""
+        text = f"{where}{self.severity} {self.code}: {node}{self.message}"
+        if self.hint:
+            text += f"\n    hint: {self.hint}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["location"] = str(self.location) if self.location else None
+        return data
+
+
+class GraphError(Exception):
+    """Base class of every error graphserve raises on purpose."""
+
+
+class GraphValidationError(GraphError):
+    """The graph has one or more problems; all of them are in ``diagnostics``."""
+
+    def __init__(self, diagnostics: list[Diagnostic], graph: str | None = None) -> None:
+        self.diagnostics = list(diagnostics)
+        self.graph = graph
+        count = len(self.diagnostics)
+        head = f"graph {graph!r} is invalid" if graph else "graph is invalid"
+        lines = [f"{head}: {count} problem{'s' if count != 1 else ''}"]
+        lines += ["  " + d.format().replace("\n", "\n  ") for d in self.diagnostics]
+        super().__init__("\n".join(lines))
+
+    @property
+    def codes(self) -> list[str]:
+        return [d.code for d in self.diagnostics]
+
+
+class PlanError(GraphError):
+    """A graph that validated cannot be planned (resources) or serialized."""
+
+
+class DeploymentStartError(GraphError):
+    """A deployment could not be started (its constructor raised, or it could not be imported)."""
+
+    def __init__(self, deployment: str, message: str) -> None:
+        self.deployment = deployment
+        super().__init__(f"deployment {deployment!r} failed to start: {message}")
+
+
+class RequestError(GraphError):
+    """One request failed. ``status`` is the HTTP status the ingress answers with."""
+
+    status = 500
+
+
+class RequestValidationError(RequestError):
+    """The request does not match the graph's input schema."""
+
+    status = 422
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        self.errors = errors or []
+        super().__init__(message)
+
+
+class OverloadedError(RequestError):
+    """Queues are full; the caller should retry later."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class DeadlineExceededError(RequestError):
+    """The request passed its deadline; its remaining work was cancelled."""
+
+    status = 504
+
+
+class NodeExecutionError(RequestError):
+    """A node of the graph raised; the original exception is ``__cause__``."""
+
+    status = 500
+
+    def __init__(self, node: str, deployment: str | None, message: str) -> None:
+        self.node = node
+        self.deployment = deployment
+        owner = f" (deployment {deployment!r})" if deployment else ""
+        super().__init__(f"node {node!r}{owner} failed: {message}")

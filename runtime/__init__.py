@@ -1,0 +1,27 @@
+"""The graphserve runtime: executes Plans. It reads only Plans (``graphserve.compiler.plan``)
+and ``graphserve.errors``, never the DSL's builder objects.
+
+- ``executor``: walks a Plan per request (branches, concurrency, deadlines, errors).
+- ``local`` / ``ray_backend``: backends behind one small interface (``backend``).
+- ``batcher``: request batching; ``handle``: deployment handles; ``metrics``.
+- ``runtime``: a running graph (backend + executor); ``threaded``: a loop in a thread.
+"""
+
+from __future__ import annotations
+
+from .backend import Backend
+from .executor import GraphExecutor
+from .handle import DeploymentHandle, DeploymentResponse
+from .metrics import Metrics
+from .runtime import GraphRuntime
+from .threaded import BackgroundLoop
+
+__all__ = [
+    "Backend",
+    "BackgroundLoop",
+    "DeploymentHandle",
+    "DeploymentResponse",
+    "GraphExecutor",
+    "GraphRuntime",
+    "Metrics",
+]

@@ -1,0 +1,199 @@
+"""Request batching: single calls in, lists out.
+
+A :class:`Batcher` queues single calls to a batched function and sends them as one
+call with lists when the batch is full (``max_batch_size``) or when its oldest call has
+waited ``batch_wait_timeout_s``. Up to ``max_concurrent_batches`` batches run at once;
+while all slots are busy, calls keep queueing, so the next batch leaves fuller.
+A wrong output length or an exception fails exactly the calls of that batch.
+Cancelled calls (deadline passed) are dropped before their batch is sent.
+
+``@gs.batch`` wrappers find their batcher with :func:`get_batcher`; one batcher per
+(owner instance, method), created lazily in the event loop that first uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from graphserve.errors import GraphError
+
+BatchObserver = Callable[[str, int], None]
+
+
+class BatchOutputError(GraphError):
+    """A batched function broke the list-in, list-out contract."""
+
+
+@dataclass
+class _Pending:
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    future: asyncio.Future[Any]
+    enqueued: float
+
+
+class Batcher:
+    """Gathers single calls of ``fn`` into batches; see the module docstring."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        name: str,
+        max_batch_size: int = 10,
+        batch_wait_timeout_s: float = 0.01,
+        max_concurrent_batches: int = 1,
+        observers: list[BatchObserver] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.batch_wait_timeout_s = batch_wait_timeout_s
+        self.max_concurrent_batches = max_concurrent_batches
+        self.observers: list[BatchObserver] = observers if observers is not None else []
+        self._queue: deque[_Pending] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._slots = asyncio.Semaphore(max_concurrent_batches)
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(_Pending(args, kwargs, future, loop.time()))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name=f"batcher:{self.name}")
+        if len(self._queue) == 1 or len(self._queue) >= self.max_batch_size:
+            self._notify()
+        return await future
+
+    def _notify(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _wait(self, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._wakeup = loop.create_future()
+        timer = loop.call_later(timeout, self._notify) if timeout is not None else None
+        try:
+            await self._wakeup
+        finally:
+            self._wakeup = None
+            if timer is not None:
+                timer.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                while not self._queue:
+                    await self._wait(None)
+                remaining = self._queue[0].enqueued + self.batch_wait_timeout_s - loop.time()
+                while self._queue and len(self._queue) < self.max_batch_size and remaining > 0:
+                    await self._wait(remaining)
+                    if self._queue:
+                        remaining = self._queue[0].enqueued + self.batch_wait_timeout_s - loop.time()
+                await self._slots.acquire()
+                batch = self._take()
+                if not batch:
+                    self._slots.release()
+                    continue
+                task = loop.create_task(self._execute(batch))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+        except BaseException as exc:  # the loop must never leave callers hanging
+            for pending in self._queue:
+                if not pending.future.done():
+                    pending.future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            self._queue.clear()
+            raise
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        while self._queue and len(batch) < self.max_batch_size:
+            pending = self._queue.popleft()
+            if not pending.future.done():  # skip calls cancelled while queued
+                batch.append(pending)
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        try:
+            for observe in self.observers:
+                observe(self.name, len(batch))
+            nargs = len(batch[0].args)
+            args = [[p.args[i] if i < len(p.args) else None for p in batch] for i in range(nargs)]
+            kwargs = {k: [p.kwargs.get(k) for p in batch] for k in batch[0].kwargs}
+            results = await self.fn(*args, **kwargs)
+            if not isinstance(results, (list, tuple)) or len(results) != len(batch):
+                got = f"{len(results)} results" if isinstance(results, (list, tuple)) else type(results).__name__
+                raise BatchOutputError(
+                    f"batched {self.name} must return a list with one result per input: "
+                    f"got {got} for a batch of {len(batch)}"
+                )
+            for pending, result in zip(batch, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else asyncio.CancelledError()
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._slots.release()
+
+
+_BATCHERS_ATTR = "__gs_batchers__"
+_OBSERVERS_ATTR = "__gs_batch_observers__"
+
+
+def get_batcher(
+    owner: Any,
+    name: str,
+    fn: Callable[..., Awaitable[Any]],
+    config: dict[str, Any],
+) -> Batcher:
+    """The batcher of ``owner``'s batched method ``name``, created on first use."""
+    batchers: dict[str, Batcher] | None = getattr(owner, _BATCHERS_ATTR, None)
+    if batchers is None:
+        batchers = {}
+        try:
+            object.__setattr__(owner, _BATCHERS_ATTR, batchers)
+        except (AttributeError, TypeError):  # e.g. a class with __slots__
+            batchers = _MODULE_BATCHERS.setdefault(id(owner), {})
+    batcher = batchers.get(name)
+    if batcher is None:
+        observers = getattr(owner, _OBSERVERS_ATTR, None)
+        if observers is None:
+            observers = []
+            _set(owner, _OBSERVERS_ATTR, observers)
+        batcher = Batcher(fn, name, observers=observers, **config)
+        batchers[name] = batcher
+    return batcher
+
+
+def observe_batches(owner: Any, observer: BatchObserver) -> None:
+    """Call ``observer(size)`` for every batch any batched method of ``owner`` sends."""
+    existing = getattr(owner, _OBSERVERS_ATTR, None)
+    if existing is None:
+        existing = []
+        _set(owner, _OBSERVERS_ATTR, existing)
+    existing.append(observer)
+
+
+def _set(owner: Any, attr: str, value: Any) -> None:
+    try:
+        object.__setattr__(owner, attr, value)
+    except (AttributeError, TypeError):
+        pass
+
+
+_MODULE_BATCHERS: dict[int, dict[str, Batcher]] = {}

@@ -1,0 +1,114 @@
+"""In-process metrics: counters and histograms with labels, rendered as Prometheus text.
+
+Cheap enough for the hot path (a dict lookup and a bisect per observation). The
+executor records per-node latency, the batcher batch sizes, the ingress requests by
+status and per-graph latency.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Iterable
+
+Labels = tuple[tuple[str, str], ...]
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Histogram:
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: Iterable[float]):
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
+class Metrics:
+    """A small registry; ``render()`` gives the Prometheus exposition format."""
+
+    def __init__(self) -> None:
+        self._counters: dict[str, dict[Labels, float]] = {}
+        self._histograms: dict[str, tuple[tuple[float, ...], dict[Labels, Histogram]]] = {}
+        self._gauges: dict[str, Callable[[], dict[Labels, float]]] = {}
+        self._help: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def describe(self, name: str, help_text: str) -> None:
+        self._help[name] = help_text
+
+    def inc(self, name: str, labels: Labels = (), value: float = 1.0) -> None:
+        series = self._counters.setdefault(name, {})
+        series[labels] = series.get(labels, 0.0) + value
+
+    def observe(self, name: str, value: float, labels: Labels = (), buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
+        family = self._histograms.get(name)
+        if family is None:
+            family = self._histograms.setdefault(name, (tuple(buckets), {}))
+        hist = family[1].get(labels)
+        if hist is None:
+            hist = family[1].setdefault(labels, Histogram(family[0]))
+        hist.observe(value)
+
+    def gauge(self, name: str, read: Callable[[], dict[Labels, float]]) -> None:
+        """Register a gauge read when rendering (queue depth, in-flight)."""
+        self._gauges[name] = read
+
+    def counter_value(self, name: str, labels: Labels = ()) -> float:
+        return self._counters.get(name, {}).get(labels, 0.0)
+
+    def histogram(self, name: str, labels: Labels = ()) -> Histogram | None:
+        family = self._histograms.get(name)
+        return family[1].get(labels) if family else None
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for name, series in sorted(self._counters.items()):
+            self._head(lines, name, "counter")
+            for labels, value in sorted(series.items()):
+                lines.append(f"{name}{_fmt(labels)} {_num(value)}")
+        for name, (buckets, hists) in sorted(self._histograms.items()):
+            self._head(lines, name, "histogram")
+            for labels, hist in sorted(hists.items()):
+                cumulative = 0
+                for bound, count in zip([*buckets, float("inf")], hist.counts, strict=True):
+                    cumulative += count
+                    le = "+Inf" if bound == float("inf") else _num(bound)
+                    lines.append(f"{name}_bucket{_fmt((*labels, ('le', le)))} {cumulative}")
+                lines.append(f"{name}_sum{_fmt(labels)} {_num(hist.sum)}")
+                lines.append(f"{name}_count{_fmt(labels)} {hist.count}")
+        for name, read in sorted(self._gauges.items()):
+            self._head(lines, name, "gauge")
+            for labels, value in sorted(read().items()):
+                lines.append(f"{name}{_fmt(labels)} {_num(value)}")
+        return "\n".join(lines) + "\n"
+
+    def _head(self, lines: list[str], name: str, kind: str) -> None:
+        if name in self._help:
+            lines.append(f"# HELP {name} {self._help[name]}")
+        lines.append(f"# TYPE {name} {kind}")
+
+
+def _fmt(labels: Labels) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(value: float) -> str:
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
