@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from graphserve import glue as builtin_glue
+from graphserve import packing as builtin_glue
 from graphserve.dsl import (
     App,
     CallNode,
@@ -312,8 +312,8 @@ class _Lowerer:
         else:
             values = [output]
         for value in values:
-            if isinstance(value, DAGNode):
-                out.args.append(NodeArg(self.lower(value)))
+            if _contains(value, DAGNode):
+                out.args.append(self.arg(value, out.id, self.app.location))
             else:
                 self.problem(
                     Code.BAD_OUTPUT,

@@ -57,6 +57,25 @@ class DeploymentResponse:
         self._loop.call_soon_threadsafe(future.add_done_callback, copy)
         return waiter.result(timeout_s)
 
+    # Future protocol, so asyncio.wait() accepts responses as Ray Serve users expect.
+    def add_done_callback(self, fn: Callable[[Any], object], *, context: Any = None) -> None:
+        self._future.add_done_callback(fn)
+
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
+        future = self._future
+        if isinstance(future, concurrent.futures.Future):  # pragma: no cover - sync callers only
+            return 0
+        return future.remove_done_callback(fn)
+
+    def cancelled(self) -> bool:
+        return self._future.cancelled()
+
+    def exception(self) -> BaseException | None:
+        return self._future.exception()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
     def cancel(self) -> bool:
         if isinstance(self._future, concurrent.futures.Future):
             return self._future.cancel()
