@@ -1,0 +1,188 @@
+"""Batching: full batches, the wait bound, concurrency of batches, contract errors."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import graphserve as gs
+from graphserve.compiler import compile_app
+from graphserve.errors import NodeExecutionError
+from graphserve.runtime import GraphRuntime
+from graphserve.runtime.batcher import Batcher, BatchOutputError
+
+
+async def test_full_batch_goes_out_without_waiting_for_the_timeout() -> None:
+    sizes: list[int] = []
+
+    async def double(xs: list[int]) -> list[int]:
+        sizes.append(len(xs))
+        return [2 * x for x in xs]
+
+    batcher = Batcher(double, "double", max_batch_size=4, batch_wait_timeout_s=30)
+    results = await asyncio.wait_for(asyncio.gather(*[batcher.submit(i) for i in range(8)]), 5)
+    assert results == [2 * i for i in range(8)] and sizes == [4, 4]
+
+
+async def test_partial_batch_goes_out_after_the_wait_bound() -> None:
+    sizes: list[int] = []
+
+    async def ident(xs: list[int]) -> list[int]:
+        sizes.append(len(xs))
+        return xs
+
+    batcher = Batcher(ident, "ident", max_batch_size=10, batch_wait_timeout_s=0.02)
+    assert await asyncio.gather(*[batcher.submit(i) for i in range(3)]) == [0, 1, 2]
+    assert sizes == [3]
+
+
+async def test_wrong_output_length_fails_exactly_that_batch() -> None:
+    calls = 0
+
+    async def broken(xs: list[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        return xs[:-1] if calls == 1 else xs
+
+    batcher = Batcher(broken, "Model.broken", max_batch_size=2, batch_wait_timeout_s=10)
+    first = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+    assert all(isinstance(r, BatchOutputError) for r in first)
+    assert "Model.broken" in str(first[0]) and "1 results for a batch of 2" in str(first[0])
+    assert await asyncio.gather(batcher.submit(3), batcher.submit(4)) == [3, 4]
+
+
+async def test_exception_fails_only_its_batch() -> None:
+    async def picky(xs: list[int]) -> list[int]:
+        if 13 in xs:
+            raise ValueError("unlucky batch")
+        return xs
+
+    batcher = Batcher(picky, "picky", max_batch_size=2, batch_wait_timeout_s=10)
+    bad = await asyncio.gather(batcher.submit(13), batcher.submit(1), return_exceptions=True)
+    good = await asyncio.gather(batcher.submit(2), batcher.submit(3))
+    assert all(isinstance(r, ValueError) for r in bad) and good == [2, 3]
+
+
+async def test_max_concurrent_batches_bounds_batches_in_flight() -> None:
+    running = 0
+    peak = 0
+
+    async def slow(xs: list[int]) -> list[int]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return xs
+
+    batcher = Batcher(slow, "slow", max_batch_size=2, batch_wait_timeout_s=0, max_concurrent_batches=2)
+    assert await asyncio.gather(*[batcher.submit(i) for i in range(12)]) == list(range(12))
+    assert peak == 2
+
+
+async def test_cancelled_calls_are_dropped_before_the_batch_is_sent() -> None:
+    seen: list[list[int]] = []
+
+    async def record(xs: list[int]) -> list[int]:
+        seen.append(xs)
+        return xs
+
+    batcher = Batcher(record, "record", max_batch_size=3, batch_wait_timeout_s=0.05)
+    doomed = asyncio.ensure_future(batcher.submit(1))
+    kept = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    assert await kept == 2
+    assert seen == [[2]]
+
+
+async def test_keyword_and_multiple_arguments_become_lists() -> None:
+    async def combine(a: list[int], b: list[str], *, c: list[float]) -> list[str]:
+        return [f"{x}{y}{z}" for x, y, z in zip(a, b, c, strict=True)]
+
+    batcher = Batcher(combine, "combine", max_batch_size=2, batch_wait_timeout_s=10)
+    assert await asyncio.gather(batcher.submit(1, "a", c=0.5), batcher.submit(2, "b", c=1.5)) == ["1a0.5", "2b1.5"]
+
+
+@gs.deployment
+class Doubler:
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    @gs.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def __call__(self, xs: list[float]) -> list[float]:
+        self.sizes.append(len(xs))
+        await asyncio.sleep(0.01)
+        return [2 * x for x in xs]
+
+    async def sizes_seen(self, _: Any = None) -> list[int]:
+        return self.sizes
+
+
+async def test_batched_deployment_in_a_graph_batches_concurrent_requests() -> None:
+    with gs.InputNode() as inp:
+        out = Doubler.bind().__call__.bind(inp)
+    runtime = GraphRuntime(compile_app(gs.graph(out, name="doubler")))
+    await runtime.start()
+    assert await asyncio.gather(*[runtime.execute(float(i)) for i in range(16)]) == [2.0 * i for i in range(16)]
+    sizes = await runtime.handle("Doubler", "sizes_seen").remote()
+    assert sum(sizes) == 16 and max(sizes) > 1
+    hist = runtime.metrics.histogram(
+        "graphserve_batch_size", (("graph", "doubler"), ("deployment", "Doubler"), ("method", "Doubler.__call__"))
+    )
+    assert hist is not None and hist.count == len(sizes) and hist.sum == 16
+    await runtime.stop()
+
+
+async def test_batch_wrapper_inside_a_class_called_from_call() -> None:
+    """Ray Serve's pattern: __call__ awaits a batched method with one item."""
+
+    @gs.deployment
+    class Model:
+        @gs.batch
+        async def handle_batch(self, xs: list[str]) -> list[str]:
+            return [f"{x}:{len(xs)}" for x in xs]
+
+        async def __call__(self, x: str) -> str:
+            return await self.handle_batch(x)
+
+    with gs.InputNode() as inp:
+        out = Model.bind().__call__.bind(inp)
+    runtime = GraphRuntime(compile_app(gs.graph(out)))
+    await runtime.start()
+    results = await asyncio.gather(*[runtime.execute(str(i)) for i in range(5)])
+    assert [r.split(":")[0] for r in results] == [str(i) for i in range(5)]
+    assert max(int(r.split(":")[1]) for r in results) > 1
+    await runtime.stop()
+
+
+async def test_batch_error_in_a_graph_names_the_node() -> None:
+    @gs.deployment
+    class Short:
+        @gs.batch(max_batch_size=2, batch_wait_timeout_s=0.01)
+        async def __call__(self, xs: list[int]) -> list[int]:
+            return []
+
+    with gs.InputNode() as inp:
+        out = Short.bind().__call__.bind(inp)
+    runtime = GraphRuntime(compile_app(gs.graph(out)))
+    await runtime.start()
+    with pytest.raises(NodeExecutionError, match="one result per input") as info:
+        await runtime.execute(1)
+    assert info.value.node == "Short.__call__"
+    await runtime.stop()
+
+
+def test_max_ongoing_requests_never_caps_a_batch() -> None:
+    @gs.deployment(max_ongoing_requests=4)
+    class Big:
+        @gs.batch(max_batch_size=32, max_concurrent_batches=2)
+        async def __call__(self, xs: list[int]) -> list[int]:
+            return xs
+
+    with gs.InputNode() as inp:
+        plan = compile_app(gs.graph(Big.bind().__call__.bind(inp)))
+    assert plan.deployment("Big").max_ongoing_requests == 64
+    assert [w.code for w in plan.warnings] == ["GS110"]
