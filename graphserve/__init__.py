@@ -29,6 +29,7 @@ from graphserve.errors import (
     RequestError,
     RequestValidationError,
 )
+from graphserve.serving import serve
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ __all__ = [
     "glue",
     "graph",
     "run",
+    "serve",
     "shutdown",
     "switch",
 ]
