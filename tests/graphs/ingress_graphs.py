@@ -31,12 +31,17 @@ class Doubler:
         return Doubled(y=2 * x, label=label)
 
 
+#: Sleeps that ran to the end (a request cancelled past its deadline must not add one).
+FINISHED: list[float] = []
+
+
 @gs.deployment
 class Sleeper:
     """Sleeps ``delay`` seconds; raises when asked to (a node failure)."""
 
     async def __call__(self, delay: float, fail: bool) -> dict[str, Any]:
         await asyncio.sleep(delay)
+        FINISHED.append(delay)
         if fail:
             raise ValueError(f"failing after {delay}s as asked")
         return {"slept": delay}
@@ -49,6 +54,24 @@ class Narrow:
     async def __call__(self, delay: float) -> float:
         await asyncio.sleep(delay)
         return delay
+
+
+@gs.deployment
+class Batched:
+    """Batches its calls; the batch sizes show in the metrics."""
+
+    @gs.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def __call__(self, xs: list[float]) -> list[float]:
+        return [x + 1 for x in xs]
+
+
+@gs.deployment
+class Broken:
+    def __init__(self) -> None:
+        raise RuntimeError("weights missing")
+
+    async def __call__(self, x: Any) -> Any:
+        return x
 
 
 @gs.deployment
@@ -70,3 +93,15 @@ with gs.InputNode() as inp:
 narrow_app = gs.graph(narrow, name="narrow", route_prefix="/api/narrow")
 
 raw_app = gs.graph(keys.bind(), name="raw")
+
+with gs.InputNode(schema=SlowRequest) as inp:
+    limited = Sleeper.bind().__call__.bind(inp.delay, inp.fail)
+deadline_app = gs.graph(limited, name="deadline", timeout_s=0.3)
+
+with gs.InputNode(schema=Item) as inp:
+    batched = Batched.bind().__call__.bind(inp.x)
+batched_app = gs.graph(batched, name="batched")
+
+with gs.InputNode() as inp:
+    broken = Broken.bind().__call__.bind(inp["x"])
+broken_app = gs.graph(broken, name="broken")
