@@ -105,3 +105,28 @@ batched_app = gs.graph(batched, name="batched")
 with gs.InputNode() as inp:
     broken = Broken.bind().__call__.bind(inp["x"])
 broken_app = gs.graph(broken, name="broken")
+
+
+class Line(BaseModel):
+    sku: str = Field(min_length=1, max_length=20)
+    qty: int = Field(ge=1, le=100)
+    price: float = Field(ge=0, le=1e6)
+
+
+class Order(BaseModel):
+    lines: list[Line] = Field(max_length=50)
+    coupon: str | None = None
+
+
+@gs.deployment
+class Totaler:
+    async def __call__(self, order: Order) -> dict[str, Any]:
+        total = sum(line.qty * line.price for line in order.lines)
+        if order.coupon:
+            total *= 0.9
+        return {"total": round(total, 2), "lines": len(order.lines)}
+
+
+with gs.InputNode(schema=Order) as inp:
+    total = Totaler.bind().__call__.bind(inp)
+order_app = gs.graph(total, name="order")
