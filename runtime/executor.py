@@ -43,7 +43,8 @@ _MISSING = object()
 class _Run:
     """The state of one request: computed values and in-flight shared nodes."""
 
-    __slots__ = ("tasks", "values")
+    __slots__ = ("refs", "tasks", "values")
+    refs: list[Any]  # the calls a remote backend started for this request (set only there)
 
     def __init__(self, input_id: str, request: Any) -> None:
         self.values: dict[str, Any] = {input_id: request}
@@ -104,6 +105,8 @@ class GraphExecutor:
         self.ops: dict[str, _Op] = {}
         self._schema = load_target(plan, plan.input_schema) if plan.input_schema else None
         self._local = bool(getattr(backend, "local_values", False))  # values need no resolve()
+        # A remote backend (Ray) starts calls with submit() and returns references at once.
+        self._remote: Any = None if self._local or not hasattr(backend, "submit") else backend
         for node in plan.nodes:
             op = _Op(node)
             if node.kind == "call" and node.function:
@@ -118,6 +121,9 @@ class GraphExecutor:
             "switch": self._switch,
             "output": self._output,
         }
+        if self._remote is not None:
+            self._eval_fns["call"] = self._call_remote
+            self._eval_fns["output"] = self._output_remote
 
     # -- entry -------------------------------------------------------------------------
     def validate_request(self, request: Any) -> Any:
@@ -137,18 +143,41 @@ class GraphExecutor:
         if timeout_s is None:
             timeout_s = self.plan.timeout_s
         run = _Run(self.input_id, self.validate_request(request))
+        if self._remote is not None:
+            return await self._execute_remote(run, timeout_s)
         if timeout_s is None:
             return await self._eval(self.output_id, run)
         try:
             async with asyncio.timeout(timeout_s):
                 return await self._eval(self.output_id, run)
         except TimeoutError:
-            raise DeadlineExceededError(
-                f"graph {self.plan.name!r} did not answer within {timeout_s:g}s; its remaining work was cancelled"
-            ) from None
+            raise self._deadline_error(timeout_s) from None
         finally:
             for task in run.tasks.values():
                 task.cancel()
+
+    def _deadline_error(self, timeout_s: float) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"graph {self.plan.name!r} did not answer within {timeout_s:g}s; its remaining work was cancelled"
+        )
+
+    async def _execute_remote(self, run: _Run, timeout_s: float | None) -> Any:
+        """As execute(), on a remote backend: a failed or late request cancels the calls it started."""
+        run.refs = []
+        try:
+            if timeout_s is None:
+                return await self._eval(self.output_id, run)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return await self._eval(self.output_id, run)
+            except TimeoutError:
+                raise self._deadline_error(timeout_s) from None
+            finally:
+                for task in run.tasks.values():
+                    task.cancel()
+        except BaseException:
+            self._remote.cancel(run.refs)
+            raise
 
     # -- evaluation ----------------------------------------------------------------------
     async def _eval(self, node_id: str, run: _Run) -> Any:
@@ -222,6 +251,20 @@ class GraphExecutor:
             )
         return result
 
+    async def _call_remote(self, op: _Op, run: _Run) -> Any:
+        """A deployment call on a remote backend: started, not awaited (its inputs travel as references)."""
+        if op.fn is not None:  # fused glue runs here, on fetched values
+            return await self._call(op, run)
+        args, kwargs = await self._inputs(op, run)
+        try:
+            value = await self._remote.submit(op.id, op.deployment or "", op.method, tuple(args), kwargs)
+        except (RequestError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise _node_error(op, exc) from exc
+        run.refs.append(value)
+        return value
+
     async def _attr(self, op: _Op, run: _Run) -> Any:
         (source,) = await self._gather(op.args, run)
         if not self._local:
@@ -261,6 +304,16 @@ class GraphExecutor:
 
     async def _output(self, op: _Op, run: _Run) -> Any:
         values = await self._gather(op.args, run)
+        form = op.node.form
+        if form == "single":
+            return values[0]
+        if form == "dict":
+            return dict(zip(op.node.keys, values, strict=True))
+        return values if form == "list" else tuple(values)
+
+    async def _output_remote(self, op: _Op, run: _Run) -> Any:
+        """The output on a remote backend: every value is fetched (all are already running)."""
+        values = [await self.backend.resolve(v) for v in await self._gather(op.args, run)]
         form = op.node.form
         if form == "single":
             return values[0]
