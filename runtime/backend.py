@@ -16,6 +16,11 @@ class Backend(Protocol):
 
     A backend whose results are plain in-process values sets ``local_values = True``
     so the executor skips :meth:`resolve`.
+
+    A remote backend (Ray) may also offer ``async submit(node, deployment, method, args,
+    kwargs)``, which starts a call and returns a reference at once (the executor passes
+    references on to later calls and resolves only what it must look at), and
+    ``cancel(references)``, which the executor calls for a failed or late request.
     """
 
     async def start(self) -> None:
