@@ -1,0 +1,447 @@
+"""The Ray backend: the same Plan, with every replica a Ray actor.
+
+``GraphRuntime(plan, backend="ray", address=None)`` (or ``gs.run(app, backend="ray")``)
+joins the Ray instance this process already has, or the cluster at ``address``
+(``"auto"``, ``"ray://host:10001"``), or starts a local one (loopback only, no
+dashboard). Ray is imported only here, when this backend is asked for.
+
+Mapping: one :class:`~graphserve.runtime.ray_actor.ReplicaActor` per replica, with the
+deployment's ``num_cpus``/``num_gpus``, ``max_concurrency = max_ongoing_requests``,
+``max_restarts`` (a dead actor is restarted) and ``max_task_retries = max_retries``
+(calls that were running on an actor that died are retried on its restart; without
+retries they fail with a NodeExecutionError naming the node). Before any actor starts
+the Plan is checked against the cluster's resources (GS201, naming the deployment).
+
+Calls return at once with a :class:`RayValue` (an ``ObjectRef`` and the node it
+computes): the executor passes it on to the next call, so intermediate results move
+actor to actor and the driver fetches only what it must look at (switch selectors,
+glue inputs, fields, the output) with :meth:`RayBackend.resolve`, which also maps a
+failure back to the node where it happened. A request that fails or passes its
+deadline cancels its unfinished tasks (:meth:`RayBackend.cancel`).
+
+Routing: least in-flight replica first; a replica holds at most
+``max_ongoing_requests`` of the driver's calls, counted until their result exists;
+the rest wait in a FIFO of at most ``max_queued_requests`` (then OverloadedError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from graphserve.compiler.plan import DeploymentPlan, Plan
+from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError, OverloadedError
+
+from .loader import construction_order, load_target
+from .ray_resources import check_fits
+
+_owned_connections = 0  # backends sharing the Ray instance one of them started or connected
+
+
+def _import_ray(start_local: bool) -> Any:
+    if start_local and "ray" not in sys.modules:
+        # A cluster we start ourselves stays on loopback (Ray's own switch for that) and sends no usage stats.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    return ray
+
+
+class RayValue:
+    """A node's result while it lives in Ray: its reference, and who computes it."""
+
+    __slots__ = ("deployment", "done", "node", "parents", "ref", "replica")
+
+    def __init__(self, ref: Any, node: str, deployment: str, replica: _Replica, parents: tuple[RayValue, ...]):
+        self.ref = ref
+        self.node = node
+        self.deployment = deployment
+        self.replica = replica
+        self.parents = parents
+        self.done = False
+
+    def __repr__(self) -> str:
+        return f"RayValue(node={self.node!r}, replica={self.deployment}#{self.replica.index})"
+
+
+class _Replica:
+    __slots__ = ("actor", "actor_id", "index", "ongoing")
+
+    def __init__(self, actor: Any, index: int) -> None:
+        self.actor = actor
+        self.actor_id: str = actor._actor_id.hex()
+        self.index = index
+        self.ongoing = 0
+
+
+class _Router:
+    """Least-loaded routing with bounded queueing, as the local backend's ReplicaSet."""
+
+    def __init__(self, plan: DeploymentPlan, replicas: list[_Replica]) -> None:
+        self.name = plan.name
+        self.replicas = replicas
+        self.limit = plan.max_ongoing_requests
+        self.max_queued = plan.max_queued_requests
+        self.retries = plan.max_retries
+        self._waiters: deque[asyncio.Future[_Replica]] = deque()
+        self.closed = False
+
+    def _pick(self) -> _Replica | None:
+        best = self.replicas[0]
+        for replica in self.replicas:
+            if replica.ongoing < best.ongoing:
+                best = replica
+        return best if best.ongoing < self.limit else None
+
+    async def acquire(self) -> _Replica:
+        replica = self._pick() if not self._waiters and not self.closed else None
+        if replica is not None:
+            replica.ongoing += 1
+            return replica
+        if self.closed:
+            raise OverloadedError(f"deployment {self.name!r} is stopping")
+        if 0 <= self.max_queued <= len(self._waiters):
+            raise OverloadedError(
+                f"deployment {self.name!r} is overloaded: {len(self._waiters)} requests queued "
+                f"(max_queued_requests={self.max_queued})"
+            )
+        waiter: asyncio.Future[_Replica] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter  # comes reserved
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def release(self, replica: _Replica) -> None:
+        replica.ongoing -= 1
+        while self._waiters:
+            free = self._pick()
+            if free is None:
+                return
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                free.ongoing += 1
+                waiter.set_result(free)
+
+    def close(self) -> None:
+        self.closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(OverloadedError(f"deployment {self.name!r} is stopping"))
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def ongoing(self) -> int:
+        return sum(r.ongoing for r in self.replicas)
+
+
+class RayBackend:
+    """Runs a Plan's deployments as Ray actors; see the module docstring."""
+
+    local_values = False  # results are RayValues: the executor resolves what it must look at
+
+    def __init__(
+        self,
+        plan: Plan,
+        on_batch: Callable[[str, str, int], None] | None = None,
+        address: str | None = None,
+        *,
+        namespace: str | None = None,
+        runtime_env: dict[str, Any] | None = None,
+        num_cpus: int | None = None,
+        num_gpus: int | None = None,
+        max_restarts: int = -1,
+        start_timeout_s: float = 300.0,
+        metrics_interval_s: float = 1.0,
+    ) -> None:
+        self.plan = plan
+        self.address = address
+        self.routers: dict[str, _Router] = {}
+        self._on_batch = on_batch
+        self._init_options: dict[str, Any] = {"namespace": namespace, "runtime_env": runtime_env}
+        if address is None:
+            self._init_options.update(num_cpus=num_cpus, num_gpus=num_gpus)
+        self._max_restarts = max_restarts
+        self._start_timeout_s = start_timeout_s
+        self._metrics_interval_s = metrics_interval_s
+        self._ray: Any = None
+        self._owns_connection = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def _connect(self) -> Any:
+        global _owned_connections
+        ray = _import_ray(start_local=self.address is None)
+        if ray.is_initialized():
+            if _owned_connections > 0:  # another backend of ours connected: share it
+                _owned_connections += 1
+                self._owns_connection = True
+            return ray
+        options = {k: v for k, v in self._init_options.items() if v is not None}
+        if self.address is None:
+            ray.init(include_dashboard=False, logging_level="warning", **options)
+        else:
+            ray.init(address=self.address, logging_level="warning", **options)
+        _owned_connections += 1
+        self._owns_connection = True
+        return ray
+
+    def _disconnect(self) -> None:
+        global _owned_connections
+        if not self._owns_connection:
+            return
+        self._owns_connection = False
+        _owned_connections -= 1
+        if _owned_connections == 0 and self._ray is not None and self._ray.is_initialized():
+            self._ray.shutdown()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ray = self._ray = self._connect()
+        try:
+            check_fits(
+                self.plan,
+                ray.cluster_resources(),
+                [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")],
+            )
+            self._create_actors(ray)
+            await self._wait_ready()
+        except BaseException:
+            await self.stop()
+            raise
+        if self._on_batch is not None and any(d.batching for d in self.plan.deployments):
+            self._poller = self._loop.create_task(self._poll_batches(), name=f"graphserve-ray-batches:{self.plan.name}")
+
+    def _create_actors(self, ray: Any) -> None:
+        from .ray_actor import ReplicaActor, ReplicaSpec
+
+        actor_class = ray.remote(concurrency_groups={"control": 1})(ReplicaActor)
+        for name in construction_order(self.plan):
+            dep = self.plan.deployment(name)
+            target = self._shipped_target(dep)
+            handles = {t: [r.actor for r in self.routers[t].replicas] for t in dep.handles}
+            retries = {t: self.plan.deployment(t).max_retries for t in dep.handles}
+            replicas = []
+            for index in range(dep.num_replicas):
+                spec = ReplicaSpec(
+                    deployment=name,
+                    index=index,
+                    kind=dep.kind,
+                    target=target,
+                    init_args=dep.init_args,
+                    init_kwargs=dep.init_kwargs,
+                    handles=handles,
+                    retries=retries,
+                    batching=bool(dep.batching),
+                    threads=max(1, min(dep.max_ongoing_requests, 32)),
+                )
+                actor = actor_class.options(
+                    num_cpus=dep.resources.num_cpus,
+                    num_gpus=dep.resources.num_gpus,
+                    max_concurrency=dep.max_ongoing_requests,
+                    max_restarts=self._max_restarts,
+                    max_task_retries=dep.max_retries,
+                ).remote(spec)
+                replicas.append(_Replica(actor, index))
+            self.routers[name] = _Router(dep, replicas)
+
+    def _shipped_target(self, dep: DeploymentPlan) -> Any:
+        """The import path when a worker can import it, else the object (cloudpickled by value)."""
+        from .ray_actor import load_spec_target
+
+        obj = load_target(self.plan, dep.import_path, dep.name)
+        if dep.import_path.startswith("__main__:") or "<locals>" in dep.import_path:
+            return obj
+        try:
+            imported = load_spec_target(dep.import_path)
+        except Exception:
+            return obj
+        return dep.import_path if imported is obj else obj
+
+    async def _wait_ready(self) -> None:
+        from .ray_actor import ReplicaStartError, root_cause
+
+        pending = [(name, r, r.actor.ready.remote()) for name, router in self.routers.items() for r in router.replicas]
+        current = pending[0][0] if pending else ""
+        try:
+            async with asyncio.timeout(self._start_timeout_s):
+                for name, _, ref in pending:
+                    current = name
+                    await ref
+        except TimeoutError:
+            raise DeploymentStartError(
+                current,
+                f"its replicas were not ready within {self._start_timeout_s:g}s "
+                "(the Ray cluster may lack free resources for them)",
+            ) from None
+        except Exception as exc:
+            cause = root_cause(exc)
+            if isinstance(cause, ReplicaStartError):
+                raise DeploymentStartError(cause.deployment, cause.message) from None
+            raise DeploymentStartError(current, f"{type(cause).__name__}: {cause}") from exc
+
+    async def stop(self) -> None:
+        """Kill every actor; disconnect from Ray if this backend connected. Safe to call twice."""
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(BaseException):
+                await poller
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.flush_batches(), 5)
+        routers, self.routers = self.routers, {}
+        for router in routers.values():
+            router.close()
+            for replica in router.replicas:
+                with contextlib.suppress(Exception):
+                    self._ray.kill(replica.actor)
+        self._disconnect()
+
+    # -- calls -------------------------------------------------------------------------
+    async def submit(
+        self, node: str, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> RayValue:
+        """Start ``node``'s call on a replica; returns its RayValue without waiting for the result."""
+        router = self.routers.get(deployment)
+        if router is None or self._loop is None:
+            raise GraphError(f"deployment {deployment!r} of graph {self.plan.name!r} is not running")
+        replica = await router.acquire()
+        parents: list[RayValue] = []
+        if args:
+            args = tuple(_unwrap(a, parents) for a in args)
+        if kwargs:
+            kwargs = {k: _unwrap(v, parents) for k, v in kwargs.items()}
+        try:
+            ref = replica.actor.call.remote(node, method, *args, **kwargs)
+        except BaseException:
+            router.release(replica)
+            raise
+        value = RayValue(ref, node, deployment, replica, tuple(parents))
+        loop = self._loop
+
+        def finished(_: Any) -> None:  # on a Ray thread
+            value.done = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to release
+                loop.call_soon_threadsafe(router.release, replica)
+
+        ref.future().add_done_callback(finished)
+        return value
+
+    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """One call and its result (what driver-side handles use)."""
+        value = await self.submit(f"{deployment}.{method}", deployment, method, args, kwargs)
+        try:
+            return await self.resolve(value)
+        except asyncio.CancelledError:
+            self.cancel([value])
+            raise
+
+    async def resolve(self, value: Any) -> Any:
+        """Fetch a RayValue (other values are returned as they are); failures name their node."""
+        if type(value) is not RayValue:
+            return value
+        try:
+            return await value.ref
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise self._node_error(value, exc)  # noqa: B904 - the error keeps its own __cause__
+
+    def cancel(self, values: list[Any]) -> None:
+        """Cancel the unfinished tasks behind ``values`` (a request failed or passed its deadline)."""
+        for value in values:
+            if type(value) is RayValue and not value.done:
+                with contextlib.suppress(Exception):
+                    self._ray.cancel(value.ref)
+
+    def _node_error(self, value: RayValue, exc: BaseException) -> NodeExecutionError:
+        from ray.exceptions import RayActorError
+
+        from .ray_actor import node_error, root_cause
+
+        cause = root_cause(exc)
+        origin = value
+        if isinstance(cause, RayActorError):  # find the call whose replica died, up the lineage
+            actor_id = getattr(cause, "actor_id", None)
+            origin = _find(value, lambda v: v.replica.actor_id == actor_id) or value
+        router = self.routers.get(origin.deployment)
+        retries = router.retries if router is not None else 0
+        return node_error(cause, origin.node, origin.deployment, origin.replica.index, retries)
+
+    # -- batching metrics --------------------------------------------------------------
+    async def _poll_batches(self) -> None:
+        while True:
+            await asyncio.sleep(self._metrics_interval_s)
+            await self.flush_batches()
+
+    async def flush_batches(self) -> int:
+        """Report the batches replicas sent since the last flush to ``on_batch``; returns how many."""
+        if self._on_batch is None:
+            return 0
+        count = 0
+        for name, router in list(self.routers.items()):
+            if not self.plan.deployment(name).batching:
+                continue
+            for replica in router.replicas:
+                try:
+                    async with asyncio.timeout(5):
+                        sizes = await replica.actor.drain_batches.remote()
+                except Exception:  # a dead or busy replica: its numbers come next time
+                    continue
+                for method, size in sizes:
+                    self._on_batch(name, method, size)
+                count += len(sizes)
+        return count
+
+    # -- introspection -----------------------------------------------------------------
+    def queue_depth(self) -> dict[str, int]:
+        return {name: r.queued for name, r in self.routers.items()}
+
+    def in_flight(self) -> dict[str, int]:
+        return {name: r.ongoing for name, r in self.routers.items()}
+
+    def actors(self, deployment: str) -> list[Any]:
+        """The actor handles of ``deployment``'s replicas, in replica order."""
+        router = self.routers.get(deployment)
+        if router is None:
+            raise GraphError(f"graph {self.plan.name!r} has no running deployment {deployment!r}")
+        return [r.actor for r in router.replicas]
+
+
+def _unwrap(arg: Any, parents: list[RayValue]) -> Any:
+    if type(arg) is RayValue:
+        parents.append(arg)
+        return arg.ref  # Ray resolves it in the worker: the driver never fetches it
+    return arg
+
+
+def _find(value: RayValue, match: Callable[[RayValue], bool]) -> RayValue | None:
+    """The most upstream value in ``value``'s lineage that matches (breadth first)."""
+    found, level, seen = None, [value], set()
+    while level:
+        following: list[RayValue] = []
+        for current in level:
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            if match(current):
+                found = current
+            following.extend(current.parents)
+        level = following
+    return found
