@@ -11,8 +11,9 @@ Answers (see ``http_errors``): 200 the output as JSON; 400 malformed JSON or a b
 not POST; 413 body above ``max_body_bytes``; 422 invalid body (pydantic's errors);
 500 ``{"error", "node"}`` (the traceback is logged with the request id, never sent);
 503 + ``Retry-After`` when the graph's queues or its ``max_in_flight`` bound are full,
-or while starting/stopping; 504 past the deadline (the graph's ``timeout_s`` or the
-server default, shortened by the ``X-Request-Timeout-S`` header). Every response has
+while starting/stopping, or for a request cancelled when the shutdown bound ran out;
+504 past the deadline (the graph's ``timeout_s`` or the server default, shortened by
+the ``X-Request-Timeout-S`` header). Every response has
 ``X-Request-Id`` (the caller's when it sent a valid one).
 
 Runtimes are started in the ASGI lifespan startup, so every constructor has run before
@@ -318,6 +319,11 @@ class Ingress:
             except Exception as exc:
                 _log_failure(route, request_id, exc)
                 return 500, error_body(500, f"graph {route.name!r} failed: {type(exc).__name__}", node=None), None
+            except asyncio.CancelledError:
+                # only the server cancels a request task: its graceful-shutdown bound ran out
+                logger.warning("request %s to graph %r cancelled: the server is shutting down", request_id, route.name)
+                text = f"graph {route.name!r}: the server is shutting down and cancelled this request"
+                return 503, error_body(503, text), [*retry_after(1), (b"connection", b"close")]
             try:
                 return 200, dumps(result), None
             except TypeError as exc:

@@ -133,6 +133,9 @@ class Server:
         """Serve in this thread until SIGTERM/SIGINT (or :meth:`shutdown` from another thread)."""
         try:
             self._uvicorn.run(sockets=[self._socket])
+        except SystemExit:  # uvicorn exits when the lifespan startup (a constructor) failed
+            if self._ready.is_set():
+                raise
         finally:
             self._socket.close()
         if not self._ready.is_set():
