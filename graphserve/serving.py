@@ -126,7 +126,12 @@ def _to_plan(item: Any, cluster: Any) -> Plan:
         return _to_plan(load_app(target), cluster)
     from graphserve.compiler import compile_app
 
-    return compile_app(item, cluster=cluster)
+    if isinstance(cluster, str) and cluster.strip().lower() in ("", "none"):
+        cluster = None
+    try:
+        return compile_app(item, cluster=cluster)
+    except ValueError as exc:  # a cluster string that does not parse
+        raise GraphError(f"bad --cluster {cluster!r}: {exc} (expected 'cpus=8,gpus=1', 'detect' or 'none')") from exc
 
 
 def default_render(plan: Plan, fmt: str) -> bytes | str:

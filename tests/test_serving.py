@@ -263,3 +263,41 @@ def test_call_reads_the_body_from_stdin(capsys: pytest.CaptureFixture[str], monk
     monkeypatch.setattr(sys, "stdin", io.StringIO('{"x": 5}'))
     code, out, _ = call(capsys, "tests.graphs.ingress_graphs:echo_app", "-")
     assert code == 0 and '"y":10.0' in out
+
+
+CLI = "import sys; from graphserve.cli import main; sys.exit(main())"
+
+
+def test_graphserve_deploy_serves_and_stops_on_sigterm(deployed: list[Deployed]) -> None:
+    argv = [sys.executable, "-c", CLI, "deploy", "tests.graphs.ingress_graphs:echo_app", "--port", "0"]
+    d = Deployed([*argv, "--token", "t0k", "--max-body-bytes", "100", "--cluster", "none"])
+    deployed.append(d)
+    headers = {"Authorization": "Bearer t0k"}
+    assert httpx.post(d.url + "/echo", json={"x": 2}, headers=headers).json() == {"y": 4.0, "label": "a"}
+    assert httpx.post(d.url + "/echo", json={"x": 2}).status_code == 401
+    assert httpx.post(d.url + "/echo", json={"x": 2, "label": "a" * 200}, headers=headers).status_code == 413
+    assert d.stop(signal.SIGTERM) == 0
+    assert refused(d.url)
+
+
+def test_graphserve_call_from_the_shell() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with running_server(graphs.echo_app) as url:
+        ok = subprocess.run(
+            [sys.executable, "-c", CLI, "call", url + "/echo", '{"x": 1.5}'],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        bad = subprocess.run(
+            [sys.executable, "-c", CLI, "call", url + "/echo", '{"x": []}'],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert ok.returncode == 0 and ok.stdout.strip() == '{"y":3.0,"label":"a"}'
+    assert bad.returncode == 1 and "HTTP 422" in bad.stderr and bad.stdout == ""
