@@ -60,7 +60,7 @@ logger = logging.getLogger("graphserve.ingress")
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 _REQUEST_ID = re.compile(rb"[!-~]{1,200}")
 _JSON = b"application/json"
-_RENDER_TYPES = {"svg": "image/svg+xml", "png": "image/png", "dot": "text/vnd.graphviz", "pdf": "application/pdf"}
+_RENDER_TYPES = {"svg": "image/svg+xml", "png": "image/png", "dot": "text/vnd.graphviz"}
 _OPS_PREFIX = "/-/"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -319,18 +320,25 @@ def test_graphs_lists_the_plans(client: httpx.Client) -> None:
     assert client.get("/-/graphs/echo.gif").status_code == 404
 
 
-def test_graph_svg(client: httpx.Client) -> None:
-    try:
-        from graphserve.compiler import render  # noqa: F401
-    except ImportError:
-        response = client.get("/-/graphs/echo.svg")
-        assert response.status_code == 501 and "render" in response.json()["error"]
-        pytest.skip("graphserve.compiler.render is not there yet")
-    pytest.importorskip("graphviz")
-    response = client.get("/-/graphs/echo.svg")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("image/svg+xml")
-    assert "<svg" in response.text and "Doubler" in response.text
+def test_graph_drawings(client: httpx.Client) -> None:
+    dot = client.get("/-/graphs/echo.dot")
+    assert dot.status_code == 200 and dot.headers["content-type"].startswith("text/vnd.graphviz")
+    assert dot.text.startswith("digraph") and "Doubler" in dot.text
+    svg = client.get("/-/graphs/echo.svg")
+    if shutil.which("dot") is None:  # Graphviz's program is missing: a clear 501, not a crash
+        assert svg.status_code == 501 and "Graphviz" in svg.json()["error"]
+        pytest.skip("Graphviz's dot is not installed")
+    assert svg.status_code == 200, svg.text
+    assert svg.headers["content-type"].startswith("image/svg+xml")
+    assert "<svg" in svg.text and "Doubler" in svg.text
+    png = client.get("/-/graphs/echo.png")
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+
+
+def test_a_server_without_a_renderer_answers_501() -> None:
+    with running_server(graphs.echo_app, render=None) as base:
+        response = httpx.get(base + "/-/graphs/echo.svg")
+    assert response.status_code == 501 and "renderer" in response.json()["error"]
 
 
 def test_openapi_describes_every_graph_route(client: httpx.Client) -> None:
