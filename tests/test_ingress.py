@@ -411,3 +411,12 @@ def test_routes_that_collide_are_refused() -> None:
         Ingress([GraphRuntime(raw)])
     with pytest.raises(GraphError, match="max_body_bytes"):
         Ingress([GraphRuntime(echo)], max_body_bytes=0)
+
+
+def test_an_output_that_is_not_json_is_500_naming_the_output(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="graphserve.ingress"), running_server(graphs.opaque_app) as base:
+        response = httpx.post(base + "/opaque", json={}, headers={"X-Request-Id": "opaque-1"})
+    assert response.status_code == 500
+    body = response.json()
+    assert body["node"] == "output" and "not JSON serializable: Opaque" in body["error"]
+    assert any("opaque-1" in r.getMessage() for r in caplog.records)

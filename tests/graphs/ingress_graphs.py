@@ -130,3 +130,15 @@ class Totaler:
 with gs.InputNode(schema=Order) as inp:
     total = Totaler.bind().__call__.bind(inp)
 order_app = gs.graph(total, name="order")
+
+
+class Opaque:
+    """Not JSON: a graph returning it is a 500 naming the output."""
+
+
+@gs.deployment
+def opaque(body: Any) -> Any:
+    return {"value": Opaque()}
+
+
+opaque_app = gs.graph(opaque.bind(), name="opaque")
