@@ -70,7 +70,14 @@ class GraphHandle:
 
 
 def run(app: App | Any, backend: str = "local", cluster: Any = "detect", **backend_options: Any) -> GraphHandle:
-    """Compile ``app`` and start it (local runtime by default); returns a :class:`GraphHandle`."""
+    """Compile ``app`` and start it (local runtime by default); returns a :class:`GraphHandle`.
+
+    On ``backend="ray"`` the default ``cluster="detect"`` checks nothing at planning time
+    (this machine is not the Ray cluster): the Ray backend checks the Ray cluster's own
+    resources before any actor starts.
+    """
+    if backend == "ray" and cluster == "detect":
+        cluster = None
     plan = build(as_app(app), cluster=cluster)
     return GraphHandle(plan, backend=backend, **backend_options)
 
