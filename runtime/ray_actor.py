@@ -148,7 +148,7 @@ class ReplicaSpec:
     target: Any  # an import path, or the object itself for a plan built in process
     init_args: list[ArgPlan] = field(default_factory=list)
     init_kwargs: dict[str, ArgPlan] = field(default_factory=dict)
-    handles: dict[str, list[Any]] = field(default_factory=dict)  # deployment -> actor handles
+    handles: dict[str, list[str]] = field(default_factory=dict)  # deployment -> its actors' names
     retries: dict[str, int] = field(default_factory=dict)  # deployment -> its max_retries
     batching: bool = False
     threads: int = 32
@@ -166,7 +166,9 @@ class RemoteHandles:
     """Calls from inside one actor to other deployments' actors (least in-flight first)."""
 
     def __init__(self, spec: ReplicaSpec) -> None:
-        self._actors = spec.handles
+        # Looked up by name (not passed in): the constructor's arguments stay plain data, so Ray can
+        # always rebuild a restarted actor from them.
+        self._actors = {name: [ray.get_actor(actor) for actor in actors] for name, actors in spec.handles.items()}
         self._retries = spec.retries
         self._inflight = {name: [0] * len(actors) for name, actors in spec.handles.items()}
 

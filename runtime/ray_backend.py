@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -183,6 +184,7 @@ class RayBackend:
         self._owns_connection = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._id = uuid.uuid4().hex[:12]  # actor names are unique per backend
 
     # -- lifecycle ---------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -235,7 +237,9 @@ class RayBackend:
         for name in construction_order(self.plan):
             dep = self.plan.deployment(name)
             target = self._shipped_target(dep)
-            handles = {t: [r.actor for r in self.routers[t].replicas] for t in dep.handles}
+            handles = {
+                t: [self._actor_name(t, i) for i in range(self.plan.deployment(t).num_replicas)] for t in dep.handles
+            }
             retries = {t: self.plan.deployment(t).max_retries for t in dep.handles}
             replicas = []
             for index in range(dep.num_replicas):
@@ -257,9 +261,13 @@ class RayBackend:
                     max_concurrency=dep.max_ongoing_requests,
                     max_restarts=self._max_restarts,
                     max_task_retries=dep.max_retries,
+                    name=self._actor_name(name, index),
                 ).remote(spec)
                 replicas.append(_Replica(actor, index))
             self.routers[name] = _Router(dep, replicas)
+
+    def _actor_name(self, deployment: str, index: int) -> str:
+        return f"graphserve:{self.plan.name}:{self._id}:{deployment}:{index}"
 
     def _shipped_target(self, dep: DeploymentPlan) -> Any:
         """The import path when a worker can import it, else the object (cloudpickled by value)."""

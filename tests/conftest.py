@@ -14,9 +14,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray's switch 
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
-    """One local Ray instance for the whole session (2 CPUs, no dashboard, loopback only)."""
+    """One local Ray instance for the whole session (2 CPUs, 1 GPU slot, no dashboard, loopback only)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+        # One logical GPU (none physical here) so num_gpus placement is exercised on CPU-only machines.
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="warning", log_to_driver=False)
     yield ray
     ray.shutdown()
