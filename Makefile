@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := dev,render,ray,torch,mlflow,examples
+EXTRAS := dev,ray,torch,mlflow,examples
 PORT ?= 8000
 
 .PHONY: setup demo test lint typecheck pytest bench clean

@@ -29,6 +29,7 @@ from graphserve.errors import Diagnostic, GraphValidationError
 
 from . import edgetypes
 from .codes import Code
+from .http_request import http_request, ingress_route_prefix
 from .ir import Arg, ConstArg, GraphIR, HandleArg, IRDeployment, IRNode, NodeArg, StructArg
 from .plan import (
     ArgPlan,
@@ -228,19 +229,6 @@ class _Planner:
             )
             max_ongoing = needed
         queued = options.get("max_queued_requests", -1)
-        for b in batching:
-            if queued != -1 and queued + max_ongoing < b.max_batch_size:
-                self.warnings.append(
-                    Diagnostic(
-                        Code.BATCH_CAPPED,
-                        f"{dep.name}.{b.method}: max_queued_requests={queued} makes a full batch of "
-                        f"{b.max_batch_size} impossible",
-                        dep.name,
-                        dep.location,
-                        None,
-                        "warning",
-                    )
-                )
         return DeploymentPlan(
             name=dep.name,
             import_path=self.path(dep.target),
@@ -310,6 +298,8 @@ class _Planner:
         nodes = [self.node_plan(self.ir.node(n), stages[n], guards[n]) for n in self.order]
         deployments = [self.deployment_plan(self.ir.deployments[name]) for name in sorted(self.ir.deployments)]
         replicas = self.replicas(deployments)
+        wants_http_request, problems = http_request(self.ir)
+        self.errors += problems
         if self.errors:
             raise GraphValidationError(self.errors, graph=self.ir.name)
         waves: dict[int, list[str]] = {}
@@ -319,11 +309,12 @@ class _Planner:
         schema = input_node.schema
         plan = Plan(
             name=self.ir.name,
-            route_prefix=self.ir.route_prefix,
+            route_prefix=ingress_route_prefix(self.ir),
             timeout_s=self.ir.timeout_s,
             input=input_node.id,
             output=self.ir.output,
             raw_ingress=self.ir.raw_ingress,
+            http_request=wants_http_request,
             input_schema=self.path(schema) if schema is not None else None,
             input_json_schema=schema.model_json_schema() if schema is not None else None,
             nodes=nodes,

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import copy
 import operator
-import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar, overload
 
 from graphserve.errors import Location
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 T = TypeVar("T")
 
@@ -60,12 +57,13 @@ DEPLOYMENT_OPTIONS = frozenset(
 
 
 def caller_location() -> Location | None:
-    """The first stack frame outside the graphserve package: the user's call site."""
+    """The first stack frame outside the graphserve packages (compiler and runtime
+    included): the user's call site."""
     frame = sys._getframe(1)
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if not os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
-            return Location(filename, frame.f_lineno)
+        module = frame.f_globals.get("__name__", "")
+        if module != "graphserve" and not module.startswith("graphserve."):
+            return Location(frame.f_code.co_filename, frame.f_lineno)
         frame = frame.f_back  # type: ignore[assignment]
     return None
 

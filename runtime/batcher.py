@@ -74,6 +74,17 @@ class Batcher:
             self._notify()
         return await future
 
+    def close(self) -> None:
+        """Stop the batching loop; calls still queued fail instead of hanging."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        for task in list(self._inflight):
+            task.cancel()
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.cancel()
+        self._queue.clear()
+
     def _notify(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
@@ -178,6 +189,14 @@ def get_batcher(
         batcher = Batcher(fn, name, observers=observers, **config)
         batchers[name] = batcher
     return batcher
+
+
+def close_batchers(owner: Any) -> None:
+    """Stop every batcher of ``owner`` (at shutdown); a later call starts fresh ones."""
+    batchers: dict[str, Batcher] = getattr(owner, _BATCHERS_ATTR, None) or _MODULE_BATCHERS.pop(id(owner), {})
+    for batcher in batchers.values():
+        batcher.close()
+    batchers.clear()
 
 
 def observe_batches(owner: Any, observer: BatchObserver) -> None:

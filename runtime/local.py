@@ -20,7 +20,7 @@ from typing import Any
 from graphserve.compiler.plan import DeploymentPlan, Plan
 from graphserve.errors import DeploymentStartError, OverloadedError
 
-from .batcher import observe_batches
+from .batcher import close_batchers, observe_batches
 from .loader import build_args, construction_order, load_target
 
 
@@ -177,6 +177,9 @@ class LocalBackend:
         return value
 
     async def stop(self) -> None:
+        for replica_set in self.sets.values():
+            for replica in replica_set.replicas:
+                close_batchers(replica.instance)  # a batched function deployment keeps them on itself
         self.sets.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
