@@ -181,7 +181,7 @@ class RemoteHandles:
         counts = self._inflight[deployment]
         index = min(range(len(counts)), key=counts.__getitem__)
         node = f"{deployment}.{method}"
-        ref = self._actors[deployment][index].call.remote(node, method, *args, **kwargs)
+        ref: Any = self._actors[deployment][index].call.remote(node, method, *args, **kwargs)
         counts[index] += 1
         try:
             return await ref
@@ -189,7 +189,7 @@ class RemoteHandles:
             ray.cancel(ref)
             raise
         except Exception as exc:
-            raise node_error(exc, node, deployment, index, self._retries.get(deployment, 0)) from None
+            raise node_error(exc, node, deployment, index, self._retries.get(deployment, 0))  # noqa: B904 - keeps its own __cause__
         finally:
             counts[index] -= 1
 

@@ -235,6 +235,7 @@ async def test_failure_inside_a_handle_names_the_deployment_called(backend: str)
         with pytest.raises(NodeExecutionError) as info:
             await runtime.execute(1.0)
         assert info.value.node == "Fails.__call__" and info.value.deployment == "Fails"
+        assert isinstance(info.value.__cause__, ValueError)
 
 
 async def test_glue_failure_is_named(backend: str) -> None:
