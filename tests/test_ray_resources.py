@@ -1,0 +1,46 @@
+"""The Ray backend's resource check, on plain numbers (no Ray needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+import graphserve as gs
+from graphserve.compiler import compile_app
+from graphserve.compiler.plan import Plan
+from graphserve.errors import GraphValidationError
+from graphserve.runtime.ray_resources import check_fits
+from tests.graphs import ray_graphs as r
+
+
+def plan_for(**options: float) -> Plan:
+    with gs.InputNode() as inp:
+        out = r.Placement.options(name="Model", **options).bind().__call__.bind(inp)
+    return compile_app(gs.graph(out), cluster=None)
+
+
+def test_a_plan_that_fits_passes() -> None:
+    plan = plan_for(num_replicas=2, num_gpus=0.5, num_cpus=1)
+    check_fits(plan, {"CPU": 2.0, "GPU": 1.0}, [{"CPU": 2.0, "GPU": 1.0}])
+
+
+def test_too_few_gpus_in_all_names_the_deployment() -> None:
+    plan = plan_for(num_replicas=3, num_gpus=1)
+    with pytest.raises(GraphValidationError) as info:
+        check_fits(plan, {"CPU": 8.0, "GPU": 2.0}, [{"CPU": 8.0, "GPU": 2.0}])
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.code == "GS201" and diagnostic.node == "Model"
+    assert "needs 3 gpus" in diagnostic.message and "short by 1" in diagnostic.message
+
+
+def test_a_replica_bigger_than_every_node_is_refused() -> None:
+    plan = plan_for(num_gpus=2)
+    nodes = [{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]
+    with pytest.raises(GraphValidationError, match="no node of the Ray cluster has more than 1") as info:
+        check_fits(plan, {"CPU": 8.0, "GPU": 2.0}, nodes)
+    assert info.value.codes == ["GS201"]
+
+
+def test_no_gpus_at_all() -> None:
+    plan = plan_for(num_gpus=1)
+    with pytest.raises(GraphValidationError, match="the Ray cluster has 0"):
+        check_fits(plan, {"CPU": 2.0}, [{"CPU": 2.0}])
