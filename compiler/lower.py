@@ -312,7 +312,9 @@ class _Lowerer:
         else:
             values = [output]
         for value in values:
-            if _contains(value, DAGNode):
+            if isinstance(value, DeploymentNode) and out.form == "single":  # Ray Serve style: the app is its ingress
+                out.args.append(NodeArg(self.lower(value)))
+            elif _contains(value, DAGNode):
                 out.args.append(self.arg(value, out.id, self.app.location))
             else:
                 self.problem(

@@ -156,6 +156,7 @@ class Plan(_Data):
     input: str
     output: str
     raw_ingress: bool = False
+    http_request: bool = False  # the ingress takes the Starlette Request, not the JSON body
     input_schema: str | None = None
     input_json_schema: dict[str, Any] | None = None
     nodes: list[NodePlan]
