@@ -1,14 +1,19 @@
 """The HTTP ingress: an ASGI app serving one or more running graphs (``GraphRuntime``).
 
 Graph routes (``POST /<graph name>`` or the plan's ``route_prefix``; a single graph is
-also at ``/``) are served by a plain ASGI path lookup with no middleware: read the
-body, parse it with orjson, ``await runtime.execute(...)`` on the server's own event
-loop, write orjson. Everything else (``/-/healthz``, ``/-/ready``, ``/-/metrics``,
-``/-/graphs``, ``/-/graphs/<name>.svg``, ``/openapi.json``) is a small Starlette app.
+also at ``/``; GET with a body is accepted too) are served by a plain ASGI path lookup
+with no middleware: read the body, parse it with orjson, ``await runtime.execute(...)``
+on the server's own event loop, write orjson. A plan whose ingress takes the request
+itself (``plan.http_request``, Ray Serve style) gets a Starlette ``Request`` instead of
+the parsed body, for any method; its output may be a Starlette ``Response`` (sent as
+it is), bytes, or a str (sent as text when the app has no InputNode). Graphs can be
+added and removed while serving (:meth:`Ingress.add_graph`, used by ``gs.run``).
+Everything else (``/-/healthz``, ``/-/ready``, ``/-/metrics``, ``/-/graphs``,
+``/-/graphs/<name>.svg``, ``/openapi.json``) is a small Starlette app.
 
 Answers (see ``http_errors``): 200 the output as JSON; 400 malformed JSON or a bad
 ``X-Request-Timeout-S``; 401 missing/wrong bearer token (when a token is set); 405
-not POST; 413 body above ``max_body_bytes``; 422 invalid body (pydantic's errors);
+neither POST nor GET; 413 body above ``max_body_bytes``; 422 invalid body (pydantic's errors);
 500 ``{"error", "node"}`` (the traceback is logged with the request id, never sent);
 503 + ``Retry-After`` when the graph's queues or its ``max_in_flight`` bound are full,
 while starting/stopping, or for a request cancelled when the shutdown bound ran out;
@@ -62,6 +67,8 @@ _REQUEST_ID = re.compile(rb"[!-~]{1,200}")
 _JSON = b"application/json"
 _RENDER_TYPES = {"svg": "image/svg+xml", "png": "image/png", "dot": "text/vnd.graphviz"}
 _OPS_PREFIX = "/-/"
+_GRAPH_METHODS = ("POST", "GET")  # GET with a body too, as Ray Serve's proxy and its docs do
+_TEXT = b"text/plain; charset=utf-8"
 
 
 class GraphRoute:
@@ -117,14 +124,15 @@ class Ingress:
         metrics: Metrics | None = None,
         title: str = "graphserve",
         version: str = "0.1.0",
+        allow_empty: bool = False,
     ) -> None:
-        if not runtimes:
+        if not runtimes and not allow_empty:
             raise GraphError("the ingress needs at least one graph")
         if max_body_bytes <= 0:
             raise GraphError(f"max_body_bytes must be > 0, got {max_body_bytes}")
         if max_in_flight is not None and max_in_flight <= 0:
             raise GraphError(f"max_in_flight must be > 0, got {max_in_flight}")
-        self.metrics = metrics if metrics is not None else runtimes[0].metrics
+        self.metrics = metrics if metrics is not None else (runtimes[0].metrics if runtimes else Metrics())
         for runtime in runtimes:
             runtime.metrics = self.metrics  # one registry: read by the executor made in start()
         self.token = token.encode() if token else None
@@ -145,20 +153,64 @@ class Ingress:
         self.ready = False
         self.stopping = False
         self.startup_error: BaseException | None = None
-        self._openapi = dumps(
-            openapi_document([(r.path, r.plan) for r in self.routes], title, version, token=self.token is not None)
-        )
+        self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
+        self._default_timeout_s = default_timeout_s
+        self._max_in_flight = max_in_flight
+        self._title, self._version = title, version
+        self._refresh_openapi()
         self._ops = _with_request_id(self._ops_app())
         self._describe_metrics()
+
+    def _refresh_openapi(self) -> None:
+        routes = [(r.path, r.plan) for r in self.routes]
+        self._openapi = dumps(openapi_document(routes, self._title, self._version, token=self.token is not None))
 
     def _add_path(self, path: str, route: GraphRoute) -> None:
         if path.startswith(_OPS_PREFIX) or path == "/openapi.json":
             raise GraphError(f"graph {route.name!r}: route {path!r} is reserved for the server")
-        for key in {path, path.rstrip("/") or "/", path.rstrip("/") + "/"}:
+        keys = {path, path.rstrip("/") or "/", path.rstrip("/") + "/"}
+        for key in keys:
             other = self._paths.get(key)
             if other is not None and other is not route:
                 raise GraphError(f"graphs {other.name!r} and {route.name!r} both want route {path!r}")
+        for key in keys:
             self._paths[key] = route
+
+    # -- graphs added and removed while serving (gs.run / Ray Serve's serve.run) -----------
+    async def add_graph(self, runtime: GraphRuntime, path: str | None = None) -> GraphRoute:
+        """Start ``runtime`` (on this, the serving loop) and serve it at ``path`` (default: its route)."""
+        name = runtime.plan.name
+        if name in self.graphs:
+            raise GraphError(f"a graph named {name!r} is already served at {self.graphs[name].path!r}")
+        path = _route_path(runtime.plan) if path is None else (path.rstrip("/") or "/")
+        route = GraphRoute(runtime, path, self._default_timeout_s, self._max_in_flight)
+        probe = dict(self._paths)
+        self._add_path(path, route)  # refuses a taken route before anything is constructed
+        self._paths = probe
+        runtime.metrics = self.metrics
+        try:
+            await runtime.start()
+        except BaseException as exc:
+            await _stop_quietly(runtime)
+            if isinstance(exc, GraphError) or not isinstance(exc, Exception):
+                raise
+            raise DeploymentStartError(name, f"{type(exc).__name__}: {exc}") from exc
+        self._add_path(path, route)
+        self.routes.append(route)
+        self.graphs[name] = route
+        self._refresh_openapi()
+        logger.info("graph %r ready at %s", name, path)
+        return route
+
+    async def remove_graph(self, name: str) -> None:
+        """Stop serving graph ``name`` and stop it (requests still running finish first on their own)."""
+        route = self.graphs.pop(name, None)
+        if route is None:
+            return
+        self.routes.remove(route)
+        self._paths = {key: r for key, r in self._paths.items() if r is not route}
+        self._refresh_openapi()
+        await _stop_quietly(route.runtime)
 
     # -- ASGI ------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -190,6 +242,7 @@ class Ingress:
 
     async def startup(self) -> None:
         """Start every graph (its constructors run here); on failure stop those started."""
+        self.loop = asyncio.get_running_loop()
         started: list[GraphRuntime] = []
         try:
             for route in self.routes:
@@ -233,12 +286,13 @@ class Ingress:
         status, body, headers = await self._answer(route, scope, receive, request_id, auth, length, timeout)
         if status:
             start_headers = [
-                (b"content-type", _JSON),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", request_id),
             ]
             if headers:
                 start_headers += headers
+            if headers is None or not any(name == b"content-type" for name, _ in headers):
+                start_headers.append((b"content-type", _JSON))
             await send({"type": "http.response.start", "status": status, "headers": start_headers})
             await send({"type": "http.response.body", "body": body})
         else:
@@ -257,8 +311,9 @@ class Ingress:
         length: bytes | None,
         timeout: bytes | None,
     ) -> tuple[int, bytes, Headers | None]:
-        if scope["method"] != "POST":
-            return 405, error_body(405, f"graph {route.name!r} answers POST with a JSON body"), [(b"allow", b"POST")]
+        if scope["method"] not in _GRAPH_METHODS and not route.plan.http_request:
+            text = f"graph {route.name!r} answers POST (or GET) with a JSON body"
+            return 405, error_body(405, text), [(b"allow", b"GET, POST")]
         if self.token is not None and not self._authorized(auth):
             return 401, error_body(401, "missing or wrong bearer token"), [(b"www-authenticate", b"Bearer")]
         if not route.runtime.ready:
@@ -305,10 +360,13 @@ class Ingress:
                 return 0, b"", None
             if len(body) > self.max_body_bytes:
                 return 413, self._too_large(), [(b"connection", b"close")]
-            try:
-                request = loads(body) if body else None
-            except JSONDecodeError as exc:
-                return 400, error_body(400, f"malformed JSON: {exc}"), None
+            if route.plan.http_request:  # the ingress reads the request itself (Ray Serve style)
+                request: Any = _starlette_request(scope, body)
+            else:
+                try:
+                    request = loads(body) if body else None
+                except JSONDecodeError as exc:
+                    return 400, error_body(400, f"malformed JSON: {exc}"), None
             try:
                 result = await route.runtime.execute(request, deadline)
             except RequestError as exc:
@@ -325,7 +383,7 @@ class Ingress:
                 text = f"graph {route.name!r}: the server is shutting down and cancelled this request"
                 return 503, error_body(503, text), [*retry_after(1), (b"connection", b"close")]
             try:
-                return 200, dumps(result), None
+                return _encode_result(route, result)
             except TypeError as exc:
                 _log_failure(route, request_id, exc)
                 message_text = f"the output of graph {route.name!r} cannot be sent as JSON: {exc}"
@@ -426,6 +484,36 @@ def _route_path(plan: Plan) -> str:
     if not path.startswith("/"):
         path = "/" + path
     return path.rstrip("/") or "/"
+
+
+def _starlette_request(scope: Scope, body: bytes) -> Request:
+    """A Starlette Request over the body already read (for ingresses that take the request)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(scope, receive)
+
+
+def _encode_result(route: GraphRoute, result: Any) -> tuple[int, bytes, Headers | None]:
+    """The answer for a graph's output: a Starlette Response as it is, bytes as they are, a str
+    as text on apps without an InputNode (Ray Serve's rule), everything else as JSON."""
+    if isinstance(result, Response):
+        body = getattr(result, "body", None)
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{type(result).__name__} (a streaming response) is not supported as a graph output")
+        headers = [(name, value) for name, value in result.raw_headers if name != b"content-length"]
+        return result.status_code, bytes(body), headers
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return 200, bytes(result), [(b"content-type", b"application/octet-stream")]
+    if isinstance(result, str) and route.plan.raw_ingress:
+        return 200, result.encode(), [(b"content-type", _TEXT)]
+    return 200, dumps(result), None
 
 
 def _plan_data(plan: Plan) -> Any:

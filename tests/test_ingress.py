@@ -141,10 +141,11 @@ def test_body_above_the_limit_is_413(client: httpx.Client) -> None:
     assert small.status_code == 200 and small.json()["y"] == 6.0
 
 
-def test_graph_routes_answer_post_only(client: httpx.Client) -> None:
-    response = client.get("/echo")
+def test_graph_routes_answer_post_and_get_only(client: httpx.Client) -> None:
+    response = client.put("/echo", json={"x": 1})
     assert response.status_code == 405
-    assert response.headers["allow"] == "POST"
+    assert response.headers["allow"] == "GET, POST"
+    assert client.request("GET", "/echo", json={"x": 1}).json() == {"y": 2.0, "label": "a"}  # GET with a body
 
 
 def test_unknown_route_is_404(client: httpx.Client) -> None:
