@@ -1,0 +1,168 @@
+"""``python -m bench``: every workload on every system, the per-hop and cold-start figures,
+a markdown table on stdout, and JSON with the raw numbers (``bench/results/latest.json``).
+
+    python -m bench                                   # the full run (~15 minutes on 2 cores)
+    python -m bench --quick                           # 1 s per measurement, a smoke run
+    python -m bench --only W1,W3 --systems local,starlette
+    python -m bench --only hop,coldstart
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import coldstart, costs, hop, load, report, servers
+
+WORKLOADS = ("W1", "W2", "W3", "W4", "W4cpu", "W5")
+EXTRAS = ("hop", "coldstart")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    fmt = argparse.RawTextHelpFormatter
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=fmt)
+    p.add_argument("--quick", action="store_true", help="1 s measurements, no warm-up, fewer repeats")
+    everything = ",".join(WORKLOADS + EXTRAS)
+    p.add_argument("--only", default=everything, help="workloads and extras: W1..W5,W4cpu,hop,coldstart")
+    p.add_argument("--systems", default=",".join(servers.SYSTEMS), help="starlette,local,ray,rayserve")
+    p.add_argument("--duration", type=float, default=None, help="seconds per closed-loop measurement (default 5)")
+    p.add_argument("--warmup", type=float, default=None, help="seconds of warm-up per workload (default 1)")
+    p.add_argument("--connections", default="1,16,64", help="closed-loop connection counts")
+    p.add_argument("--rate", type=float, default=200.0, help="fixed-rate requests/s (0: skip the open loop)")
+    p.add_argument("--open-duration", type=float, default=None, help="seconds of the fixed-rate run (default 5)")
+    p.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="where the JSON goes")
+    args = p.parse_args(argv)
+    args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 5.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.0 if args.quick else 1.0)
+    args.open_duration = args.open_duration if args.open_duration is not None else (1.0 if args.quick else 5.0)
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = sorted(set(only) - set(WORKLOADS) - set(EXTRAS))
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown += sorted(set(systems) - set(servers.SYSTEMS))
+    if unknown:
+        p.error(f"unknown workloads/systems {unknown}; workloads: {WORKLOADS + EXTRAS}, systems: {servers.SYSTEMS}")
+    args.workloads = [w for w in WORKLOADS if w in only]
+    args.extras = [e for e in EXTRAS if e in only]
+    args.systems = [s for s in servers.SYSTEMS if s in systems]
+    args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
+    return args
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _bodies(workload: str) -> list[bytes]:
+    return costs.W5_BODIES if workload == "W5" else [costs.BODY]
+
+
+def run_system(system: str, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    """Each workload on a server of its own (idle replicas of other graphs cost Ray CPU time)."""
+    out: dict[str, Any] = {"label": servers.LABELS[system], "load_before": os.getloadavg(), "workloads": {}}
+    for wid in args.workloads:
+        res: dict[str, Any] = {"closed": {}}
+        out["workloads"][wid] = res
+        try:
+            server = servers.start(system, [wid], log_dir)
+        except servers.ServerError as exc:
+            res["error"] = str(exc)
+            _log(f"{system} {wid}: did not start: {exc}")
+            continue
+        res["started_s"] = round(server.started_s, 2)
+        _log(f"{system} {wid}: ready in {server.started_s:.1f}s on port {server.port}")
+        try:
+            measure_workload(server, wid, args, res)
+        except (load.LoadError, servers.ServerError, OSError) as exc:
+            res["error"] = str(exc)
+            _log(f"{system} {wid}: {exc}")
+        finally:
+            servers.stop(server)
+            res["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    out["load_after"] = os.getloadavg()
+    return out
+
+
+def measure_workload(server: servers.Server, wid: str, args: argparse.Namespace, res: dict[str, Any]) -> None:
+    url, bodies, system = server.url(wid), _bodies(wid), server.system
+    if args.warmup > 0:
+        load.closed_loop(url, bodies, 16, args.warmup)
+    for c in args.connections:
+        m = load.closed_loop(url, bodies, c, args.duration)
+        res["closed"][str(c)] = m
+        _log(f"{system} {wid} c={c}: {m['rps']:.0f} req/s p50 {m['latency_ms']['p50']:.2f} ms")
+    if args.rate > 0:
+        res["open"] = load.open_loop(url, bodies, args.rate, args.open_duration)
+        lat = res["open"]["latency_ms"]
+        _log(f"{system} {wid} {args.rate:g}/s: p50 {lat.get('p50')} p99 {lat.get('p99')} ms")
+    servers.check(server, wid)  # still answering correctly after the load
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.workloads and args.systems and load.wrk_path() is None:
+        print("error: wrk is not installed (apt-get install -y wrk, or `make bench`)", file=sys.stderr)
+        return 2
+    started = time.time()
+    results: dict[str, Any] = {
+        "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="seconds"),
+        "machine": report.machine_info(),
+        "config": {
+            "workloads": args.workloads,
+            "systems": args.systems,
+            "extras": args.extras,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "rate": args.rate,
+            "open_duration_s": args.open_duration,
+            "quick": args.quick,
+            "costs": {
+                "fanout_s": costs.FANOUT_S,
+                "batch_fixed_s": costs.BATCH_FIXED_S,
+                "batch_per_item_s": costs.BATCH_PER_ITEM_S,
+                "max_batch_size": costs.MAX_BATCH_SIZE,
+                "batch_wait_s": costs.BATCH_WAIT_S,
+                "cheap_s": costs.CHEAP_S,
+                "expensive_s": costs.EXPENSIVE_S,
+                "expensive_fraction": costs.EXPENSIVE_FRACTION,
+                "theoretical_batch_rps": round(costs.theoretical_batch_rps(), 1),
+            },
+        },
+        "load": {"before": [round(x, 2) for x in os.getloadavg()]},
+        "systems": {},
+    }
+    log_dir = args.out.parent / "logs"
+    if args.workloads:
+        for system in args.systems:
+            results["systems"][system] = run_system(system, args, log_dir)
+    if "hop" in args.extras:
+        _log("per-hop overhead")
+        results["hop"] = hop.measure(iterations=300 if args.quick else 2000, repeats=2 if args.quick else 5)
+    if "coldstart" in args.extras:
+        _log("cold start")
+        try:
+            results["coldstart"] = coldstart.measure(runs=1 if args.quick else 3, idle_s=0.5 if args.quick else 2.0)
+        except RuntimeError as exc:
+            results["coldstart"] = {"error": str(exc)}
+    results["load"]["after"] = [round(x, 2) for x in os.getloadavg()]
+    results["elapsed_s"] = round(time.time() - started, 1)
+    results["targets"] = report.evaluate_targets(results)
+    table = report.markdown(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    _log(f"wrote {args.out} and {args.out.with_suffix('.md')} in {results['elapsed_s']}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""graphserve serving the benchmark's workloads (several graphs on one server), on the
+local runtime or the Ray backend; the same ``gs.serve`` that ``graphserve deploy`` runs.
+
+    python -m bench.gs_server --backend local --port 8002 --workloads W1,W3
+    python -m bench.gs_server --backend ray --port 8003       # Ray with num_cpus=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from . import workloads
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["local", "ray"], default="local")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8002)
+    parser.add_argument("--workloads", default=",".join(workloads.APPS))
+    parser.add_argument("--ray-cpus", type=int, default=2)
+    args = parser.parse_args(argv)
+    apps = [getattr(workloads, workloads.APPS[w]) for w in args.workloads.split(",") if w]
+    options: dict[str, Any] = {}
+    if args.backend == "ray":
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        options["backend_options"] = {"num_cpus": args.ray_cpus}
+    import graphserve as gs
+
+    gs.serve(apps, host=args.host, port=args.port, backend=args.backend, **options)
+
+
+if __name__ == "__main__":
+    main()

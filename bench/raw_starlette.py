@@ -1,0 +1,138 @@
+"""The ceiling: the benchmark's work inline in plain Starlette handlers (no graph, no hops).
+
+Served by uvicorn with the same settings as graphserve's server (uvloop and httptools,
+no access log, one process). W4 needs a batcher to do the same work, so a minimal one
+is written inline here (gather up to 32 waiting requests, run them as one batch).
+
+    python -m bench.raw_starlette --port 8001        # POST /w1 ... /w5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import costs
+
+BatchFn = Callable[[list[Any]], Awaitable[list[Any]]]
+
+
+class InlineBatcher:
+    """Requests wait in a queue; one loop sends up to ``MAX_BATCH_SIZE`` of them at a time."""
+
+    def __init__(self, fn: BatchFn) -> None:
+        self.fn = fn
+        self.queue: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    async def submit(self, x: Any) -> Any:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self.queue.put((x, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + costs.BATCH_WAIT_S
+            while len(batch) < costs.MAX_BATCH_SIZE:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                if self.queue.empty():
+                    try:
+                        batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                    except TimeoutError:
+                        break
+                else:
+                    batch.append(self.queue.get_nowait())
+            try:
+                results = await self.fn([x for x, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+
+def _json(value: Any) -> Response:
+    return Response(orjson.dumps(value), media_type="application/json")
+
+
+async def _noop(x: Any) -> Any:
+    return x
+
+
+async def _model(x: float) -> float:
+    await asyncio.sleep(costs.FANOUT_S)
+    return x
+
+
+async def w1(request: Request) -> Response:
+    return _json(await _noop(orjson.loads(await request.body())))
+
+
+async def w2(request: Request) -> Response:
+    body = orjson.loads(await request.body())
+    return _json(await _noop(await _noop(await _noop(body))))
+
+
+async def w3(request: Request) -> Response:
+    x = orjson.loads(await request.body())["x"]
+    a, b, c = await asyncio.gather(*(_model(x) for _ in range(costs.FANOUT_WIDTH)))
+    return _json(a + b + c)
+
+
+_gpu = InlineBatcher(costs.gpu_batch)
+_cpu = InlineBatcher(costs.cpu_batch)
+
+
+async def w4(request: Request) -> Response:
+    return _json(await _gpu.submit(orjson.loads(await request.body())["x"]))
+
+
+async def w4cpu(request: Request) -> Response:
+    return _json(await _cpu.submit(orjson.loads(await request.body())["x"]))
+
+
+async def w5(request: Request) -> Response:
+    x = orjson.loads(await request.body())["x"]
+    await asyncio.sleep(costs.CHEAP_S)
+    if x >= costs.EXPENSIVE_THRESHOLD:
+        await asyncio.sleep(costs.EXPENSIVE_S)
+        x = 2 * x
+    return _json(x)
+
+
+HANDLERS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W4cpu": w4cpu, "W5": w5}
+app = Starlette(routes=[Route(f"/{wid.lower()}", fn, methods=["POST"]) for wid, fn in HANDLERS.items()])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    args = parser.parse_args(argv)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, loop="auto", http="auto", ws="none", log_level="warning",
+        access_log=False, server_header=False, lifespan="off",
+    )  # fmt: skip
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()
