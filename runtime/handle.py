@@ -59,7 +59,16 @@ class DeploymentResponse:
 
     # Future protocol, so asyncio.wait() accepts responses as Ray Serve users expect.
     def add_done_callback(self, fn: Callable[[Any], object], *, context: Any = None) -> None:
-        self._future.add_done_callback(fn)
+        future = self._future
+        if isinstance(future, concurrent.futures.Future):
+            try:
+                waiting = asyncio.get_running_loop()
+            except RuntimeError:
+                waiting = None
+            if waiting is not None:  # asyncio.wait() from another loop: call back on that loop's thread
+                future.add_done_callback(lambda _: waiting.call_soon_threadsafe(fn, self))
+                return
+        future.add_done_callback(fn)
 
     def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
         future = self._future
