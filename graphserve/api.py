@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from graphserve.dsl import App, as_app
+from graphserve.errors import GraphError
 
 _RUNNING: list[GraphHandle] = []
 
@@ -23,31 +25,107 @@ def build(app: Any, cluster: Any = None) -> Any:
 
 
 class GraphHandle:
-    """A graph running on a background event loop.
+    """A running graph, and Ray Serve's handle to it.
 
-    ``await handle.remote(request)`` from any event loop, ``handle.call(request)`` from
-    blocking code, ``handle.shutdown()`` to stop it.
+    ``handle.remote(...)`` starts a call at once and returns a ``DeploymentResponse``:
+    ``await`` it from any event loop (``asyncio.wait``/``gather`` accept it) or call
+    ``.result()`` from blocking code. On an app without an InputNode (Ray Serve style,
+    ``app = Ingress.bind(...)``) the call goes straight to the ingress deployment, with
+    any arguments; ``handle.method.remote(...)`` and
+    ``handle.options(method_name="method")`` call its other methods. On a graph,
+    ``handle.remote(request, timeout_s=None)`` runs the graph for one request.
+    ``handle.call(request)`` runs the graph from blocking code; ``handle.shutdown()``
+    stops it. ``handle.url`` is its HTTP route when it is served (see :func:`run`).
     """
 
     def __init__(self, plan: Any, backend: str = "local", **backend_options: Any) -> None:
+        """Start ``plan`` on an event loop of its own (no HTTP)."""
         from graphserve.runtime import BackgroundLoop, GraphRuntime
 
-        self.plan = plan
-        self._loop = BackgroundLoop(name=f"graphserve-{plan.name}")
-        self.runtime = GraphRuntime(plan, backend=backend, **backend_options)
+        background = BackgroundLoop(name=f"graphserve-{plan.name}")
+        runtime = GraphRuntime(plan, backend=backend, **backend_options)
         try:
-            self._loop.run(self.runtime.start())
+            background.run(runtime.start())
         except BaseException:
-            self._loop.close()
+            background.close()
             raise
+
+        def stop() -> None:
+            if not background.loop.is_closed():
+                try:
+                    background.run(runtime.stop(), timeout=30)
+                finally:
+                    background.close()
+
+        self._setup(runtime, background.loop, stop, None)
+
+    @classmethod
+    def attach(
+        cls, runtime: Any, loop: asyncio.AbstractEventLoop, stop: Callable[[], None], url: str | None
+    ) -> GraphHandle:
+        """A handle to ``runtime``, already started on ``loop`` (the HTTP server's); ``stop()`` stops it."""
+        handle = cls.__new__(cls)
+        handle._setup(runtime, loop, stop, url)
+        return handle
+
+    def _setup(self, runtime: Any, loop: asyncio.AbstractEventLoop, stop: Callable[[], None], url: str | None) -> None:
+        self.plan = runtime.plan
+        self.runtime = runtime
+        self.url = url
+        self.ingress_deployment = ingress_deployment(self.plan)
+        self._loop = loop
+        self._stop = stop
+        self._stopped = False
         _RUNNING.append(self)
 
-    async def remote(self, request: Any = None, timeout_s: float | None = None) -> Any:
-        future = self._loop.submit(self.runtime.execute(request, timeout_s))
-        return await asyncio.wrap_future(future)
+    # -- Ray Serve's handle API ----------------------------------------------------------------
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Start a call now; returns an awaitable ``DeploymentResponse`` (``.result()`` blocks)."""
+        if self.ingress_deployment is not None:
+            return self.runtime.handle(self.ingress_deployment).remote(*args, **kwargs)
+        timeout_s = kwargs.pop("timeout_s", None)
+        if len(args) > 1 or kwargs:
+            raise TypeError(f"graph {self.plan.name!r} takes one request: handle.remote(request, timeout_s=None)")
+        return self._start(self.runtime.execute(args[0] if args else None, timeout_s))
 
+    def options(self, method_name: str | None = None, **_ignored: Any) -> Any:
+        """A handle to a method of the app's ingress deployment (Ray Serve's ``handle.options``)."""
+        return self.runtime.handle(self._ingress("options(method_name=...)"), method_name or "__call__")
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self.__dict__.get("ingress_deployment") is None:
+            raise AttributeError(
+                f"{type(self).__name__} has no attribute {name!r}; graph handles call "
+                "deployments with handle.deployment(name, method)"
+            )
+        return self.runtime.handle(self.__dict__["ingress_deployment"], name)
+
+    def _ingress(self, what: str) -> str:
+        if self.ingress_deployment is None:
+            raise GraphError(
+                f"graph {self.plan.name!r} has an InputNode, so it has no ingress deployment for {what}; "
+                "use handle.deployment(name, method)"
+            )
+        return str(self.ingress_deployment)
+
+    def _start(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        from graphserve.runtime.handle import DeploymentResponse
+
+        if self._stopped:
+            coro.close()
+            raise GraphError(f"graph {self.plan.name!r} was shut down")
+        if _running_loop() is self._loop:
+            return DeploymentResponse(self._loop.create_task(coro), self._loop)
+        return DeploymentResponse(asyncio.run_coroutine_threadsafe(coro, self._loop), self._loop)
+
+    # -- graphserve's -----------------------------------------------------------------------------
     def call(self, request: Any = None, timeout_s: float | None = None) -> Any:
-        return self._loop.run(self.runtime.execute(request, timeout_s))
+        """Run the graph for ``request`` and wait for its output (from blocking code)."""
+        if _running_loop() is self._loop:
+            raise GraphError("handle.call() would block the loop the graph runs on; use `await handle.remote(...)`")
+        return self._start(self.runtime.execute(request, timeout_s)).result()
 
     def deployment(self, name: str, method: str = "__call__") -> Any:
         """A handle to one deployment of the running graph."""
@@ -56,11 +134,9 @@ class GraphHandle:
     def shutdown(self) -> None:
         if self in _RUNNING:
             _RUNNING.remove(self)
-        if not self._loop.loop.is_closed():
-            try:
-                self._loop.run(self.runtime.stop(), timeout=30)
-            finally:
-                self._loop.close()
+        if not self._stopped:
+            self._stopped = True
+            self._stop()
 
     def __enter__(self) -> GraphHandle:
         return self
@@ -68,21 +144,77 @@ class GraphHandle:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
+    def __repr__(self) -> str:
+        return f"GraphHandle({self.plan.name!r}, url={self.url!r})"
 
-def run(app: App | Any, backend: str = "local", cluster: Any = "detect", **backend_options: Any) -> GraphHandle:
-    """Compile ``app`` and start it (local runtime by default); returns a :class:`GraphHandle`.
+
+def ingress_deployment(plan: Any) -> str | None:
+    """The deployment that takes the request on an app without an InputNode, else None."""
+    if not plan.raw_ingress:
+        return None
+    for node in plan.nodes:
+        if node.kind == "call" and node.deployment and any(getattr(a, "node", None) == plan.input for a in node.args):
+            return str(node.deployment)
+    return None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def run(
+    app: App | Any,
+    backend: str = "local",
+    cluster: Any = "detect",
+    *,
+    name: str | None = None,
+    route_prefix: str | None = None,
+    blocking: bool = False,
+    http: bool = True,
+    _local_testing_mode: bool = False,
+    logging_config: Any = None,
+    **backend_options: Any,
+) -> GraphHandle:
+    """Compile ``app``, start it and serve it over HTTP, as Ray Serve's ``serve.run``; returns a handle.
+
+    HTTP: the app is added to this process's HTTP server (started on first use, at
+    ``serve.start(http_options=...)``'s host and port, else 127.0.0.1 and the port in
+    ``GRAPHSERVE_HTTP_PORT`` (default 8000; 0 picks a free one); a busy port is a
+    GraphError) at ``route_prefix`` (else the app's or its ingress deployment's, else
+    ``/``). An app of the same ``name`` (default: the graph's name) is replaced.
+    ``http=False`` (or ``_local_testing_mode=True``) runs it in process only.
+    ``blocking=True`` serves until Ctrl-C / SIGTERM, then shuts everything down.
+    The plan's warnings (e.g. GS117, a Ray Serve option graphserve ignores) are shown
+    once each as :class:`graphserve.compat.GraphWarning`.
 
     On ``backend="ray"`` the default ``cluster="detect"`` checks nothing at planning time
     (this machine is not the Ray cluster): the Ray backend checks the Ray cluster's own
     resources before any actor starts.
     """
+    from graphserve import compat
+
     if backend == "ray" and cluster == "detect":
         cluster = None
     plan = build(as_app(app), cluster=cluster)
-    return GraphHandle(plan, backend=backend, **backend_options)
+    if name is not None:
+        plan.name = name
+    compat.announce_warnings(plan, logging_config=logging_config)
+    if http and not _local_testing_mode:
+        handle = compat.deploy_plan(plan, route_prefix, backend, backend_options)
+    else:
+        handle = GraphHandle(plan, backend=backend, **backend_options)
+    if blocking:
+        compat.block_until_interrupted()
+    return handle
 
 
 def shutdown() -> None:
-    """Stop every graph started with :func:`run`."""
+    """Stop every graph started with :func:`run` (or ``.deploy()``) and this process's HTTP server."""
+    from graphserve import compat
+
     for handle in list(_RUNNING):
         handle.shutdown()
+    compat.stop_server()

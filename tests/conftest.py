@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("GRAPHSERVE_HTTP_PORT", "0")  # gs.run serves HTTP (as serve.run does): on a free port in tests
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray's switch to keep a local cluster on 127.0.0.1
 
 
