@@ -270,6 +270,32 @@ class Deployment(Generic[T]):
             return CallNode(self, None, args, kwargs)
         return DeploymentNode(self, args, kwargs)
 
+    # Ray Serve 1.x: each deployment deployed on its own (see graphserve.compat).
+    def deploy(self, *args: Any, **kwargs: Any) -> None:
+        """Deploy this deployment alone on this process's HTTP server, at ``route_prefix`` (default ``/<name>``)."""
+        from graphserve.compat import deploy_deployment
+
+        deploy_deployment(self, args, kwargs)
+
+    def get_handle(self, sync: bool | None = None) -> Any:
+        """A handle to this deployment, once deployed (``.deploy()`` or ``serve.run``)."""
+        from graphserve.compat import deployed_handle
+
+        return deployed_handle(self.name)
+
+    def delete(self) -> None:
+        """Stop this deployment, deployed with ``.deploy()``."""
+        from graphserve.compat import delete
+
+        delete(self.name)
+
+    @property
+    def url(self) -> str | None:
+        """The HTTP URL of this deployment, deployed with ``.deploy()``; None without a route."""
+        from graphserve.compat import deployment_url
+
+        return deployment_url(self.name)
+
     def __repr__(self) -> str:
         return f"Deployment({self.name})"
 
