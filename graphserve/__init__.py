@@ -17,6 +17,16 @@ from __future__ import annotations
 
 from graphserve.api import GraphHandle, build, run, shutdown
 from graphserve.batching import batch
+from graphserve.compat import (
+    GraphWarning,
+    delete,
+    get_app_handle,
+    get_deployment,
+    get_deployment_handle,
+    ingress,
+    list_deployments,
+    start,
+)
 from graphserve.dsl import App, Deployment, InputNode, cond, deployment, glue, graph, switch
 from graphserve.errors import (
     DeadlineExceededError,
@@ -41,6 +51,7 @@ __all__ = [
     "GraphError",
     "GraphHandle",
     "GraphValidationError",
+    "GraphWarning",
     "InputNode",
     "NodeExecutionError",
     "OverloadedError",
@@ -50,11 +61,18 @@ __all__ = [
     "batch",
     "build",
     "cond",
+    "delete",
     "deployment",
+    "get_app_handle",
+    "get_deployment",
+    "get_deployment_handle",
     "glue",
     "graph",
+    "ingress",
+    "list_deployments",
     "run",
     "serve",
     "shutdown",
+    "start",
     "switch",
 ]
