@@ -234,7 +234,7 @@ def test_gs_run_on_ray_shares_the_running_cluster(ray_cluster: Any) -> None:
         app = gs.graph(g.Caller.bind(g.Add.bind()).__call__.bind(inp))
     with gs.run(app, backend="ray") as handle:
         assert handle.call(2.0) == 20.0
-        assert asyncio.run(handle.remote(3.0)) == 30.0
+        assert handle.remote(3.0).result(timeout_s=60) == 30.0  # a DeploymentResponse, as in Ray Serve
     assert ray_cluster.is_initialized()  # it joined the session's Ray; stopping did not shut that down
 
 
