@@ -8,8 +8,8 @@ local runtime or the Ray backend; the same ``gs.serve`` that ``graphserve deploy
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-from typing import Any
 
 from . import workloads
 
@@ -23,13 +23,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ray-cpus", type=int, default=2)
     args = parser.parse_args(argv)
     apps = [getattr(workloads, workloads.APPS[w]) for w in args.workloads.split(",") if w]
-    options: dict[str, Any] = {}
-    if args.backend == "ray":
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        options["backend_options"] = {"num_cpus": args.ray_cpus}
     import graphserve as gs
 
-    gs.serve(apps, host=args.host, port=args.port, backend=args.backend, **options)
+    if args.backend == "local":
+        gs.serve(apps, host=args.host, port=args.port)
+        return
+    # A Ray of our own (not one another process started), with as many CPUs as Ray Serve gets.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    ray.init(address="local", num_cpus=args.ray_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        gs.serve(apps, host=args.host, port=args.port, backend="ray")
+    finally:
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -277,7 +277,7 @@ def markdown(results: dict) -> str:
                     cells.append(cell)
                 lines.append(f"| {wid} | " + " | ".join(cells) + " |")
     hop = results.get("hop")
-    if hop:
+    if hop and "lengths" in hop:
         lines += ["", "Per-hop overhead, local runtime, in process (us per request for chains of N no-op nodes)", ""]
         lines += ["| chain | " + " | ".join(f"N={n}" for n in hop["lengths"]) + " | slope per node |"]
         lines += ["|---|" + "---:|" * (len(hop["lengths"]) + 1)]

@@ -1,0 +1,200 @@
+"""Smoke tests of the benchmark harness itself (``bench/``): every piece runs against real
+servers and produces well-formed results. No performance figure is asserted here; the
+benchmark checks its targets when it runs (``python -m bench``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import graphserve as gs
+from bench import coldstart, costs, hop, load, report, servers, workloads
+
+needs_wrk = pytest.mark.skipif(load.wrk_path() is None, reason="wrk is not installed (apt-get install -y wrk)")
+
+
+def test_costs_match_the_issue():
+    assert costs.theoretical_batch_rps() == pytest.approx(1777.8, abs=0.1)
+    assert costs.conditional_ideal_s() == pytest.approx(0.004)
+    xs = [json.loads(b)["x"] for b in costs.W5_BODIES]
+    assert sum(x >= costs.EXPENSIVE_THRESHOLD for x in xs) / len(xs) == costs.EXPENSIVE_FRACTION
+
+
+@pytest.mark.parametrize("wid", list(workloads.APPS))
+def test_graphserve_workloads_answer_what_every_system_must(wid):
+    handle = gs.run(getattr(workloads, workloads.APPS[wid]))
+    try:
+        for x in (0.1, 0.9):
+            assert handle.call({"x": x}) == costs.expected(wid, x)
+    finally:
+        handle.shutdown()
+
+
+@pytest.fixture(scope="module")
+def starlette_server(tmp_path_factory):
+    with servers.running("starlette", ["W1", "W5"], tmp_path_factory.mktemp("logs")) as server:
+        yield server
+
+
+def test_server_check_rejects_a_wrong_answer(starlette_server):
+    wrong = servers.Server("starlette", starlette_server.port, ["W3"], starlette_server.process, Path("/dev/null"))
+    wrong.url = lambda w: starlette_server.url("W1")  # type: ignore[method-assign]  # W1 echoes, W3 sums
+    with pytest.raises(servers.ServerError, match=r"expected 3\.0"):
+        servers.check(wrong, "W3")
+
+
+def test_open_loop_sends_at_the_rate_and_measures_every_request(starlette_server):
+    result = load.open_loop(starlette_server.url("W5"), costs.W5_BODIES, rate=100, duration_s=0.5)
+    assert result["requests"] == result["completed"] == 50
+    assert result["statuses"] == {"200": 50} and result["error_count"] == 0
+    lat = result["latency_ms"]
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    # 5 of the 50 requests take the 20 ms branch, and their latency counts
+    assert lat["max"] >= costs.EXPENSIVE_S * 1000
+    json.dumps(result)
+
+
+def test_open_loop_counts_error_statuses(starlette_server):
+    url = starlette_server.url("W1").replace("/w1", "/missing")
+    result = load.open_loop(url, [costs.BODY], rate=50, duration_s=0.2)
+    assert result["errors"]["status"] == result["requests"] == 10
+    assert result["statuses"] == {"404": 10}
+
+
+@needs_wrk
+def test_wrk_closed_loop_reports_json(starlette_server):
+    result = load.closed_loop(starlette_server.url("W1"), [costs.BODY], connections=2, duration_s=1)
+    assert result["requests"] > 0 and result["error_count"] == 0
+    assert result["rps"] > 0
+    lat = result["latency_ms"]
+    assert lat["p50"] <= lat["p99"] <= lat["max"]
+    # a closed loop's mean latency is connections / throughput
+    assert lat["mean"] == pytest.approx(2 * result["duration_s"] / result["requests"] * 1000, abs=2e-3)
+
+
+@needs_wrk
+def test_wrk_counts_non_2xx_as_errors(starlette_server):
+    url = starlette_server.url("W1").replace("/w1", "/missing")
+    result = load.closed_loop(url, [costs.BODY], connections=1, duration_s=1)
+    assert result["errors"]["status"] == result["requests"] > 0
+    assert result["rps"] == 0
+
+
+def test_hop_slope_is_fit_over_the_chain_lengths():
+    assert hop.slope([1, 2, 4], [3.0, 5.0, 9.0]) == pytest.approx((2.0, 1.0))
+    result = hop.measure(lengths=(1, 3), iterations=30, repeats=1)
+    for kind in ("graph", "handle"):
+        times = result[kind]["us_per_request"]
+        assert len(times) == 2 and all(t > 0 for t in times)
+        assert math.isfinite(result[kind]["us_per_node"])
+
+
+def test_handle_chain_really_goes_through_handles():
+    plan = gs.build(hop.handle_chain(3))
+    assert sorted(d.name for d in plan.deployments) == ["hop0", "hop1", "hop2"]
+    assert [n.deployment for n in plan.nodes if n.kind == "call"] == ["hop0"]  # the rest are handle calls
+    with gs.run(hop.handle_chain(3)) as handle:
+        assert handle.call({"x": 7}) == {"x": 7}
+
+
+def test_coldstart_measures_the_deployed_process_tree():
+    result = coldstart.one_start(idle_s=0.2)
+    assert result["ready_s"] > 0
+    assert result["processes"] >= 1
+    assert 0 < result["pss_mb"] <= result["rss_mb"]
+    assert result["torch_loaded"] is False
+
+
+def test_targets_pass_fail_and_missing():
+    def closed(rps, p50=1.0, mean=1.0):
+        return {"rps": rps, "error_count": 0, "latency_ms": {"p50": p50, "mean": mean}}
+
+    results = {
+        "systems": {
+            "starlette": {"workloads": {"W1": {"closed": {"1": closed(500), "64": closed(1000)}}}},
+            "local": {
+                "workloads": {
+                    "W1": {"closed": {"64": closed(700)}},
+                    "W3": {"closed": {"1": closed(90, p50=12.0)}},
+                }
+            },
+        },
+        "hop": {"graph": {"us_per_node": 3.0}, "handle": {"us_per_node": 20.0}},
+    }
+    rows = {r["figure"]: r for r in report.evaluate_targets(results)}
+    assert rows["W1 req/s, local / raw Starlette"]["measured"] == pytest.approx(0.7)
+    assert rows["W1 req/s, local / raw Starlette"]["passed"] is True
+    assert rows["W1 req/s, local / Ray Serve"]["passed"] is None
+    assert rows["W3 p50 at 1 connection, local"]["passed"] is False
+    assert rows["per-hop overhead, local (graph nodes)"]["passed"] is True
+    assert rows["per-hop overhead, local (handle calls)"]["passed"] is False
+    assert rows["cold start, local, no torch"]["passed"] is None
+    table = report.markdown({**results, "targets": list(rows.values())})
+    assert "**FAIL**" in table and "| pass |" in table
+
+
+def _run_bench(tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "latest.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out), *args],
+        cwd=servers.ROOT,
+        env=servers.bench_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| target | bound | measured | pass |" in proc.stdout
+    assert out.with_suffix(".md").read_text() in proc.stdout
+    return json.loads(out.read_text())
+
+
+@needs_wrk
+def test_quick_run_end_to_end(tmp_path):
+    results = _run_bench(
+        tmp_path, "--systems", "starlette,local", "--only", "W1,W3,hop", "--connections", "1,4", "--rate", "50"
+    )
+    assert results["config"]["workloads"] == ["W1", "W3"]
+    assert results["machine"]["cores"] and results["machine"]["packages"]["graphserve"]
+    assert len(results["load"]["before"]) == 3
+    for system in ("starlette", "local"):
+        for wid in ("W1", "W3"):
+            w = results["systems"][system]["workloads"][wid]
+            assert "error" not in w, w
+            assert set(w["closed"]) == {"1", "4"}
+            assert all(m["rps"] > 0 and m["error_count"] == 0 for m in w["closed"].values())
+            assert w["open"]["completed"] == w["open"]["requests"] == 50
+    assert results["hop"]["graph"]["us_per_node"] is not None
+    by_figure = {t["figure"]: t for t in results["targets"]}
+    assert by_figure["W1 req/s, local / raw Starlette"]["passed"] in (True, False)
+    assert by_figure["W3 p50 at 1 connection, local"]["measured"] > costs.FANOUT_S * 1000
+    assert by_figure["W1 req/s, local / Ray Serve"]["passed"] is None  # not measured in this run
+
+
+def test_unknown_names_are_rejected(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "W9", "--out", str(tmp_path / "x.json")],
+        cwd=servers.ROOT,
+        env=servers.bench_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "W9" in proc.stderr
+
+
+@pytest.mark.slow
+@needs_wrk
+def test_quick_run_on_ray_and_ray_serve(tmp_path):
+    results = _run_bench(tmp_path, "--systems", "ray,rayserve", "--only", "W1", "--connections", "1", "--rate", "20")
+    for system in ("ray", "rayserve"):
+        w = results["systems"][system]["workloads"]["W1"]
+        assert "error" not in w, w
+        assert w["closed"]["1"]["rps"] > 0 and w["open"]["completed"] == 20
+    by_figure = {t["figure"]: t for t in results["targets"]}
+    assert by_figure["W1 req/s, graphserve Ray / Ray Serve"]["measured"] > 0
