@@ -135,6 +135,7 @@ class Batcher:
         return batch
 
     async def _execute(self, batch: list[_Pending]) -> None:
+        released = False
         try:
             for observe in self.observers:
                 observe(self.name, len(batch))
@@ -148,9 +149,12 @@ class Batcher:
                     f"batched {self.name} must return a list with one result per input: "
                     f"got {got} for a batch of {len(batch)}"
                 )
-            for pending, result in zip(batch, results, strict=True):
-                if not pending.future.done():
-                    pending.future.set_result(result)
+            # The function is done: free its slot first and hand out the results one loop step
+            # later, so a waiting batch starts before this batch's callers run on (answering them
+            # would otherwise leave the device idle between batches).
+            released = True
+            self._slots.release()
+            asyncio.get_running_loop().call_soon(_deliver, batch, results)
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else asyncio.CancelledError()
             for pending in batch:
@@ -159,7 +163,14 @@ class Batcher:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._slots.release()
+            if not released:
+                self._slots.release()
+
+
+def _deliver(batch: list[_Pending], results: list[Any] | tuple[Any, ...]) -> None:
+    for pending, result in zip(batch, results, strict=True):
+        if not pending.future.done():
+            pending.future.set_result(result)
 
 
 _BATCHERS_ATTR = "__gs_batchers__"

@@ -186,3 +186,24 @@ def test_max_ongoing_requests_never_caps_a_batch() -> None:
         plan = compile_app(gs.graph(Big.bind().__call__.bind(inp)))
     assert plan.deployment("Big").max_ongoing_requests == 64
     assert [w.code for w in plan.warnings] == ["GS110"]
+
+
+async def test_next_batch_starts_before_the_previous_batch_callers_resume() -> None:
+    events: list[tuple[str, Any]] = []
+
+    async def ident(xs: list[int]) -> list[int]:
+        events.append(("start", tuple(xs)))
+        await asyncio.sleep(0.01)
+        return xs
+
+    batcher = Batcher(ident, "ident", max_batch_size=2, batch_wait_timeout_s=30)
+
+    async def call(x: int) -> int:
+        result: int = await batcher.submit(x)
+        events.append(("done", x))
+        return result
+
+    assert await asyncio.wait_for(asyncio.gather(*[call(i) for i in range(4)]), 5) == [0, 1, 2, 3]
+    # the queued batch (2, 3) is sent as soon as (0, 1) returns, before its callers go on
+    assert events.index(("start", (2, 3))) < events.index(("done", 0))
+    assert events.index(("start", (2, 3))) < events.index(("done", 1))
