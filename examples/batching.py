@@ -2,10 +2,10 @@
 
 Serve it:   graphserve deploy examples.batching:app
 Request:    POST /  {"x": 3.0}
-Response:   {"y": 6.0, "batch_size": 7}
+Response:   {"y": 6.0, "batch_size": 1}
             y is 2 * x, computed by one numpy call for the whole batch; batch_size is how
-            many requests shared that call (1 when a request arrives alone, up to 16 under
-            concurrent load). /-/metrics reports the sizes as graphserve_batch_size.
+            many requests shared that call: 1 for a request that arrives alone, up to 16
+            under concurrent load. /-/metrics reports the sizes as graphserve_batch_size.
 
 ``@gs.batch`` turns a method that takes a list into one that callers (graph nodes,
 handles) call with single items: the runtime gathers concurrent calls into a list of at

@@ -18,8 +18,9 @@ Serve it:   graphserve deploy examples.composition:app
             graphserve deploy examples.composition:app_handles
 Request:    POST /  {"features": [6.3, 3.3, 6.0, 2.5]}
             (sepal length, sepal width, petal length, petal width, in cm)
-Response:   {"score": 0.9871, "result": {"species": "virginica", "confidence": 0.98, "specialist_calls": 3}}
-            {"score": 0.0213, "result": {"species": "setosa"}}       (the specialist did not run)
+Response:   {"score": 0.9994, "result": {"species": "virginica", "confidence": 1.0, "specialist_calls": 1}}
+            for a setosa, e.g. [5.1, 3.5, 1.4, 0.2]:
+            {"score": 0.0143, "result": {"species": "setosa"}}        (the specialist did not run)
             specialist_calls counts the calls the specialist replica has answered, so a
             client can see that setosas never reach it.
 """

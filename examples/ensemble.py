@@ -9,7 +9,7 @@ and ``Average`` waits for all three.
 Serve it:   graphserve deploy examples.ensemble:app
 Request:    POST /  {"features": [0.038, 0.051, 0.062, 0.022, -0.044, -0.035, -0.043, -0.003, 0.020, -0.018]}
             (age, sex, bmi, bp, s1..s6 as scaled in sklearn.datasets.load_diabetes)
-Response:   {"prediction": 196.84, "members": {"ridge": 205.74, "forest": 220.73, "knn": 164.06}}
+Response:   {"prediction": 198.62, "members": {"ridge": 199.85, "forest": 199.42, "knn": 196.6}}
             (disease progression one year after baseline; prediction = mean of the members)
 """
 

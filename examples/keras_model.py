@@ -7,7 +7,7 @@ start and saved as a ``.keras`` file under ``$GRAPHSERVE_CACHE/keras_model``.
 
 Serve it:   graphserve deploy examples.keras_model:app
 Request:    POST /  {"x": 0.3, "y": -0.2}
-Response:   {"inside": true, "probability": 0.9986}
+Response:   {"inside": true, "probability": 0.9998}
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ CUDA if ``torch.cuda.is_available()``), else for none, so the example runs on CP
 Serve it:   graphserve deploy examples.pytorch_model:app
 Request:    POST /  {"pixels": [0, 0, 5, 13, 9, 1, 0, 0, ... 64 numbers in 0..16]}
             (an 8x8 grey image, row by row, as in sklearn.datasets.load_digits)
-Response:   {"digit": 0, "probability": 0.9987}
+Response:   {"digit": 0, "probability": 0.9999}
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Serve it:   graphserve deploy examples.sklearn_model:app
 Request:    POST /  {"features": [13.2, 1.78, 2.14, 11.2, 100.0, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050.0]}
             (the 13 measurements of sklearn.datasets.load_wine, in its feature order:
             alcohol, malic_acid, ash, ..., proline)
-Response:   {"cultivar": "class_0", "probabilities": {"class_0": 0.99, "class_1": 0.01, "class_2": 0.0}}
+Response:   {"cultivar": "class_0", "probabilities": {"class_0": 0.9714, "class_1": 0.0283, "class_2": 0.0003}}
 """
 
 from __future__ import annotations
