@@ -58,6 +58,7 @@ class _State:
     def __init__(self) -> None:
         self.server: Server | None = None
         self.explicit = False  # started by serve.start(): outlives its apps
+        self.starting = 0  # apps being deployed right now
         self.apps: dict[str, GraphHandle] = {}  # served apps by name
         self.deployed: dict[str, tuple[Deployment[Any], GraphHandle]] = {}  # 1.x: by deployment name
         self.seen_warnings: set[tuple[str, str | None, str]] = set()
@@ -167,12 +168,15 @@ def _start_server(http: dict[str, Any], explicit: bool) -> Server:
 def stop_server() -> None:
     """Ray Serve's ``serve.shutdown``: stop every served app and the HTTP server."""
     with _LOCK:
-        for handle in list(_STATE.apps.values()):
-            handle.shutdown()
-        for _, handle in list(_STATE.deployed.values()):
-            handle.shutdown()
+        handles = [*_STATE.apps.values(), *(h for _, h in _STATE.deployed.values())]
         _STATE.deployed.clear()
-        server, _STATE.server, _STATE.explicit = _STATE.server, None, False
+        _STATE.explicit = True  # no implicit stop while the apps go
+    try:
+        for handle in handles:
+            handle.shutdown()
+    finally:
+        with _LOCK:
+            server, _STATE.server, _STATE.explicit = _STATE.server, None, False
     if server is not None:
         server.shutdown(timeout=60.0)
 
@@ -186,52 +190,76 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 def deploy_plan(plan: Any, route_prefix: str | None, backend: str, backend_options: dict[str, Any]) -> GraphHandle:
     """Start ``plan`` on the process-wide server at ``route_prefix`` (else its own, else ``/``)."""
-    from graphserve.api import GraphHandle
-    from graphserve.runtime.runtime import GraphRuntime
-
     if route_prefix is not None and not (isinstance(route_prefix, str) and route_prefix.startswith("/")):
         raise GraphError(f"route_prefix={route_prefix!r} is invalid: expected a path starting with '/'")
     path = route_prefix or plan.route_prefix or "/"
     name = plan.name
+    # The lock is never held while waiting on the server's loop: constructors running there
+    # may call back in here (a 1.x deployment's __init__ calling other.get_handle()).
     with _LOCK:
         server = _STATE.server
         if server is not None and server.ingress.loop is _running_loop():
             raise GraphError(f"cannot deploy {name!r} from inside a deployment (the server's own event loop)")
         old = _STATE.apps.pop(name, None)
-        if old is not None:  # same name: replace it (Ray Serve redeploys an app run again)
-            old.shutdown()
         if server is None:
             server = _start_server({}, explicit=False)
-        ingress, loop = server.ingress, server.ingress.loop
-        if loop is None:  # pragma: no cover - the lifespan startup always sets it
-            raise GraphError("the HTTP server has no event loop")
-        runtime = GraphRuntime(plan, backend=backend, metrics=ingress.metrics, **backend_options)
-        try:
-            asyncio.run_coroutine_threadsafe(ingress.add_graph(runtime, path), loop).result(STARTUP_TIMEOUT_S)
-        except TimeoutError:
-            raise GraphError(f"app {name!r} did not start within {STARTUP_TIMEOUT_S:g}s") from None
-        except GraphError as exc:
-            if not _STATE.apps and not _STATE.explicit:
-                _STATE.server = None
-                server.shutdown(timeout=60.0)
-            if "both want route" in str(exc):
-                hint = "give this app another route_prefix=..., or run it under the same name= to replace the other"
-                raise GraphError(f"{exc}; {hint}") from None
-            raise
+        _STATE.starting += 1  # keeps a server started implicitly up while this app starts
+    try:
+        if old is not None:  # same name: replace it (Ray Serve redeploys an app run again)
+            old.shutdown()
+        handle = _add_app(server, plan, path, backend, backend_options)
+    finally:
+        with _LOCK:
+            _STATE.starting -= 1
+            _stop_if_idle(server)
+    return handle
 
-        def stop() -> None:
-            with _LOCK:
-                if _STATE.apps.get(name) is handle:
-                    del _STATE.apps[name]
-                if not loop.is_closed() and _STATE.server is server:
-                    asyncio.run_coroutine_threadsafe(ingress.remove_graph(name), loop).result(60.0)
-                if _STATE.server is server and not _STATE.apps and not _STATE.deployed and not _STATE.explicit:
-                    _STATE.server = None
-                    server.shutdown(timeout=60.0)
 
-        handle = GraphHandle.attach(runtime, loop, stop, server.url + ("" if path == "/" else path))
+def _add_app(server: Server, plan: Any, path: str, backend: str, backend_options: dict[str, Any]) -> GraphHandle:
+    from graphserve.api import GraphHandle
+    from graphserve.runtime.runtime import GraphRuntime
+
+    name = plan.name
+    ingress, loop = server.ingress, server.ingress.loop
+    if loop is None:  # pragma: no cover - the lifespan startup always sets it
+        raise GraphError("the HTTP server has no event loop")
+    runtime = GraphRuntime(plan, backend=backend, metrics=ingress.metrics, **backend_options)
+    try:
+        asyncio.run_coroutine_threadsafe(ingress.add_graph(runtime, path), loop).result(STARTUP_TIMEOUT_S)
+    except TimeoutError:
+        raise GraphError(f"app {name!r} did not start within {STARTUP_TIMEOUT_S:g}s") from None
+    except GraphError as exc:
+        if "both want route" in str(exc):
+            hint = "give this app another route_prefix=..., or run it under the same name= to replace the other"
+            raise GraphError(f"{exc}; {hint}") from None
+        raise
+
+    def stop() -> None:
+        with _LOCK:
+            if _STATE.apps.get(name) is handle:
+                del _STATE.apps[name]
+            current = _STATE.server is server
+        if current and not loop.is_closed():
+            asyncio.run_coroutine_threadsafe(ingress.remove_graph(name), loop).result(60.0)
+        with _LOCK:
+            _stop_if_idle(server)
+
+    handle = GraphHandle.attach(runtime, loop, stop, server.url + ("" if path == "/" else path))
+    with _LOCK:
         _STATE.apps[name] = handle
-        return handle
+    return handle
+
+
+def _stop_if_idle(server: Server) -> None:
+    """Stop a server that a run started (not serve.start()) once no app runs on it (under _LOCK)."""
+    if _STATE.server is not server or _STATE.explicit or _STATE.starting:
+        return
+    if any(h.url is not None for h in _STATE.apps.values()):
+        return
+    if any(h.url is not None for _, h in _STATE.deployed.values()):
+        return
+    _STATE.server = None
+    server.shutdown(timeout=60.0)
 
 
 def block_until_interrupted() -> None:
@@ -297,9 +325,10 @@ def deploy_deployment(deployment: Deployment[Any], args: tuple[Any, ...], kwargs
     name = deployment.name
     with _LOCK:
         entry = _STATE.deployed.pop(name, None)
-        if entry is not None:
-            entry[1].shutdown()
-        handle = run(deployment.bind(*args, **kwargs), name=name, route_prefix=route, http=route is not None)
+    if entry is not None:
+        entry[1].shutdown()
+    handle = run(deployment.bind(*args, **kwargs), name=name, route_prefix=route, http=route is not None)
+    with _LOCK:
         _STATE.deployed[name] = (deployment, handle)
 
 
