@@ -81,6 +81,8 @@ class GraphHandle:
     # -- Ray Serve's handle API ----------------------------------------------------------------
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Start a call now; returns an awaitable ``DeploymentResponse`` (``.result()`` blocks)."""
+        if self._stopped:
+            raise GraphError(f"graph {self.plan.name!r} was shut down")
         if self.ingress_deployment is not None:
             return self.runtime.handle(self.ingress_deployment).remote(*args, **kwargs)
         timeout_s = kwargs.pop("timeout_s", None)
