@@ -235,7 +235,7 @@ class _Planner:
             kind="function" if dep.is_function else "class",
             init_args=[self.arg(a) for a in dep.init_args],
             init_kwargs={k: self.arg(v) for k, v in dep.init_kwargs.items()},
-            num_replicas=int(options.get("num_replicas", 1)),
+            num_replicas=_replica_count(options),
             max_ongoing_requests=max_ongoing,
             max_queued_requests=int(queued),
             max_retries=int(options.get("max_retries", 0)),
@@ -337,6 +337,16 @@ class _Planner:
         for path, obj in self.objects.items():
             plan.register(path, obj)
         return plan
+
+
+def _replica_count(options: Mapping[str, Any]) -> int:
+    """``num_replicas``; without it (or ``"auto"``), autoscaling's ``min_replicas``, at least 1."""
+    count = options.get("num_replicas")
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count
+    autoscaling = options.get("autoscaling_config") or {}
+    floor = autoscaling.get("min_replicas", 1) if isinstance(autoscaling, Mapping) else 1
+    return max(1, int(floor or 1))
 
 
 def _consistent(conj: frozenset[tuple[str, int]]) -> bool:

@@ -25,7 +25,7 @@ from .ir import Arg, ConstArg, GraphIR, IRDeployment, IRNode, NodeArg
 #: Options graphserve implements, with a check for each value.
 _OPTION_CHECKS: dict[str, tuple[str, Any]] = {
     "name": ("a non-empty string", lambda v: isinstance(v, str) and v != "" and "/" not in v),
-    "num_replicas": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "num_replicas": ("an integer >= 1 (or 'auto')", lambda v: v == "auto" or (_is_int(v) and v >= 1)),
     "num_cpus": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
     "num_gpus": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
     "max_ongoing_requests": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
@@ -39,7 +39,7 @@ _OPTION_CHECKS: dict[str, tuple[str, Any]] = {
 
 #: Ray Serve options accepted for compatibility but not implemented; each warns once.
 UNSUPPORTED_OPTIONS = {
-    "autoscaling_config": "autoscaling is not implemented; num_replicas (or min_replicas) is used",
+    "autoscaling_config": "autoscaling is not implemented; num_replicas (else min_replicas, at least 1) replicas run",
     "user_config": "user_config is not applied; reconfigure() is not called",
     "health_check_period_s": "health checks are not run per replica",
     "health_check_timeout_s": "health checks are not run per replica",

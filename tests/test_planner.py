@@ -183,3 +183,23 @@ def test_parse_and_detect_cluster() -> None:
         parse_cluster("cpu=8")
     with pytest.raises(ValueError):
         parse_cluster("cpus=eight")
+
+
+def test_autoscaling_min_replicas_sets_the_replica_count() -> None:
+    import graphserve as gs
+    from graphserve.compiler import compile_app
+
+    @gs.deployment(num_replicas="auto", autoscaling_config={"min_replicas": 3, "max_replicas": 8})
+    class Auto:
+        async def __call__(self, x: int) -> int:
+            return x
+
+    @gs.deployment(num_replicas=2, autoscaling_config={"min_replicas": 5})
+    class Fixed:
+        async def __call__(self, x: int) -> int:
+            return x
+
+    with gs.InputNode() as inp:
+        plan = compile_app(gs.graph([Auto.bind().__call__.bind(inp), Fixed.bind().__call__.bind(inp)]))
+    assert plan.deployment("Auto").num_replicas == 3 and plan.deployment("Fixed").num_replicas == 2
+    assert sum(1 for w in plan.warnings if "autoscaling_config" in w.message) == 2
