@@ -27,9 +27,10 @@ the rest wait in a FIFO of at most ``max_queued_requests`` (then OverloadedError
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
-import sys
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -44,13 +45,22 @@ from .ray_resources import check_fits
 _owned_connections = 0  # backends sharing the Ray instance one of them started or connected
 
 
-def _import_ray(start_local: bool) -> Any:
-    if start_local and "ray" not in sys.modules:
-        # A cluster we start ourselves stays on loopback (Ray's own switch for that) and sends no usage stats.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
+_LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray puts a local cluster on 127.0.0.1
 
+
+def _import_ray(start_local: bool) -> Any:
+    if start_local:  # a cluster we start ourselves stays on loopback and sends no usage stats
+        os.environ.setdefault(_LOOPBACK_SWITCH, "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+    except ImportError as exc:
+        raise GraphError(f"the Ray backend needs ray (pip install 'graphserve[ray]'): {exc}") from exc
+    if start_local and not ray.is_initialized():
+        with contextlib.suppress(Exception):  # ray was imported before the switch was set: Ray reads it at import
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = os.environ[_LOOPBACK_SWITCH].lower() in ("1", "true")
     return ray
 
 
@@ -168,6 +178,7 @@ class RayBackend:
         num_gpus: int | None = None,
         max_restarts: int = -1,
         start_timeout_s: float = 300.0,
+        connect_timeout_s: float = 120.0,
         metrics_interval_s: float = 1.0,
     ) -> None:
         self.plan = plan
@@ -179,6 +190,7 @@ class RayBackend:
             self._init_options.update(num_cpus=num_cpus, num_gpus=num_gpus)
         self._max_restarts = max_restarts
         self._start_timeout_s = start_timeout_s
+        self._connect_timeout_s = connect_timeout_s
         self._metrics_interval_s = metrics_interval_s
         self._ray: Any = None
         self._owns_connection = False
@@ -187,7 +199,7 @@ class RayBackend:
         self._id = uuid.uuid4().hex[:12]  # actor names are unique per backend
 
     # -- lifecycle ---------------------------------------------------------------------
-    def _connect(self) -> Any:
+    async def _connect(self) -> Any:
         global _owned_connections
         ray = _import_ray(start_local=self.address is None)
         if ray.is_initialized():
@@ -196,10 +208,21 @@ class RayBackend:
                 self._owns_connection = True
             return ray
         options = {k: v for k, v in self._init_options.items() if v is not None}
-        if self.address is None:
-            ray.init(include_dashboard=False, logging_level="warning", **options)
-        else:
-            ray.init(address=self.address, logging_level="warning", **options)
+        where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray instance"
+        try:
+            if self.address is None:  # starting one here cannot wait on an unreachable address
+                ray.init(include_dashboard=False, logging_level="warning", **options)
+            else:  # in a daemon thread: a cluster that never answers cannot stall this loop or the exit
+                await asyncio.wait_for(
+                    _in_daemon_thread(ray.init, address=self.address, logging_level="warning", **options),
+                    self._connect_timeout_s,
+                )
+        except TimeoutError:
+            raise GraphError(
+                f"cannot start graph {self.plan.name!r}: {where} did not answer within {self._connect_timeout_s:g}s"
+            ) from None
+        except Exception as exc:
+            raise GraphError(f"cannot start graph {self.plan.name!r} on {where}: {type(exc).__name__}: {exc}") from exc
         _owned_connections += 1
         self._owns_connection = True
         return ray
@@ -215,7 +238,7 @@ class RayBackend:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        ray = self._ray = self._connect()
+        ray = self._ray = await self._connect()
         try:
             check_fits(
                 self.plan,
@@ -430,6 +453,20 @@ class RayBackend:
         if router is None:
             raise GraphError(f"graph {self.plan.name!r} has no running deployment {deployment!r}")
         return [r.actor for r in router.replicas]
+
+
+def _in_daemon_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+    """``fn`` in a daemon thread (one that never answers cannot keep the process alive)."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def work() -> None:
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="graphserve-ray-connect", daemon=True).start()
+    return asyncio.wrap_future(future)
 
 
 def _unwrap(arg: Any, parents: list[RayValue]) -> Any:
