@@ -19,6 +19,13 @@ glue inputs, fields, the output) with :meth:`RayBackend.resolve`, which also map
 failure back to the node where it happened. A request that fails or passes its
 deadline cancels its unfinished tasks (:meth:`RayBackend.cancel`).
 
+Options (``gs.run(app, backend="ray", **options)``, ``serve(..., backend_options=...)``):
+``address``; ``namespace`` and ``runtime_env`` (passed to ``ray.init``, e.g. a
+``working_dir`` when workers cannot import the deployments' modules); ``num_cpus`` /
+``num_gpus`` of a local instance started here; ``max_restarts`` (-1: always);
+``start_timeout_s`` (replicas ready), ``connect_timeout_s`` (cluster answers);
+``metrics_interval_s`` (how often batch sizes are collected from the replicas).
+
 Routing: least in-flight replica first; a replica holds at most
 ``max_ongoing_requests`` of the driver's calls, counted until their result exists;
 the rest wait in a FIFO of at most ``max_queued_requests`` (then OverloadedError).
