@@ -23,6 +23,7 @@ from . import coldstart, costs, hop, load, report, servers
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "W4cpu", "W5")
 EXTRAS = ("hop", "coldstart")
+OVER_CAPACITY = 0.9  # fixed-rate runs above this fraction of the closed-loop peak are skipped
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -36,7 +37,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=None, help="seconds per closed-loop measurement (default 5)")
     p.add_argument("--warmup", type=float, default=None, help="seconds of warm-up per workload (default 1)")
     p.add_argument("--connections", default="1,16,64", help="closed-loop connection counts")
-    p.add_argument("--rate", type=float, default=200.0, help="fixed-rate requests/s (0: skip the open loop)")
+    p.add_argument(
+        "--rates",
+        default="50,1000",
+        help="fixed-rate runs, requests/s (empty: none); a rate above 90%% of a system's\n"
+        "closed-loop peak for that workload is skipped (it would only measure a growing queue)",
+    )
     p.add_argument("--open-duration", type=float, default=None, help="seconds of the fixed-rate run (default 5)")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="where the JSON goes")
     args = p.parse_args(argv)
@@ -53,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.extras = [e for e in EXTRAS if e in only]
     args.systems = [s for s in servers.SYSTEMS if s in systems]
     args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
+    args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
     return args
 
 
@@ -98,10 +105,15 @@ def measure_workload(server: servers.Server, wid: str, args: argparse.Namespace,
         m = load.closed_loop(url, bodies, c, args.duration)
         res["closed"][str(c)] = m
         _log(f"{system} {wid} c={c}: {m['rps']:.0f} req/s p50 {m['latency_ms']['p50']:.2f} ms")
-    if args.rate > 0:
-        res["open"] = load.open_loop(url, bodies, args.rate, args.open_duration)
-        lat = res["open"]["latency_ms"]
-        _log(f"{system} {wid} {args.rate:g}/s: p50 {lat.get('p50')} p99 {lat.get('p99')} ms")
+    peak = max((m["rps"] for m in res["closed"].values()), default=None)
+    res["open"] = {}
+    for rate in args.rates:
+        if peak is not None and rate > OVER_CAPACITY * peak:
+            res["open"][f"{rate:g}"] = {"skipped": f"over capacity: closed-loop peak {peak:.0f} req/s"}
+            continue
+        o = res["open"][f"{rate:g}"] = load.open_loop(url, bodies, rate, args.open_duration)
+        lat = o["latency_ms"]
+        _log(f"{system} {wid} {rate:g}/s: p50 {lat.get('p50')} p99 {lat.get('p99')} ms, {o['error_count']} errors")
     servers.check(server, wid)  # still answering correctly after the load
 
 
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "connections": args.connections,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
-            "rate": args.rate,
+            "rates": args.rates,
             "open_duration_s": args.open_duration,
             "quick": args.quick,
             "costs": {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -125,13 +126,17 @@ app = Starlette(routes=[Route(f"/{wid.lower()}", fn, methods=["POST"]) for wid, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--port", type=int, default=8001, help="0: a free port (printed as 'PORT <n>')")
     args = parser.parse_args(argv)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    print(f"PORT {sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, loop="auto", http="auto", ws="none", log_level="warning",
-        access_log=False, server_header=False, lifespan="off",
+        app, loop="auto", http="auto", ws="none", log_level="warning", access_log=False, server_header=False,
+        lifespan="off",
     )  # fmt: skip
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import threading
 from typing import Any
 
@@ -119,9 +120,16 @@ def build_apps(workloads: list[str]) -> dict[str, Any]:
     return {w: makers[w]() for w in workloads}
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=8004)
+    parser.add_argument("--port", type=int, default=0, help="0: a free port once Ray runs (printed as 'PORT <n>')")
     parser.add_argument("--workloads", default="W1,W2,W3,W4,W4cpu,W5")
     parser.add_argument("--ray-cpus", type=int, default=2)
     args = parser.parse_args(argv)
@@ -134,10 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     ray.init(address="local", num_cpus=args.ray_cpus, include_dashboard=False, logging_level=logging.WARNING)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        port = args.port or _free_port()  # chosen after Ray started its own servers
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         for wid, app in build_apps([w for w in args.workloads.split(",") if w]).items():
             serve.run(app, name=wid.lower(), route_prefix=f"/{wid.lower()}")
-        print(f"READY {args.port}", flush=True)
+        print(f"PORT {port}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:

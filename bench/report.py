@@ -254,11 +254,11 @@ def markdown(results: dict) -> str:
                         cell += f" [{m['error_count']} err]"
                     cells.append(cell)
                 lines.append(f"| {wid} | {c} | " + " | ".join(cells) + " |")
-        rate = results.get("config", {}).get("rate")
-        if rate:
+        for rate in results.get("config", {}).get("rates", []):
+            key = f"{rate:g}"
             lines += [
                 "",
-                f"Fixed rate (open loop, {rate:g} req/s, latency from the intended send time): p50 / p99 / mean ms",
+                f"Fixed rate (open loop, {key} req/s, latency from the intended send time): p50 / p99 / mean ms",
                 "",
                 "| workload | " + " | ".join(LABELS[s] for s in systems) + " |",
                 "|---|" + "---:|" * len(systems),
@@ -266,13 +266,16 @@ def markdown(results: dict) -> str:
             for wid in workloads:
                 cells = []
                 for s in systems:
-                    o = (_workload(results, s, wid) or {}).get("open")
-                    lat = (o or {}).get("latency_ms") or {}
+                    o = ((_workload(results, s, wid) or {}).get("open") or {}).get(key) or {}
+                    lat = o.get("latency_ms") or {}
+                    if o.get("skipped"):
+                        cells.append("over capacity")
+                        continue
                     if not lat:
                         cells.append("-")
                         continue
                     cell = f"{_fmt(lat['p50'], 2)} / {_fmt(lat['p99'], 2)} / {_fmt(lat['mean'], 2)}"
-                    if o and o.get("error_count"):
+                    if o.get("error_count"):
                         cell += f" [{o['error_count']} err]"
                     cells.append(cell)
                 lines.append(f"| {wid} | " + " | ".join(cells) + " |")

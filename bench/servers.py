@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from . import costs
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("starlette", "local", "ray", "rayserve")
+_PORT_LINE = re.compile(r"^PORT (\d+)$", re.MULTILINE)
 LABELS = {
     "starlette": "raw Starlette",
     "local": "graphserve local",
@@ -48,15 +50,16 @@ def free_port() -> int:
         return port
 
 
-def command(system: str, port: int, workloads: list[str]) -> list[str]:
+def command(system: str, workloads: list[str]) -> list[str]:
+    """The server's command line; it picks a free port itself and prints ``PORT <n>``."""
     py = sys.executable
     names = ",".join(workloads)
     if system == "starlette":
-        return [py, "-m", "bench.raw_starlette", "--port", str(port)]
+        return [py, "-m", "bench.raw_starlette", "--port", "0"]
     if system in ("local", "ray"):
-        return [py, "-m", "bench.gs_server", "--backend", system, "--port", str(port), "--workloads", names]
+        return [py, "-m", "bench.gs_server", "--backend", system, "--port", "0", "--workloads", names]
     if system == "rayserve":
-        return [py, "-m", "bench.rayserve_apps", "--port", str(port), "--workloads", names]
+        return [py, "-m", "bench.rayserve_apps", "--port", "0", "--workloads", names]
     raise ValueError(f"unknown system {system!r}; expected one of {SYSTEMS}")
 
 
@@ -111,13 +114,13 @@ def check(server: Server, workload: str) -> None:
 
 
 def start(system: str, workloads: list[str], log_dir: Path, timeout_s: float = 180.0) -> Server:
-    port = free_port()
+    """Start ``system`` serving ``workloads``; returns once each answers correctly."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{system}.log"
+    log_path = log_dir / f"{system}-{'-'.join(workloads)}.log"
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command(system, port, workloads),
+            command(system, workloads),
             cwd=ROOT,
             env=bench_env(),
             stdin=subprocess.DEVNULL,
@@ -125,15 +128,22 @@ def start(system: str, workloads: list[str], log_dir: Path, timeout_s: float = 1
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server(system, port, workloads, process, log_path)
+    server = Server(system, 0, workloads, process, log_path)
     deadline = time.monotonic() + timeout_s
     pending = list(workloads)
     while pending:
+        if not server.port:  # the server prints the port it bound
+            found = _PORT_LINE.search(server.log_tail(1_000_000))
+            if found:
+                server.port = int(found.group(1))
         if process.poll() is not None:
             raise ServerError(f"{system} exited with {process.returncode} while starting:\n{server.log_tail()}")
         if time.monotonic() > deadline:
             stop(server)
             raise ServerError(f"{system} did not answer within {timeout_s:g}s:\n{server.log_tail()}")
+        if not server.port:
+            time.sleep(0.05)
+            continue
         try:
             check(server, pending[0])
         except (OSError, ServerError) as exc:

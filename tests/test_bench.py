@@ -157,7 +157,7 @@ def _run_bench(tmp_path: Path, *args: str) -> dict:
 @needs_wrk
 def test_quick_run_end_to_end(tmp_path):
     results = _run_bench(
-        tmp_path, "--systems", "starlette,local", "--only", "W1,W3,hop", "--connections", "1,4", "--rate", "50"
+        tmp_path, "--systems", "starlette,local", "--only", "W1,W3,hop", "--connections", "1,4", "--rates", "50,1000000"
     )
     assert results["config"]["workloads"] == ["W1", "W3"]
     assert results["machine"]["cores"] and results["machine"]["packages"]["graphserve"]
@@ -168,7 +168,8 @@ def test_quick_run_end_to_end(tmp_path):
             assert "error" not in w, w
             assert set(w["closed"]) == {"1", "4"}
             assert all(m["rps"] > 0 and m["error_count"] == 0 for m in w["closed"].values())
-            assert w["open"]["completed"] == w["open"]["requests"] == 50
+            assert w["open"]["50"]["completed"] == w["open"]["50"]["requests"] == 50
+            assert "over capacity" in w["open"]["1e+06"]["skipped"]
     assert results["hop"]["graph"]["us_per_node"] is not None
     by_figure = {t["figure"]: t for t in results["targets"]}
     assert by_figure["W1 req/s, local / raw Starlette"]["passed"] in (True, False)
@@ -191,10 +192,10 @@ def test_unknown_names_are_rejected(tmp_path):
 @pytest.mark.slow
 @needs_wrk
 def test_quick_run_on_ray_and_ray_serve(tmp_path):
-    results = _run_bench(tmp_path, "--systems", "ray,rayserve", "--only", "W1", "--connections", "1", "--rate", "20")
+    results = _run_bench(tmp_path, "--systems", "ray,rayserve", "--only", "W1", "--connections", "1", "--rates", "20")
     for system in ("ray", "rayserve"):
         w = results["systems"][system]["workloads"]["W1"]
         assert "error" not in w, w
-        assert w["closed"]["1"]["rps"] > 0 and w["open"]["completed"] == 20
+        assert w["closed"]["1"]["rps"] > 0 and w["open"]["20"]["completed"] == 20
     by_figure = {t["figure"]: t for t in results["targets"]}
     assert by_figure["W1 req/s, graphserve Ray / Ray Serve"]["measured"] > 0
