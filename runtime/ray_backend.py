@@ -89,13 +89,14 @@ class RayValue:
 
 
 class _Replica:
-    __slots__ = ("actor", "actor_id", "index", "ongoing")
+    __slots__ = ("actor", "actor_id", "down", "index", "ongoing")
 
     def __init__(self, actor: Any, index: int) -> None:
         self.actor = actor
         self.actor_id: str = actor._actor_id.hex()
         self.index = index
         self.ongoing = 0
+        self.down = False  # died and is being restarted: other replicas are preferred
 
 
 class _Router:
@@ -111,10 +112,12 @@ class _Router:
         self.closed = False
 
     def _pick(self) -> _Replica | None:
-        best = self.replicas[0]
+        best: _Replica | None = None
         for replica in self.replicas:
-            if replica.ongoing < best.ongoing:
+            if not replica.down and (best is None or replica.ongoing < best.ongoing):
                 best = replica
+        if best is None:  # all restarting: Ray holds the calls until one is back
+            best = min(self.replicas, key=lambda r: r.ongoing)
         return best if best.ongoing < self.limit else None
 
     async def acquire(self) -> _Replica:
@@ -143,6 +146,9 @@ class _Router:
 
     def release(self, replica: _Replica) -> None:
         replica.ongoing -= 1
+        self.wake()
+
+    def wake(self) -> None:
         while self._waiters:
             free = self._pick()
             if free is None:
@@ -203,6 +209,7 @@ class RayBackend:
         self._owns_connection = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._probes: set[asyncio.Task[None]] = set()
         self._id = uuid.uuid4().hex[:12]  # actor names are unique per backend
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -343,6 +350,8 @@ class RayBackend:
                 await poller
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.flush_batches(), 5)
+        for probe in list(self._probes):
+            probe.cancel()
         routers, self.routers = self.routers, {}
         for router in routers.values():
             router.close()
@@ -420,7 +429,28 @@ class RayBackend:
             origin = _find(value, lambda v: v.replica.actor_id == actor_id) or value
         router = self.routers.get(origin.deployment)
         retries = router.retries if router is not None else 0
+        if isinstance(cause, RayActorError) and router is not None:
+            self._mark_down(router, origin.replica)
         return node_error(cause, origin.node, origin.deployment, origin.replica.index, retries)
+
+    def _mark_down(self, router: _Router, replica: _Replica) -> None:
+        """Route around a replica that died until Ray has restarted it and it rebuilt its instance."""
+        if replica.down or self._loop is None:
+            return
+        replica.down = True
+
+        async def probe() -> None:
+            try:
+                async with asyncio.timeout(self._start_timeout_s):
+                    await replica.actor.ready.remote()
+            except Exception:  # not back (restarts exhausted?): its calls will fail, naming it
+                pass
+            replica.down = False
+            router.wake()
+
+        task = self._loop.create_task(probe(), name=f"graphserve-ray-probe:{router.name}#{replica.index}")
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
 
     # -- batching metrics --------------------------------------------------------------
     async def _poll_batches(self) -> None:

@@ -53,6 +53,17 @@ async def bounded(awaitable: Any, seconds: float = 60.0) -> Any:
     return await asyncio.wait_for(awaitable, seconds)
 
 
+async def answered(runtime: GraphRuntime, request: Any, node: str = "Mortal.__call__") -> Any:
+    """The first answer to ``request``: calls sent while the only replica restarts may fail, naming it."""
+    for _ in range(50):
+        try:
+            return await bounded(runtime.execute(request))
+        except NodeExecutionError as exc:
+            assert exc.node == node and "died" in str(exc)
+            await asyncio.sleep(0.2)
+    pytest.fail(f"{node} did not come back")
+
+
 # -- failures --------------------------------------------------------------------------
 async def test_a_dead_replica_fails_its_calls_naming_the_node_and_is_restarted(log: EventLog) -> None:
     with gs.InputNode() as inp:
@@ -66,10 +77,23 @@ async def test_a_dead_replica_fails_its_calls_naming_the_node_and_is_restarted(l
             assert isinstance(outcome, NodeExecutionError), outcome
             assert outcome.node == "Mortal.__call__" and outcome.deployment == "Mortal"  # not its consumer
             assert "replica 0 of deployment 'Mortal' died" in str(outcome) and "max_retries" in str(outcome)
-        second_pid = await bounded(runtime.execute("ping"))  # the graph keeps serving, on a new process
+        second_pid = await bounded(answered(runtime, "ping"))  # the graph keeps serving, on a new process
         assert second_pid != first_pid
         assert [await bounded(runtime.execute("ping")) for _ in range(3)] == [second_pid] * 3
     assert log.count("built") == 2  # the restarted actor rebuilt the instance
+
+
+async def test_calls_go_to_the_other_replicas_while_a_dead_one_restarts(log: EventLog) -> None:
+    with gs.InputNode() as inp:
+        out = r.Mortal.options(num_replicas=2).bind(log.path).__call__.bind(inp)
+    async with running(gs.graph(out)) as runtime:
+        pids = set(await asyncio.gather(*[runtime.execute("sleep0.2") for _ in range(4)]))
+        assert len(pids) == 2
+        with pytest.raises(NodeExecutionError, match="died"):
+            await bounded(runtime.execute("die"))
+        answers = [await bounded(runtime.execute("ping")) for _ in range(6)]  # none fails
+        survivor = answers[0]
+        assert survivor in pids and (pids - {survivor}).isdisjoint(answers)  # never the dead process
 
 
 async def test_max_retries_retries_calls_that_were_running_on_a_killed_replica(ray_cluster: Any, log: EventLog) -> None:
@@ -103,13 +127,7 @@ async def test_a_restarted_replica_gets_its_handles_back(ray_cluster: Any) -> No
         assert await runtime.execute(1.0) == 10.0
         (caller,) = runtime.backend.actors("Caller")  # type: ignore[union-attr]
         ray_cluster.kill(caller, no_restart=False)
-        for _ in range(50):  # calls sent while it restarts may fail, naming it; none may hang
-            try:
-                await bounded(runtime.execute(2.0))
-                break
-            except NodeExecutionError as exc:
-                assert exc.node == "Caller.__call__" and "died" in str(exc)
-                await asyncio.sleep(0.2)
+        await answered(runtime, 2.0, node="Caller.__call__")
         outcomes = [await bounded(runtime.execute(2.0)) for _ in range(3)]
     assert outcomes == [20.0] * 3
 
