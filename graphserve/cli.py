@@ -69,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("--timeout-s", type=float, default=None, help="deadline for graphs that set none")
     deploy.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
-    deploy.add_argument("--cluster", default="detect")
+    deploy.add_argument(
+        "--cluster",
+        default=None,
+        help="cluster to check placements against: default 'detect' (this machine) on the local backend; "
+        "on Ray the backend checks the Ray cluster's resources",
+    )
     deploy.set_defaults(handler=deploy_command)
 
     call = commands.add_parser("call", help="send one request to a served graph (URL) or run it in process")

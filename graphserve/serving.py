@@ -82,7 +82,8 @@ def serve(
     if unknown:
         known = "\n  ".join(f"{k}: {v}" for k, v in _OPTIONS.items())
         raise GraphError(f"serve() got unknown option(s) {unknown}; options are:\n  {known}")
-    plans = load_plans(apps, cluster=options.get("cluster", "detect"))
+    # On Ray the backend checks the plan against the Ray cluster itself, not this machine.
+    plans = load_plans(apps, cluster=options.get("cluster", "detect" if backend == "local" else None))
     if token is None:
         token = os.environ.get(TOKEN_ENV) or None
     metrics = Metrics()
@@ -158,7 +159,8 @@ def deploy_command(args: Any) -> int:
     address = getattr(args, "address", None)
     if address:
         backend_options["address"] = address
-    options: dict[str, Any] = {"cluster": getattr(args, "cluster", None) or "detect", "on_ready": _announce}
+    default_cluster = "detect" if (getattr(args, "backend", None) or "local") == "local" else None
+    options: dict[str, Any] = {"cluster": getattr(args, "cluster", None) or default_cluster, "on_ready": _announce}
     for name in ("timeout_s", "max_body_bytes", "max_in_flight", "shutdown_timeout_s"):
         value = getattr(args, name, None)
         if value is not None:

@@ -230,7 +230,7 @@ def test_deploy_and_call_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     args = cli.build_parser().parse_args(["deploy", "a:app", "plan.json"])
     assert args.targets == ["a:app", "plan.json"]
     assert (args.backend, args.address, args.host, args.port) == ("local", None, "127.0.0.1", 8000)
-    assert (args.token, args.timeout_s, args.max_body_bytes, args.cluster) == ("s3cret", None, 10485760, "detect")
+    assert (args.token, args.timeout_s, args.max_body_bytes, args.cluster) == ("s3cret", None, 10485760, None)
     args = cli.build_parser().parse_args(["call", "http://127.0.0.1:1/x", "--header", "A: 1", "--header", "B: 2"])
     assert (args.body, args.timeout_s, args.header) == ("{}", None, ["A: 1", "B: 2"])
     with pytest.raises(SystemExit):
