@@ -13,26 +13,27 @@ import concurrent.futures
 import functools
 import inspect
 import os
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from graphserve.compiler.plan import DeploymentPlan, Plan
-from graphserve.errors import DeploymentStartError, OverloadedError
+from graphserve.errors import DeploymentStartError
 
 from .batcher import close_batchers, observe_batches
 from .loader import build_args, construction_order, load_target
+from .routing import ReplicaRouter
 
 
 class Replica:
     """One instance of a deployment and the calls it is running."""
 
-    __slots__ = ("_loop", "_methods", "_pool", "index", "instance", "ongoing")
+    __slots__ = ("_loop", "_methods", "_pool", "down", "index", "instance", "ongoing")
 
     def __init__(self, instance: Any, index: int, pool: concurrent.futures.Executor, loop: asyncio.AbstractEventLoop):
         self.instance = instance
         self.index = index
         self.ongoing = 0
+        self.down = False
         self._methods: dict[str, tuple[Callable[..., Any], bool]] = {}
         self._pool = pool
         self._loop = loop
@@ -58,74 +59,15 @@ class Replica:
         return result
 
 
-class ReplicaSet:
+class ReplicaSet(ReplicaRouter[Replica]):
     """The replicas of one deployment, with least-loaded routing and bounded queueing."""
 
-    def __init__(self, plan: DeploymentPlan, replicas: list[Replica]):
-        self.name = plan.name
-        self.replicas = replicas
-        self.limit = plan.max_ongoing_requests
-        self.max_queued = plan.max_queued_requests
-        self._waiters: deque[asyncio.Future[Replica]] = deque()
-
-    @property
-    def queued(self) -> int:
-        return len(self._waiters)
-
-    @property
-    def ongoing(self) -> int:
-        return sum(r.ongoing for r in self.replicas)
-
-    def _pick(self) -> Replica | None:
-        replicas = self.replicas
-        best = replicas[0]
-        if len(replicas) > 1:
-            for replica in replicas:
-                if replica.ongoing < best.ongoing:
-                    best = replica
-        return best if best.ongoing < self.limit else None
-
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        replica = self._pick() if not self._waiters else None
-        if replica is None:
-            replica = await self._wait_for_replica()  # comes reserved
-        else:
-            replica.ongoing += 1
+        replica = await self.acquire()
         try:
             return await replica.invoke(method, args, kwargs)
         finally:
-            replica.ongoing -= 1
-            if self._waiters:
-                self._wake()
-
-    async def _wait_for_replica(self) -> Replica:
-        if 0 <= self.max_queued <= len(self._waiters):
-            raise OverloadedError(
-                f"deployment {self.name!r} is overloaded: {len(self._waiters)} requests queued "
-                f"(max_queued_requests={self.max_queued})"
-            )
-        waiter: asyncio.Future[Replica] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():  # got a replica just as we were cancelled
-                waiter.result().ongoing -= 1
-                self._wake()
-            raise
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-
-    def _wake(self) -> None:
-        while self._waiters:
-            replica = self._pick()
-            if replica is None:
-                return
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                replica.ongoing += 1  # reserved for the waiter; released by its call()
-                waiter.set_result(replica)
+            self.release(replica)
 
 
 class LocalBackend:
@@ -178,6 +120,7 @@ class LocalBackend:
 
     async def stop(self) -> None:
         for replica_set in self.sets.values():
+            replica_set.close()
             for replica in replica_set.replicas:
                 close_batchers(replica.instance)  # a batched function deployment keeps them on itself
         self.sets.clear()

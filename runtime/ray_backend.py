@@ -39,15 +39,15 @@ import contextlib
 import os
 import threading
 import uuid
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from graphserve.compiler.plan import DeploymentPlan, Plan
-from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError, OverloadedError
+from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError
 
 from .loader import construction_order, load_target
 from .ray_resources import check_fits
+from .routing import ReplicaRouter
 
 _owned_connections = 0  # backends sharing the Ray instance one of them started or connected
 
@@ -99,79 +99,7 @@ class _Replica:
         self.down = False  # died and is being restarted: other replicas are preferred
 
 
-class _Router:
-    """Least-loaded routing with bounded queueing, as the local backend's ReplicaSet."""
-
-    def __init__(self, plan: DeploymentPlan, replicas: list[_Replica]) -> None:
-        self.name = plan.name
-        self.replicas = replicas
-        self.limit = plan.max_ongoing_requests
-        self.max_queued = plan.max_queued_requests
-        self.retries = plan.max_retries
-        self._waiters: deque[asyncio.Future[_Replica]] = deque()
-        self.closed = False
-
-    def _pick(self) -> _Replica | None:
-        best: _Replica | None = None
-        for replica in self.replicas:
-            if not replica.down and (best is None or replica.ongoing < best.ongoing):
-                best = replica
-        if best is None:  # all restarting: Ray holds the calls until one is back
-            best = min(self.replicas, key=lambda r: r.ongoing)
-        return best if best.ongoing < self.limit else None
-
-    async def acquire(self) -> _Replica:
-        replica = self._pick() if not self._waiters and not self.closed else None
-        if replica is not None:
-            replica.ongoing += 1
-            return replica
-        if self.closed:
-            raise OverloadedError(f"deployment {self.name!r} is stopping")
-        if 0 <= self.max_queued <= len(self._waiters):
-            raise OverloadedError(
-                f"deployment {self.name!r} is overloaded: {len(self._waiters)} requests queued "
-                f"(max_queued_requests={self.max_queued})"
-            )
-        waiter: asyncio.Future[_Replica] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            return await waiter  # comes reserved
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release(waiter.result())
-            raise
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-
-    def release(self, replica: _Replica) -> None:
-        replica.ongoing -= 1
-        self.wake()
-
-    def wake(self) -> None:
-        while self._waiters:
-            free = self._pick()
-            if free is None:
-                return
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                free.ongoing += 1
-                waiter.set_result(free)
-
-    def close(self) -> None:
-        self.closed = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(OverloadedError(f"deployment {self.name!r} is stopping"))
-
-    @property
-    def queued(self) -> int:
-        return len(self._waiters)
-
-    @property
-    def ongoing(self) -> int:
-        return sum(r.ongoing for r in self.replicas)
+_Router = ReplicaRouter[_Replica]
 
 
 class RayBackend:

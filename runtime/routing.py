@@ -1,0 +1,108 @@
+"""Routing calls to replicas: least-loaded first, at most ``max_ongoing_requests`` per
+replica, the rest waiting in a FIFO of at most ``max_queued_requests`` (then
+:class:`OverloadedError`). Shared by the local and the Ray backend, which differ only
+in what a replica is and how a call runs on it.
+
+A replica is anything with an ``ongoing`` count and a ``down`` flag (a replica that
+died and is restarting is avoided while another can take the call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Generic, Protocol, TypeVar
+
+from graphserve.compiler.plan import DeploymentPlan
+from graphserve.errors import OverloadedError
+
+
+class Routed(Protocol):
+    ongoing: int
+    down: bool
+
+
+R = TypeVar("R", bound=Routed)
+
+
+class ReplicaRouter(Generic[R]):
+    """Admission and least-loaded routing for one deployment's replicas."""
+
+    def __init__(self, plan: DeploymentPlan, replicas: list[R]) -> None:
+        self.name = plan.name
+        self.replicas = replicas
+        self.limit = plan.max_ongoing_requests
+        self.max_queued = plan.max_queued_requests
+        self.retries = plan.max_retries
+        self.closed = False
+        self._waiters: deque[asyncio.Future[R]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def ongoing(self) -> int:
+        return sum(r.ongoing for r in self.replicas)
+
+    def _pick(self) -> R | None:
+        replicas = self.replicas
+        if len(replicas) == 1:
+            best = replicas[0]
+        else:
+            candidate: R | None = None
+            for replica in replicas:
+                if not replica.down and (candidate is None or replica.ongoing < candidate.ongoing):
+                    candidate = replica
+            # all restarting: the backend holds the calls until one is back
+            best = candidate if candidate is not None else min(replicas, key=lambda r: r.ongoing)
+        return best if best.ongoing < self.limit else None
+
+    async def acquire(self) -> R:
+        """A replica with a slot reserved for the caller; :meth:`release` it after the call."""
+        replica = self._pick() if not self._waiters and not self.closed else None
+        if replica is not None:
+            replica.ongoing += 1
+            return replica
+        if self.closed:
+            raise OverloadedError(f"deployment {self.name!r} is stopping")
+        if 0 <= self.max_queued <= len(self._waiters):
+            raise OverloadedError(
+                f"deployment {self.name!r} is overloaded: {len(self._waiters)} requests queued "
+                f"(max_queued_requests={self.max_queued})"
+            )
+        waiter: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter  # comes reserved
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # got a replica just as we were cancelled
+                self.release(waiter.result())
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def release(self, replica: R) -> None:
+        replica.ongoing -= 1
+        if self._waiters:
+            self.wake()
+
+    def wake(self) -> None:
+        """Hand free slots to waiting callers, oldest first."""
+        while self._waiters:
+            free = self._pick()
+            if free is None:
+                return
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                free.ongoing += 1
+                waiter.set_result(free)
+
+    def close(self) -> None:
+        """Refuse new calls; waiting callers get OverloadedError."""
+        self.closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(OverloadedError(f"deployment {self.name!r} is stopping"))
