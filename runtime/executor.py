@@ -139,45 +139,32 @@ class GraphExecutor:
             raise RequestValidationError(f"request does not match {schema.__name__}: {detail}", errors) from None
 
     async def execute(self, request: Any, timeout_s: float | None = None) -> Any:
-        """Run the graph for one request; raises a RequestError subclass on failure."""
+        """Run the graph for one request; raises a RequestError subclass on failure.
+
+        A failed or late request cancels the work it started (tasks here, and on a remote
+        backend the calls it submitted)."""
         if timeout_s is None:
             timeout_s = self.plan.timeout_s
         run = _Run(self.input_id, self.validate_request(request))
-        if self._remote is not None:
-            return await self._execute_remote(run, timeout_s)
-        if timeout_s is None:
-            return await self._eval(self.output_id, run)
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await self._eval(self.output_id, run)
-        except TimeoutError:
-            raise self._deadline_error(timeout_s) from None
-        finally:
-            for task in run.tasks.values():
-                task.cancel()
-
-    def _deadline_error(self, timeout_s: float) -> DeadlineExceededError:
-        return DeadlineExceededError(
-            f"graph {self.plan.name!r} did not answer within {timeout_s:g}s; its remaining work was cancelled"
-        )
-
-    async def _execute_remote(self, run: _Run, timeout_s: float | None) -> Any:
-        """As execute(), on a remote backend: a failed or late request cancels the calls it started."""
-        run.refs = []
+        remote = self._remote
+        if remote is not None:
+            run.refs = []
         try:
             if timeout_s is None:
                 return await self._eval(self.output_id, run)
-            try:
-                async with asyncio.timeout(timeout_s):
-                    return await self._eval(self.output_id, run)
-            except TimeoutError:
-                raise self._deadline_error(timeout_s) from None
-            finally:
-                for task in run.tasks.values():
-                    task.cancel()
-        except BaseException:
-            self._remote.cancel(run.refs)
+            async with asyncio.timeout(timeout_s):
+                return await self._eval(self.output_id, run)
+        except BaseException as exc:
+            if remote is not None:
+                remote.cancel(run.refs)
+            if timeout_s is not None and isinstance(exc, TimeoutError):
+                raise DeadlineExceededError(
+                    f"graph {self.plan.name!r} did not answer within {timeout_s:g}s; its remaining work was cancelled"
+                ) from None
             raise
+        finally:
+            for task in run.tasks.values():
+                task.cancel()
 
     # -- evaluation ----------------------------------------------------------------------
     async def _eval(self, node_id: str, run: _Run) -> Any:
