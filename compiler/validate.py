@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import operator
 from typing import Any
 
 import networkx as nx
@@ -53,6 +54,7 @@ UNSUPPORTED_OPTIONS = {
 }
 
 _RAY_ACTOR_OPTIONS_USED = {"num_cpus", "num_gpus"}
+_COMPARISONS = (operator.gt, operator.ge, operator.lt, operator.le)  # `node > 0.5` glue: returns bool
 
 _BATCH_CHECKS: dict[str, tuple[str, Any]] = {
     "max_batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
@@ -279,7 +281,7 @@ class _Validator:
             self.types[node.id] = edgetypes.ANY
             return
         is_method = dep is not None and not dep.is_function and _is_plain_method(dep.target, node.method or "")
-        self.types[node.id] = edgetypes.return_type(fn)
+        self.types[node.id] = bool if fn in _COMPARISONS else edgetypes.return_type(fn)
         try:
             bound = _bind(fn, node.args, node.kwargs, is_method)
         except TypeError as exc:
