@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,44 +29,49 @@ BatchFn = Callable[[list[Any]], Awaitable[list[Any]]]
 
 
 class InlineBatcher:
-    """Requests wait in a queue; one loop sends up to ``MAX_BATCH_SIZE`` of them at a time."""
+    """Requests wait in a queue; one loop sends up to ``MAX_BATCH_SIZE`` of them at a time, when
+    full or when the oldest has waited ``BATCH_WAIT_S`` (the same rule as graphserve's batcher)."""
 
     def __init__(self, fn: BatchFn) -> None:
         self.fn = fn
-        self.queue: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] = asyncio.Queue()
+        self.queue: deque[tuple[Any, asyncio.Future[Any], float]] = deque()
+        self.wakeup = asyncio.Event()  # binds to a loop on first use, not here
         self.task: asyncio.Task[None] | None = None
 
     async def submit(self, x: Any) -> Any:
+        loop = asyncio.get_running_loop()
         if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._run())
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self.queue.put((x, future))
+            self.task = loop.create_task(self._run())
+        future: asyncio.Future[Any] = loop.create_future()
+        self.queue.append((x, future, loop.time()))
+        if len(self.queue) == 1 or len(self.queue) >= costs.MAX_BATCH_SIZE:
+            self.wakeup.set()
         return await future
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self.queue.get()]
-            deadline = loop.time() + costs.BATCH_WAIT_S
-            while len(batch) < costs.MAX_BATCH_SIZE:
-                remaining = deadline - loop.time()
+            while not self.queue:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+            while len(self.queue) < costs.MAX_BATCH_SIZE:
+                remaining = self.queue[0][2] + costs.BATCH_WAIT_S - loop.time()
                 if remaining <= 0:
                     break
-                if self.queue.empty():
-                    try:
-                        batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-                    except TimeoutError:
-                        break
-                else:
-                    batch.append(self.queue.get_nowait())
+                self.wakeup.clear()
+                try:
+                    await asyncio.wait_for(self.wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = [self.queue.popleft() for _ in range(min(costs.MAX_BATCH_SIZE, len(self.queue)))]
             try:
-                results = await self.fn([x for x, _ in batch])
+                results = await self.fn([x for x, _, _ in batch])
             except Exception as exc:
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, future, _), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
 
