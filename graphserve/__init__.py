@@ -18,7 +18,6 @@ from __future__ import annotations
 from graphserve.api import GraphHandle, build, run, shutdown
 from graphserve.batching import batch
 from graphserve.compat import (
-    GraphWarning,
     delete,
     get_app_handle,
     get_deployment,
@@ -33,6 +32,7 @@ from graphserve.errors import (
     DeploymentStartError,
     GraphError,
     GraphValidationError,
+    GraphWarning,
     NodeExecutionError,
     OverloadedError,
     PlanError,

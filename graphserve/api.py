@@ -190,7 +190,7 @@ def run(
     ``http=False`` (or ``_local_testing_mode=True``) runs it in process only.
     ``blocking=True`` serves until Ctrl-C / SIGTERM, then shuts everything down.
     The plan's warnings (e.g. GS117, a Ray Serve option graphserve ignores) are shown
-    once each as :class:`graphserve.compat.GraphWarning`.
+    once each as :class:`graphserve.errors.GraphWarning`.
 
     On ``backend="ray"`` the default ``cluster="detect"`` checks nothing at planning time
     (this machine is not the Ray cluster): the Ray backend checks the Ray cluster's own

@@ -31,7 +31,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from graphserve.errors import GraphError
+from graphserve.errors import GraphError, GraphWarning
 
 if TYPE_CHECKING:
     from graphserve.api import GraphHandle
@@ -46,10 +46,6 @@ DEFAULT_PORT = 8000
 STARTUP_TIMEOUT_S = 600.0  # constructors (model loading) may take a while; never forever
 
 _HTTP_OPTIONS_USED = {"host", "port", "request_timeout_s"}
-
-
-class GraphWarning(UserWarning):
-    """A warning from graphserve's compiler (e.g. GS117: a Ray Serve option that is accepted but ignored)."""
 
 
 class _State:

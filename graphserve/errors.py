@@ -13,6 +13,8 @@ Every error a user can meet is one of these::
         └── NodeExecutionError       a node raised (.node, .deployment; HTTP 500)
 
 User mistakes are always one of these exceptions with a message, never an ``assert``.
+Compiler warnings a user should see (e.g. GS117, a Ray Serve option that is accepted but
+ignored) are shown once each as :class:`GraphWarning`.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ class Diagnostic:
         data = asdict(self)
         data["location"] = str(self.location) if self.location else None
         return data
+
+
+class GraphWarning(UserWarning):
+    """A compiler warning shown to the user (GS109, GS110, GS117, ...)."""
 
 
 class GraphError(Exception):
