@@ -10,6 +10,8 @@ from typing import Any, Optional
 from pydantic import BaseModel
 
 import graphserve as gs
+from tests.graphs.backends import BrokenInit as BrokenInit  # shared with the backend suite
+from tests.graphs.backends import Fails as Fails
 
 
 class Request(BaseModel):
@@ -60,17 +62,6 @@ class Slow:
 
 
 @gs.deployment
-class SyncSlow:
-    """A blocking method: must run in a worker thread."""
-
-    def __call__(self, x: float) -> float:
-        start = time.monotonic()
-        time.sleep(0.05)
-        RECORDER.add("sync", start, time.monotonic())
-        return x * 2
-
-
-@gs.deployment
 class Scorer:
     async def score(self, text: str) -> Scores:
         return Scores(score=min(len(text) / 10, 1.0), label=text)
@@ -89,12 +80,6 @@ class Counter:
     async def __call__(self, x: Any) -> str:
         RECORDER.add(self.name, time.monotonic(), time.monotonic())
         return self.name
-
-
-@gs.deployment
-class Combiner:
-    async def __call__(self, *parts: float) -> float:
-        return sum(parts)
 
 
 @gs.deployment
@@ -119,41 +104,5 @@ class Takes:
 
 
 @gs.deployment
-class Fails:
-    async def __call__(self, x: Any) -> Any:
-        raise ValueError(f"bad input {x!r}")
-
-
-@gs.deployment
-class BrokenInit:
-    def __init__(self) -> None:
-        raise RuntimeError("weights missing")
-
-    async def __call__(self, x: Any) -> Any:
-        return x
-
-
-@gs.deployment
-class Caller:
-    """Holds a handle to another deployment, Ray Serve style."""
-
-    def __init__(self, other: Any) -> None:
-        self.other = other
-
-    async def __call__(self, x: float) -> float:
-        return await self.other.remote(x) * 10
-
-    async def via_method(self, text: str) -> Scores:
-        return await self.other.score.remote(text)
-
-
-@gs.deployment
 def double(x: float) -> float:
     return 2 * x
-
-
-def is_positive(x: float) -> bool:
-    return x > 0
-
-
-positive = gs.glue(is_positive)
