@@ -115,19 +115,9 @@ def call_command(args: argparse.Namespace) -> int:
 # -- build / render --------------------------------------------------------------------
 def build_command(args: argparse.Namespace) -> int:
     """Validate and plan ``args.target``; print the summary; write ``-o`` / ``--render``."""
-    try:
-        cluster = _cluster_arg(args.cluster)
-    except ValueError as exc:
-        print(f"error: --cluster {args.cluster!r}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        plan = _compile(args.target, cluster)
-    except GraphValidationError as exc:
-        _print_diagnostics(exc)
-        return 1
-    except GraphError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    plan = _load_plan(args.target, args.cluster)
+    if isinstance(plan, int):
+        return plan
     print_summary(plan, _console())
     if args.output:
         from graphserve.compiler.codes import Code
@@ -152,24 +142,32 @@ def build_command(args: argparse.Namespace) -> int:
 
 def render_command(args: argparse.Namespace) -> int:
     """Draw ``args.target`` (an app or a plan file) into ``args.output``."""
+    plan = _load_plan(args.target, args.cluster)
+    if isinstance(plan, int):
+        return plan
+    return _render_to(plan, args.output, args.format)
+
+
+def _load_plan(target: str, cluster_arg: str | None) -> Plan | int:
+    """The plan of an app (validated and planned) or of a plan file; else the exit status,
+    with every diagnostic or the error printed."""
     from graphserve.loading import is_plan_file
 
     try:
-        if is_plan_file(args.target):
+        if is_plan_file(target):
             from graphserve.compiler.plan import Plan
 
             try:
-                text = Path(args.target).read_text(encoding="utf-8")
+                text = Path(target).read_text(encoding="utf-8")
             except OSError as exc:
-                raise GraphError(f"cannot read plan {args.target!r}: {exc}") from exc
-            plan = Plan.from_json(text)
-        else:
-            try:
-                cluster = _cluster_arg(args.cluster)
-            except ValueError as exc:
-                print(f"error: --cluster {args.cluster!r}: {exc}", file=sys.stderr)
-                return 2
-            plan = _compile(args.target, cluster)
+                raise GraphError(f"cannot read plan {target!r}: {exc}") from exc
+            return Plan.from_json(text)
+        try:
+            cluster = _cluster_arg(cluster_arg)
+        except ValueError as exc:
+            print(f"error: --cluster {cluster_arg!r}: {exc}", file=sys.stderr)
+            return 2
+        return _compile(target, cluster)
     except GraphValidationError as exc:
         _print_diagnostics(exc)
         return 1
@@ -177,9 +175,8 @@ def render_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # pydantic's ValidationError: a JSON file that is not a plan
-        print(f"error: {args.target} is not a graphserve plan: {exc}", file=sys.stderr)
+        print(f"error: {target} is not a graphserve plan: {exc}", file=sys.stderr)
         return 1
-    return _render_to(plan, args.output, args.format)
 
 
 def _cluster_arg(value: str | None) -> Any:
