@@ -1,6 +1,6 @@
 """The graph IR: plain data on a ``networkx.DiGraph``, as torch.fx keeps its Graph.
 
-Node kinds are a closed vocabulary (:data:`NODE_KINDS`):
+Node kinds are a closed vocabulary (:data:`NodeKind`):
 
 ========  ================================================================
 input     the request
@@ -29,7 +29,6 @@ import networkx as nx
 from graphserve.errors import Location
 
 NodeKind = Literal["input", "attr", "call", "switch", "output"]
-NODE_KINDS: tuple[NodeKind, ...] = ("input", "attr", "call", "switch", "output")
 
 
 @dataclass(frozen=True)
@@ -133,9 +132,6 @@ class GraphIR:
     def node(self, node_id: str) -> IRNode:
         data: IRNode = self.dag.nodes[node_id]["ir"]
         return data
-
-    def nodes(self) -> list[IRNode]:
-        return [data["ir"] for _, data in self.dag.nodes(data=True)]
 
     def add(self, node: IRNode) -> IRNode:
         self.dag.add_node(node.id, ir=node)

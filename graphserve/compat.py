@@ -27,7 +27,6 @@ import logging
 import os
 import signal
 import threading
-import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -364,15 +363,3 @@ def ingress(app: Any) -> Any:
         "@serve.ingress (a FastAPI app as the ingress) is not supported by graphserve; "
         "take a starlette Request in __call__ instead (async def __call__(self, request: Request))"
     )
-
-
-def wait_for_port_free(host: str, port: int, timeout_s: float = 5.0) -> None:
-    """Wait (bounded) until nothing listens on ``host:port`` (used after a shutdown in tests)."""
-    import socket
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex((host, port)) != 0:
-                return
-        time.sleep(0.05)

@@ -26,35 +26,6 @@ from graphserve.errors import Location
 
 T = TypeVar("T")
 
-#: Options a deployment accepts, with the meaning graphserve gives them (see README).
-DEPLOYMENT_OPTIONS = frozenset(
-    {
-        "name",
-        "num_replicas",
-        "num_cpus",
-        "num_gpus",
-        "max_ongoing_requests",
-        "max_queued_requests",
-        "max_retries",
-        "route_prefix",
-        "timeout_s",
-        # Ray Serve options accepted for compatibility (mapped or warned about by the compiler).
-        "ray_actor_options",
-        "autoscaling_config",
-        "user_config",
-        "health_check_period_s",
-        "health_check_timeout_s",
-        "graceful_shutdown_wait_loop_s",
-        "graceful_shutdown_timeout_s",
-        "logging_config",
-        "placement_group_bundles",
-        "placement_group_strategy",
-        "max_replicas_per_node",
-        "version",
-        "max_concurrent_queries",
-    }
-)
-
 
 def caller_location() -> Location | None:
     """The first stack frame outside the graphserve packages (compiler and runtime

@@ -26,11 +26,6 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_default, option=_OPTIONS)
 
 
-def to_jsonable(value: Any) -> Any:
-    """``value`` as plain JSON data (dicts, lists, numbers, strings)."""
-    return orjson.loads(dumps(value))
-
-
 def _default(obj: Any) -> Any:
     dump = getattr(obj, "model_dump", None)
     if dump is not None and callable(dump):  # a pydantic model

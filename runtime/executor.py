@@ -36,7 +36,6 @@ from .backend import Backend
 from .loader import load_target
 from .metrics import Metrics
 
-Evaluator = Callable[["_Run"], Awaitable[Any]]
 _MISSING = object()
 
 

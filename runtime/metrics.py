@@ -8,7 +8,6 @@ status and per-graph latency.
 from __future__ import annotations
 
 import bisect
-import threading
 from collections.abc import Callable, Iterable
 
 Labels = tuple[tuple[str, str], ...]
@@ -40,7 +39,6 @@ class Metrics:
         self._histograms: dict[str, tuple[tuple[float, ...], dict[Labels, Histogram]]] = {}
         self._gauges: dict[str, Callable[[], dict[Labels, float]]] = {}
         self._help: dict[str, str] = {}
-        self._lock = threading.Lock()
 
     def describe(self, name: str, help_text: str) -> None:
         self._help[name] = help_text
