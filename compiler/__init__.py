@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from graphserve.dsl import App, as_app
+from graphserve.plan import PLAN_VERSION, Plan
 
 from .codes import Code
 from .ir import GraphIR
 from .lower import lower
-from .plan import PLAN_VERSION, Plan
 from .planner import Cluster, detect_cluster, parse_cluster
 from .planner import plan as make_plan
 from .validate import check, validate

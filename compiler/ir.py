@@ -16,7 +16,7 @@ handles between them) live beside the dataflow in :class:`IRDeployment`; handle 
 form their own graph, ``GraphIR.handles``.
 
 The IR keeps Python objects (``target``) for validation and in-process execution; the
-planner turns it into the serializable :class:`~graphserve.compiler.plan.Plan`.
+planner turns it into the serializable :class:`~graphserve.plan.Plan`.
 """
 
 from __future__ import annotations

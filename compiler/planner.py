@@ -26,12 +26,7 @@ import networkx as nx
 
 from graphserve.batching import batch_config
 from graphserve.errors import Diagnostic, GraphValidationError
-
-from . import edgetypes
-from .codes import Code
-from .http_request import http_request, ingress_route_prefix
-from .ir import Arg, ConstArg, GraphIR, HandleArg, IRDeployment, IRNode, NodeArg, StructArg
-from .plan import (
+from graphserve.plan import (
     ArgPlan,
     BatchingPlan,
     BranchPlan,
@@ -49,6 +44,11 @@ from .plan import (
     StructValue,
     import_path_of,
 )
+
+from . import edgetypes
+from .codes import Code
+from .http_request import http_request, ingress_route_prefix
+from .ir import Arg, ConstArg, GraphIR, HandleArg, IRDeployment, IRNode, NodeArg, StructArg
 
 DEFAULT_MAX_ONGOING_REQUESTS = 100
 _FUSED_REASONS = {

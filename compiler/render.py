@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from graphserve.errors import GraphError
-
-from .plan import GuardTerm, NodePlan, NodeRef, Plan, StructValue
+from graphserve.plan import GuardTerm, NodePlan, NodeRef, Plan, StructValue
 
 FORMATS = ("dot", "svg", "png")
 INSTALL_HINT = "install Graphviz: `apt-get install graphviz` (or `brew install graphviz`), or run `make setup`"

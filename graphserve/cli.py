@@ -25,7 +25,7 @@ from graphserve.errors import GraphError, GraphValidationError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from graphserve.compiler.plan import Plan
+    from graphserve.plan import Plan
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 RENDER_FORMATS = ("svg", "png", "dot")
@@ -155,7 +155,7 @@ def _load_plan(target: str, cluster_arg: str | None) -> Plan | int:
 
     try:
         if is_plan_file(target):
-            from graphserve.compiler.plan import Plan
+            from graphserve.plan import Plan
 
             try:
                 text = Path(target).read_text(encoding="utf-8")

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from graphserve.errors import GraphError, RequestError
 
 if TYPE_CHECKING:
-    from graphserve.compiler.plan import Plan
+    from graphserve.plan import Plan
     from graphserve.runtime.server import Server
 
 TOKEN_ENV = "GRAPHSERVE_TOKEN"
@@ -110,7 +110,7 @@ def load_plans(apps: Any, cluster: Any = "detect") -> list[Plan]:
 
 
 def _to_plan(item: Any, cluster: Any) -> Plan:
-    from graphserve.compiler.plan import Plan
+    from graphserve.plan import Plan
 
     if isinstance(item, Plan):
         return item

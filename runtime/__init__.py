@@ -1,4 +1,4 @@
-"""The graphserve runtime: executes Plans. It reads only Plans (``graphserve.compiler.plan``)
+"""The graphserve runtime: executes Plans. It reads only Plans (``graphserve.plan``)
 and ``graphserve.errors``, never the DSL's builder objects.
 
 - ``executor``: walks a Plan per request (branches, concurrency, deadlines, errors).

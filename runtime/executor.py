@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from graphserve.compiler.plan import ConstValue, NodePlan, NodeRef, Plan
 from graphserve.errors import (
     DeadlineExceededError,
     GraphError,
@@ -31,6 +30,7 @@ from graphserve.errors import (
     RequestError,
     RequestValidationError,
 )
+from graphserve.plan import ConstValue, NodePlan, NodeRef, Plan
 
 from .backend import Backend
 from .loader import load_target

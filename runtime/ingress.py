@@ -44,8 +44,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from graphserve.compiler.plan import Plan
 from graphserve.errors import DeploymentStartError, GraphError, RequestError
+from graphserve.plan import Plan
 
 from .encoding import JSONDecodeError, dumps, loads
 from .http_errors import Headers, error_body, request_error, retry_after

@@ -7,8 +7,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from graphserve.compiler.plan import ConstValue, HandleRef, NodeRef, Plan, StructValue
 from graphserve.errors import DeploymentStartError, PlanError
+from graphserve.plan import ConstValue, HandleRef, NodeRef, Plan, StructValue
 
 
 def load_target(plan: Plan, import_path: str, deployment: str | None = None) -> Any:

@@ -16,8 +16,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from graphserve.compiler.plan import DeploymentPlan, Plan
 from graphserve.errors import DeploymentStartError
+from graphserve.plan import DeploymentPlan, Plan
 
 from .batcher import close_batchers, observe_batches
 from .loader import build_args, construction_order, load_target

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from graphserve.compiler.plan import Plan
+from graphserve.plan import Plan
 
 _ERROR = {
     "type": "object",

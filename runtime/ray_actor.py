@@ -33,8 +33,8 @@ import ray
 from ray import cloudpickle
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
-from graphserve.compiler.plan import ArgPlan, import_object
 from graphserve.errors import NodeExecutionError, PlanError
+from graphserve.plan import ArgPlan, import_object
 
 from .batcher import observe_batches
 from .handle import DeploymentHandle

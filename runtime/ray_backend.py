@@ -42,8 +42,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from graphserve.compiler.plan import DeploymentPlan, Plan
 from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError
+from graphserve.plan import DeploymentPlan, Plan
 
 from .loader import construction_order, load_target
 from .ray_resources import check_fits

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from graphserve.compiler.plan import Plan
 from graphserve.errors import Diagnostic, GraphValidationError
+from graphserve.plan import Plan
 
 INFEASIBLE = "GS201"  # the planner's code for "the cluster cannot hold this graph"
 _RESOURCES = (("cpus", "CPU", "num_cpus"), ("gpus", "GPU", "num_gpus"))

@@ -13,8 +13,8 @@ import asyncio
 from collections import deque
 from typing import Generic, Protocol, TypeVar
 
-from graphserve.compiler.plan import DeploymentPlan
 from graphserve.errors import OverloadedError
+from graphserve.plan import DeploymentPlan
 
 
 class Routed(Protocol):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from graphserve.compiler.plan import Plan
 from graphserve.errors import GraphError, NodeExecutionError, RequestError
+from graphserve.plan import Plan
 
 from .backend import Backend
 from .executor import GraphExecutor

@@ -14,7 +14,7 @@ import pytest
 import graphserve as gs
 from graphserve.api import GraphHandle
 from graphserve.compiler import PLAN_VERSION, Plan, compile_app
-from graphserve.compiler.plan import ConstValue, import_object
+from graphserve.plan import ConstValue, import_object
 from tests.graphs import branching, plan_graphs
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import pytest
 
 import graphserve as gs
 from graphserve.compiler import Plan, compile_app, detect_cluster, parse_cluster
-from graphserve.compiler.plan import BatchingPlan, ClusterPlan
+from graphserve.plan import BatchingPlan, ClusterPlan
 from tests.graphs import branching, plan_graphs
 
 

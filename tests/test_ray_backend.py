@@ -17,8 +17,8 @@ import pytest
 
 import graphserve as gs
 from graphserve.compiler import compile_app
-from graphserve.compiler.plan import Plan
 from graphserve.errors import DeploymentStartError, GraphValidationError, NodeExecutionError
+from graphserve.plan import Plan
 from graphserve.runtime import GraphRuntime
 from tests.graphs import backends as g
 from tests.graphs import ray_graphs as r

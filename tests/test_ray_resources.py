@@ -6,8 +6,8 @@ import pytest
 
 import graphserve as gs
 from graphserve.compiler import compile_app
-from graphserve.compiler.plan import Plan
 from graphserve.errors import GraphValidationError
+from graphserve.plan import Plan
 from graphserve.runtime.ray_resources import check_fits
 from tests.graphs import ray_graphs as r
 
