@@ -10,6 +10,13 @@ stops accepting connections, lets in-flight requests finish for up to
 ``shutdown_timeout_s`` (then cancels them) and runs the lifespan shutdown, which stops
 the graphs. Unlike plain uvicorn it does not re-raise the signal afterwards, so a server
 that shut down as asked exits normally.
+
+The server owns SIGTERM and SIGINT while it serves. Libraries the graphs start may
+install their own handlers: ``ray.init`` (the Ray backend, or a deployment that starts
+Ray) replaces SIGTERM's with one that exits at once, which would drop every request in
+flight. The server takes its handlers back once the constructors have run and checks
+them once a second after that. (A signal that arrives while ``ray.init`` itself runs
+still meets Ray's handler; no request is in flight then.)
 """
 
 from __future__ import annotations
@@ -28,9 +35,12 @@ import uvicorn
 
 from graphserve.errors import DeploymentStartError, GraphError
 
+from .connections import ConnectionLimits, protocol_class
 from .ingress import Ingress
 
 logger = logging.getLogger("graphserve.server")
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -40,23 +50,42 @@ class _Uvicorn(uvicorn.Server):
         super().__init__(config)
         self._on_started = on_started
         self._shutdown_timeout_s = shutdown_timeout_s
+        self._owns_signals = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        await super().startup(sockets)  # the lifespan startup: the constructors, ray.init
+        self._reclaim_signals()
         if self.started and not self.should_exit:
             self._on_started()
+
+    async def on_tick(self, counter: int) -> bool:
+        if counter % 10 == 0:
+            self._reclaim_signals()
+        return await super().on_tick(counter)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        self._owns_signals = True
         try:
             yield
         finally:
+            self._owns_signals = False
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+    def _reclaim_signals(self) -> None:
+        """Put our handlers back where a library replaced them (see the module docstring)."""
+        if not self._owns_signals or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in _SIGNALS:
+            current = signal.getsignal(sig)
+            if current != self.handle_exit:
+                logger.info("%s's handler was replaced (by %r); the server takes it back", sig.name, current)
+                signal.signal(sig, self.handle_exit)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
@@ -81,6 +110,7 @@ class Server:
         shutdown_timeout_s: float = 30.0,
         access_log: bool = False,
         on_ready: Callable[[Server], None] | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.ingress = ingress
         self.plans = [route.plan for route in ingress.routes]
@@ -93,11 +123,14 @@ class Server:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
+        self.limits = limits if limits is not None else ConnectionLimits()
+        self.protocol = protocol_class(self.limits, ingress.metrics)
         config = uvicorn.Config(
             ingress,
             lifespan="on",
             loop="auto",
-            http="auto",
+            http=self.protocol,
+            timeout_keep_alive=self.limits.keep_alive_s,  # type: ignore[arg-type]  # a float works: call_later
             ws="none",
             log_config=None,
             access_log=access_log,
