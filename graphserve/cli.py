@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
     from graphserve.plan import Plan
 
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 RENDER_FORMATS = ("svg", "png", "dot")
 
 
@@ -63,12 +62,29 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--host", default="127.0.0.1")
     deploy.add_argument("--port", type=int, default=8000)
     deploy.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="require 'Authorization: Bearer <token>' with the token read from this file "
+        "(default: $GRAPHSERVE_TOKEN_FILE, else $GRAPHSERVE_TOKEN)",
+    )
+    deploy.add_argument(
         "--token",
-        default=os.environ.get("GRAPHSERVE_TOKEN"),
-        help="require 'Authorization: Bearer TOKEN' (default: $GRAPHSERVE_TOKEN)",
+        help="the token itself; other users can read a command line (ps): prefer --token-file or $GRAPHSERVE_TOKEN",
     )
     deploy.add_argument("--timeout-s", type=float, default=None, help="deadline for graphs that set none")
-    deploy.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    deploy.add_argument(
+        "--max-body-bytes", type=int, default=None, help="largest request body (413 above; default 16 MiB)"
+    )
+    deploy.add_argument("--max-in-flight", type=int, default=None, help="requests one graph runs at once (503 above)")
+    deploy.add_argument("--shutdown-timeout-s", type=float, default=None, help="drain bound on SIGTERM (default 30)")
+    deploy.add_argument("--header-timeout-s", type=float, default=None, help="time for request headers (default 10)")
+    deploy.add_argument("--body-timeout-s", type=float, default=None, help="time for a request body (default 30)")
+    deploy.add_argument(
+        "--keep-alive-s", type=float, default=None, help="idle keep-alive connections close (default 5)"
+    )
+    deploy.add_argument(
+        "--max-connections", type=int, default=None, help="open connections at most (default: half the fd limit)"
+    )
     deploy.add_argument(
         "--cluster",
         default=None,
@@ -82,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("body", nargs="?", default="{}", help="the request as JSON ('-': read stdin; default {})")
     call.add_argument("--timeout-s", type=float, default=None)
     call.add_argument("--header", action="append", default=[], help="'Name: value' (repeatable)")
+    call.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="send 'Authorization: Bearer <token>' read from this file (default: $GRAPHSERVE_TOKEN_FILE, "
+        "else $GRAPHSERVE_TOKEN)",
+    )
     call.add_argument("--cluster", default="detect")
     call.set_defaults(handler=call_command)
     return parser

@@ -18,11 +18,11 @@ finish for up to ``shutdown_timeout_s`` and then stops the graphs.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import sys
-import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,11 +33,18 @@ if TYPE_CHECKING:
     from graphserve.runtime.server import Server
 
 TOKEN_ENV = "GRAPHSERVE_TOKEN"
+TOKEN_FILE_ENV = "GRAPHSERVE_TOKEN_FILE"
 
 _SERVER_OPTIONS = {
     "shutdown_timeout_s": "how long in-flight requests may take to finish on shutdown (default 30)",
     "access_log": "log every request (uvicorn's access log; off by default)",
     "on_ready": "called with the Server once it accepts connections",
+}
+_CONNECTION_OPTIONS = {
+    "header_timeout_s": "time for a request's line and headers to arrive (408 and closed past it; default 10)",
+    "keep_alive_s": "an idle keep-alive connection is closed after this (default 5)",
+    "max_connections": "open connections at most; past it the longest-idle one is closed (default: half the fd limit)",
+    "max_header_bytes": "largest request line and headers (431 above; default 64 KiB)",
 }
 _INGRESS_OPTIONS = {
     "max_body_bytes": "largest accepted request body (413 above; default 16 MiB)",
@@ -47,6 +54,7 @@ _INGRESS_OPTIONS = {
 }
 _OPTIONS = {
     **_SERVER_OPTIONS,
+    **_CONNECTION_OPTIONS,
     **_INGRESS_OPTIONS,
     "cluster": "cluster for compiling Apps ('detect' (default), 'cpus=8,gpus=1', a dict, or None)",
     "startup_timeout_s": "how long serve(blocking=False) waits for the constructors (default 600)",
@@ -66,13 +74,17 @@ def serve(
     """Serve one graph or several over HTTP; see the module docstring.
 
     ``apps``: an App (or a bound node), a Plan, a ``"module:app"`` / ``"plan.json"``
-    string, or a list of them. ``token`` (default: the ``GRAPHSERVE_TOKEN`` environment
-    variable) requires ``Authorization: Bearer <token>`` on graph routes. ``blocking``
+    string, or a list of them. ``token`` (default: read from the file named by
+    ``$GRAPHSERVE_TOKEN_FILE``, else ``$GRAPHSERVE_TOKEN``) requires
+    ``Authorization: Bearer <token>`` on graph routes. ``blocking``
     serves until SIGTERM/SIGINT; ``blocking=False`` serves from a background thread and
     returns once ready. Options (``**options``): see ``_OPTIONS`` (``max_body_bytes``,
     ``max_in_flight``, ``timeout_s``, ``shutdown_timeout_s``, ``startup_timeout_s``,
-    ``cluster``, ``backend_options``, ``access_log``, ``on_ready``, ``render``).
+    ``cluster``, ``backend_options``, ``access_log``, ``on_ready``, ``render``, and the
+    connection limits ``header_timeout_s``, ``keep_alive_s``, ``max_connections``,
+    ``max_header_bytes``).
     """
+    from graphserve.runtime.connections import ConnectionLimits
     from graphserve.runtime.ingress import Ingress
     from graphserve.runtime.metrics import Metrics
     from graphserve.runtime.runtime import GraphRuntime
@@ -84,8 +96,7 @@ def serve(
         raise GraphError(f"serve() got unknown option(s) {unknown}; options are:\n  {known}")
     # On Ray the backend checks the plan against the Ray cluster itself, not this machine.
     plans = load_plans(apps, cluster=options.get("cluster", "detect" if backend == "local" else None))
-    if token is None:
-        token = os.environ.get(TOKEN_ENV) or None
+    token = resolve_token(token)
     metrics = Metrics()
     backend_options = options.get("backend_options") or {}
     runtimes = [GraphRuntime(plan, backend=backend, metrics=metrics, **backend_options) for plan in plans]
@@ -93,12 +104,30 @@ def serve(
     default_timeout_s = ingress_options.pop("timeout_s", None)
     ingress_options.setdefault("render", default_render)
     ingress = Ingress(runtimes, token=token, default_timeout_s=default_timeout_s, metrics=metrics, **ingress_options)
-    server = Server(ingress, host, port, **{k: v for k, v in options.items() if k in _SERVER_OPTIONS})
+    limits = ConnectionLimits(**{k: v for k, v in options.items() if k in _CONNECTION_OPTIONS})
+    server = Server(ingress, host, port, limits=limits, **{k: v for k, v in options.items() if k in _SERVER_OPTIONS})
     if blocking:
         server.run()
     else:
         server.start(timeout=options.get("startup_timeout_s", 600.0))
     return server
+
+
+def resolve_token(token: str | None = None, token_file: str | None = None) -> str | None:
+    """The bearer token: ``token``, else the contents of ``token_file``, else of the file named by
+    ``$GRAPHSERVE_TOKEN_FILE``, else ``$GRAPHSERVE_TOKEN``; None when none is set."""
+    if token:
+        return token
+    path = token_file or os.environ.get(TOKEN_FILE_ENV)
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise GraphError(f"cannot read the token file {path!r}: {exc.strerror or exc}") from exc
+        if not text:
+            raise GraphError(f"the token file {path!r} is empty")
+        return text
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def load_plans(apps: Any, cluster: Any = "detect") -> list[Plan]:
@@ -161,7 +190,16 @@ def deploy_command(args: Any) -> int:
         backend_options["address"] = address
     default_cluster = "detect" if (getattr(args, "backend", None) or "local") == "local" else None
     options: dict[str, Any] = {"cluster": getattr(args, "cluster", None) or default_cluster, "on_ready": _announce}
-    for name in ("timeout_s", "max_body_bytes", "max_in_flight", "shutdown_timeout_s"):
+    for name in (
+        "timeout_s",
+        "max_body_bytes",
+        "max_in_flight",
+        "shutdown_timeout_s",
+        "header_timeout_s",
+        "body_timeout_s",
+        "keep_alive_s",
+        "max_connections",
+    ):
         value = getattr(args, name, None)
         if value is not None:
             options[name] = value
@@ -175,7 +213,7 @@ def deploy_command(args: Any) -> int:
             host=getattr(args, "host", None) or "127.0.0.1",
             port=8000 if port is None else int(port),
             backend=getattr(args, "backend", None) or "local",
-            token=getattr(args, "token", None),
+            token=resolve_token(getattr(args, "token", None), getattr(args, "token_file", None)),
             **options,
         )
     except GraphError as exc:
@@ -211,7 +249,12 @@ def call_command(args: Any) -> int:
         except GraphError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        return _call_url(target, raw.encode(), headers, timeout_s)
+        try:
+            token = resolve_token(None, getattr(args, "token_file", None))
+        except GraphError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return _call_url(target, raw.encode(), headers, timeout_s, token)
     return _call_in_process(target, request, timeout_s, getattr(args, "cluster", None) or "detect")
 
 
@@ -225,28 +268,44 @@ def _parse_headers(items: list[str]) -> dict[str, str]:
     return headers
 
 
-def _call_url(url: str, body: bytes, headers: dict[str, str], timeout_s: float | None) -> int:
+def _call_url(url: str, body: bytes, headers: dict[str, str], timeout_s: float | None, token: str | None) -> int:
     lowered = {k.lower() for k in headers}
     if "content-type" not in lowered:
         headers["Content-Type"] = "application/json"
-    if "authorization" not in lowered and os.environ.get(TOKEN_ENV):
-        headers["Authorization"] = f"Bearer {os.environ[TOKEN_ENV]}"
+    if "authorization" not in lowered and token:
+        headers["Authorization"] = f"Bearer {token}"
     if timeout_s is not None and "x-request-timeout-s" not in lowered:
         headers["X-Request-Timeout-S"] = str(timeout_s)
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    client_timeout = timeout_s + 10 if timeout_s is not None else 300.0
     try:
-        with urllib.request.urlopen(request, timeout=client_timeout) as response:
-            print(response.read().decode("utf-8", "replace"))
-            return 0
-    except urllib.error.HTTPError as exc:
-        text = exc.read().decode("utf-8", "replace")
-        print(f"error: HTTP {exc.code}: {text}", file=sys.stderr)
+        status, text = _post(url, body, headers, timeout_s + 10 if timeout_s is not None else 300.0)
+    except (OSError, http.client.HTTPException) as exc:
+        print(f"error: cannot reach {url}: {exc}", file=sys.stderr)
         return 1
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(f"error: cannot reach {url}: {reason}", file=sys.stderr)
-        return 1
+    if 200 <= status < 300:
+        print(text)
+        return 0
+    print(f"error: HTTP {status}: {text}", file=sys.stderr)
+    return 1
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, str]:
+    """POST ``body``; the answer even when the server answered early and closed (a 413 before
+    the whole body was sent): a failed send is followed by reading what the server said."""
+    parts = urllib.parse.urlsplit(url)
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    try:
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server stopped reading: its answer may be waiting (read below)
+        response = connection.getresponse()
+        return response.status, response.read().decode("utf-8", "replace")
+    finally:
+        connection.close()
 
 
 def _call_in_process(target: str, request: Any, timeout_s: float | None, cluster: Any) -> int:

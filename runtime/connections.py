@@ -1,0 +1,231 @@
+"""Connection-level limits of the HTTP server: slow, idle or numerous clients cannot hold it.
+
+uvicorn parses HTTP with httptools; :class:`LimitedHTTPProtocol` (one per connection)
+adds what uvicorn lacks:
+
+* **header timeout**: from the moment a connection opens, or finishes a response, the
+  next request's line and headers must be complete within ``header_timeout_s``; else
+  the connection gets a 408 and is closed (closed silently when it sent nothing);
+* **header size**: at most ``max_header_bytes`` of request line and headers (431, closed);
+* **keep-alive**: an idle connection is closed after ``keep_alive_s`` (uvicorn's timer);
+* **a cap on open connections** (``max_connections``, by default half the process's
+  file-descriptor limit): a connection past the cap evicts the open connection that has
+  waited longest without a request in progress (idle keep-alive, slow headers), so
+  clients that only hold connections cannot shut out the rest; only when every open
+  connection has a request running is the new one answered 503 and closed;
+* uvicorn's own 400 for a request it cannot parse has a JSON body with ``error``.
+
+The body's time limit belongs to the ingress, which reads bodies (``body_timeout_s``).
+Answers given here reach no graph: they are counted as
+``graphserve_requests_total{graph="",status}``; closes as
+``graphserve_connections_closed_total{reason}``; ``graphserve_open_connections`` is a gauge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from graphserve.errors import GraphError
+
+from .http_errors import error_body
+from .metrics import Metrics
+
+NO_GRAPH = ""  # the graph label of answers given before any graph was reached
+
+
+def default_max_connections() -> int:
+    """Half the soft file-descriptor limit (the rest stays for the process), 16 to 10,000."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(16, min(10_000, soft // 2))
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The limits above; ``max_connections=None`` takes :func:`default_max_connections`."""
+
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    max_connections: int | None = None
+    max_header_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("header_timeout_s", "keep_alive_s"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise GraphError(f"{name} must be > 0 seconds, got {value!r}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise GraphError(f"max_connections must be >= 1, got {self.max_connections}")
+        if self.max_header_bytes < 1024:
+            raise GraphError(f"max_header_bytes must be >= 1024, got {self.max_header_bytes}")
+
+    @property
+    def connection_cap(self) -> int:
+        return self.max_connections if self.max_connections is not None else default_max_connections()
+
+
+class ConnectionRegistry:
+    """The open connections of one server; those without a request in progress, oldest first."""
+
+    def __init__(self, limit: int, metrics: Metrics) -> None:
+        self.limit = limit
+        self.metrics = metrics
+        self._open: set[LimitedHTTPProtocol] = set()
+        self._idle: dict[LimitedHTTPProtocol, None] = {}  # insertion order: longest idle first
+        metrics.describe("graphserve_open_connections", "HTTP connections open now")
+        metrics.describe("graphserve_connections_closed_total", "Connections the server closed, by reason")
+        metrics.gauge("graphserve_open_connections", lambda: {(): float(len(self._open))})
+
+    @property
+    def count(self) -> int:
+        return len(self._open)
+
+    def admit(self, connection: LimitedHTTPProtocol) -> bool:
+        """Count a new connection; at the cap, evict the longest idle one (False: none to evict)."""
+        if len(self._open) >= self.limit:
+            if not self._idle:
+                return False
+            oldest = next(iter(self._idle))
+            oldest.evict()
+        self._open.add(connection)
+        return True
+
+    def idle(self, connection: LimitedHTTPProtocol) -> None:
+        if connection in self._open:
+            self._idle.pop(connection, None)
+            self._idle[connection] = None
+
+    def busy(self, connection: LimitedHTTPProtocol) -> None:
+        self._idle.pop(connection, None)
+
+    def remove(self, connection: LimitedHTTPProtocol) -> None:
+        self._open.discard(connection)
+        self._idle.pop(connection, None)
+
+    def closed(self, reason: str, status: int | None = None) -> None:
+        self.metrics.inc("graphserve_connections_closed_total", (("reason", reason),))
+        if status is not None:
+            self.metrics.inc("graphserve_requests_total", (("graph", NO_GRAPH), ("status", str(status))))
+
+
+class LimitedHTTPProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits of the module docstring.
+
+    Subclassed per server by :func:`protocol_class`, which sets ``limits`` and ``registry``.
+    """
+
+    limits: ClassVar[ConnectionLimits]
+    registry: ClassVar[ConnectionRegistry]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+        self._busy = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if not self.registry.admit(self):
+            self._answer_and_close(
+                503, "the server has too many open connections with requests running; retry later", "over_limit"
+            )
+            return
+        self._wait_for_headers()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._busy:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        self._follow_cycle()
+        if not self._busy and self._header_bytes > self.limits.max_header_bytes:
+            text = f"the request line and headers are larger than {self.limits.max_header_bytes} bytes"
+            self._answer_and_close(431, text, "header_too_large")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        self.registry.remove(self)
+        super().connection_lost(exc)
+
+    # -- uvicorn hooks ------------------------------------------------------------------
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._follow_cycle()
+
+    def send_400_response(self, msg: str) -> None:
+        self._answer_and_close(400, f"invalid HTTP request: {msg}", "bad_request")
+
+    # -- limits -------------------------------------------------------------------------
+    def evict(self) -> None:
+        """Closed to make room for a new connection (it had no request in progress)."""
+        self._cancel_header_timer()
+        self.registry.remove(self)
+        self.registry.closed("evicted")
+        self.transport.close()
+
+    def _follow_cycle(self) -> None:
+        """Track whether a request is in progress: the header timer runs only while none is."""
+        cycle = self.cycle
+        busy = cycle is not None and not cycle.response_complete
+        if busy == self._busy:
+            return
+        self._busy = busy
+        if busy:
+            self._cancel_header_timer()
+            self.registry.busy(self)
+        else:
+            self._wait_for_headers()
+
+    def _wait_for_headers(self) -> None:
+        self._header_bytes = 0
+        self.registry.idle(self)
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self._busy or self.transport.is_closing():
+            return
+        if self._header_bytes:
+            text = f"the request headers did not arrive within {self.limits.header_timeout_s:g}s"
+            self._answer_and_close(408, text, "header_timeout")
+        else:
+            self.registry.remove(self)
+            self.registry.closed("idle")
+            self.transport.close()
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _answer_and_close(self, status: int, message: str, reason: str) -> None:
+        self._cancel_header_timer()
+        self.registry.remove(self)
+        self.registry.closed(reason, status)
+        body = error_body(status, message)
+        headers = [
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n",
+        ]
+        if status == 503:
+            headers.append(b"retry-after: 1\r\n")
+        self.transport.write(b"".join([STATUS_LINE[status], *headers, b"\r\n", body]))
+        self.transport.close()
+
+
+def protocol_class(limits: ConnectionLimits, metrics: Metrics) -> type[LimitedHTTPProtocol]:
+    """A :class:`LimitedHTTPProtocol` for one server: its limits and its connection registry."""
+    registry = ConnectionRegistry(limits.connection_cap, metrics)
+    attributes = {"limits": limits, "registry": registry}
+    return type("GraphserveHTTPProtocol", (LimitedHTTPProtocol,), attributes)
