@@ -1,9 +1,13 @@
-"""The OpenAPI document of a server: one POST operation per graph route.
+"""The OpenAPI document of a server: the graph routes and the operations routes.
 
-Request bodies come from each Plan's input schema (``plan.input_json_schema``, from
-the InputNode's pydantic model). A graph without a schema accepts any JSON; when it
-reads fields of the request (``inp["x"]``), those are listed, and the ones read on
-every path are required. Pydantic's ``$defs`` move to ``components/schemas``.
+A graph route answers POST and GET (a GET carries the same JSON body, as with Ray
+Serve), so both are listed, with one request schema. Request bodies come from each
+Plan's input schema (``plan.input_json_schema``, from the InputNode's pydantic model).
+A graph without a schema accepts any JSON; when it reads fields of the request
+(``inp["x"]``), those are listed, and the ones read on every path are required.
+Pydantic's ``$defs`` move to ``components/schemas``. The operations routes
+(``/-/healthz``, ``/-/ready``, ``/-/metrics``, ``/-/graphs``, ``/-/graphs/{file}``,
+``/openapi.json``) are listed with GET, the only method they serve.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ _VALIDATION_ERROR = {
     },
     "required": ["error", "detail"],
 }
+_GRAPH_METHODS = ("post", "get")
 _ERROR_STATUSES = {
     "400": "Malformed JSON or a bad X-Request-Timeout-S header",
     "413": "Request body too large",
@@ -66,7 +71,6 @@ def openapi_document(
         if token:
             responses["401"] = _error_response("Missing or wrong bearer token")
         operation: dict[str, Any] = {
-            "operationId": f"run_{_identifier(plan.name)}",
             "summary": f"Run graph {plan.name!r}",
             "parameters": [
                 {
@@ -87,7 +91,15 @@ def openapi_document(
             "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
             "responses": responses,
         }
-        paths[path] = {"post": operation}
+        if token:
+            operation["security"] = [{"bearer": []}]
+        paths[path] = {
+            method: {"operationId": f"run_{_identifier(plan.name)}" + ("" if method == "post" else f"_{method}")}
+            | copy.deepcopy(operation)
+            for method in _GRAPH_METHODS
+        }
+    for path, item in _operations_paths().items():
+        paths.setdefault(path, item)
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
@@ -96,9 +108,33 @@ def openapi_document(
     }
     if token:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        for item in paths.values():
-            item["post"]["security"] = [{"bearer": []}]
     return document
+
+
+#: The operations routes: path -> (operationId, summary, media type of a 200).
+OPERATIONS = {
+    "/-/healthz": ("healthz", "The server is alive", "application/json"),
+    "/-/ready": ("ready", "Every graph started and can serve (503 otherwise)", "application/json"),
+    "/-/metrics": ("metrics", "Prometheus metrics", "text/plain"),
+    "/-/graphs": ("graphs", "The plans of the graphs served", "application/json"),
+    "/-/graphs/{file}": ("graph_file", "One plan (.json) or its drawing (.svg, .png, .dot)", "application/json"),
+    "/openapi.json": ("openapi", "This document", "application/json"),
+}
+
+
+def _operations_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for path, (operation_id, summary, media_type) in OPERATIONS.items():
+        responses: dict[str, Any] = {"200": {"description": summary, "content": {media_type: {"schema": {}}}}}
+        operation: dict[str, Any] = {"operationId": operation_id, "summary": summary, "responses": responses}
+        if path == "/-/ready":
+            responses["503"] = _error_response("Starting, stopping, or a backend that cannot serve")
+        if path == "/-/graphs/{file}":
+            operation["parameters"] = [{"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}]
+            responses["404"] = _error_response("No such graph or format")
+            responses["501"] = _error_response("Drawing needs Graphviz's dot, or the server has no renderer")
+        paths[path] = {"get": operation}
+    return paths
 
 
 def _error_response(description: str) -> dict[str, Any]:
