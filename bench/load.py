@@ -4,11 +4,16 @@
   its next request when the previous answer arrives). A Lua script posts the body (W5:
   cycles through ten bodies, 10% of them take the expensive branch) and prints wrk's
   summary as JSON, so nothing is scraped from wrk's text.
-* :func:`open_loop`: a fixed-rate client (wrk2 is not packaged for Debian): request
-  ``i`` is due at ``t0 + i / rate`` whatever happened before, and its latency is measured
-  from that intended send time, so a stall shows up in the latency of every request
-  it delayed (no coordinated omission). asyncio (uvloop) over raw keep-alive sockets;
-  a new connection is opened when all are busy, up to ``max_connections``.
+* :func:`open_loop` (:func:`open_loop_async` on a running loop): a fixed-rate client
+  (wrk2 is not packaged for Debian): request ``i`` is due at ``t0 + i / rate`` whatever
+  happened before, and its latency is measured from that intended send time, so a stall
+  shows up in the latency of every request it delayed (no coordinated omission). asyncio
+  (uvloop) over raw keep-alive sockets; a new connection is opened when all are busy, up
+  to ``max_connections``. Latencies
+  are also given per status, from the intended send time and from the actual write
+  (``service_ms_by_status``: the server's answer time, the client's own lag left out).
+* :class:`Connection`: one keep-alive HTTP/1.1 connection, used by the open loop and by
+  the fault scenarios (``bench/faults.py``).
 """
 
 from __future__ import annotations
@@ -111,38 +116,58 @@ def closed_loop(url: str, bodies: list[bytes], connections: int, duration_s: flo
 
 
 # -- fixed-rate open loop ---------------------------------------------------------------
-class _Conn:
+class Connection:
+    """One keep-alive HTTP/1.1 connection over asyncio streams (no client library in the way)."""
+
     __slots__ = ("reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
 
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
     async def request(self, head: bytes, body: bytes) -> int:
+        status, _, _ = await self.exchange(head, body)
+        return status
+
+    async def exchange(self, head: bytes, body: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        """Send a request (``head`` ends with the blank line); the status, headers and body of the answer."""
         self.writer.write(head + body)
         line = await self.reader.readuntil(b"\r\n\r\n")
         status = int(line.split(b" ", 2)[1])
-        length = None
-        chunked = False
+        headers: dict[bytes, bytes] = {}
         for header in line.split(b"\r\n")[1:]:
             name, _, value = header.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
-        if chunked:
+            if name:
+                headers[name.strip().lower()] = value.strip()
+        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+            chunks = []
             while True:
                 size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                await self.reader.readexactly(size + 2)
+                chunks.append((await self.reader.readexactly(size + 2))[:-2])
                 if size == 0:
                     break
-        elif length:
-            await self.reader.readexactly(length)
-        return status
+            return status, headers, b"".join(chunks)
+        length = int(headers.get(b"content-length", b"0"))
+        return status, headers, (await self.reader.readexactly(length)) if length else b""
 
     def close(self) -> None:
         self.writer.close()
+
+
+def request_head(
+    method: str, host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> bytes:
+    """The request line and headers of a JSON request with ``body``."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode()
 
 
 def open_loop(
@@ -160,27 +185,23 @@ def open_loop(
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    return runner(_open_loop(url, bodies, rate, duration_s, max_connections, timeout_s))  # type: ignore[no-any-return]
+    return runner(open_loop_async(url, bodies, rate, duration_s, max_connections, timeout_s))  # type: ignore[no-any-return]
 
 
-async def _open_loop(
+async def open_loop_async(
     url: str, bodies: list[bytes], rate: float, duration_s: float, max_connections: int, timeout_s: float
 ) -> dict:
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
-    heads = [
-        (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(b)}\r\n\r\n"
-        ).encode()
-        for b in bodies
-    ]
+    heads = [request_head("POST", host, port, path, b) for b in bodies]
     total = max(1, int(rate * duration_s))
     loop = asyncio.get_running_loop()
-    idle: list[_Conn] = []
+    idle: list[Connection] = []
     opened = 0
     slots = asyncio.Semaphore(max_connections)
     latencies: list[float] = []
+    by_status: dict[str, list[float]] = {}  # from the intended send time
+    service_by_status: dict[str, list[float]] = {}  # from the moment the request was written
     statuses: dict[str, int] = {}
     errors = {"connect": 0, "read": 0, "timeout": 0, "status": 0}
     lag_max = 0.0
@@ -191,13 +212,13 @@ async def _open_loop(
             conn = idle.pop() if idle else None
             try:
                 if conn is None:
-                    reader, writer = await asyncio.open_connection(host, port)
-                    conn = _Conn(reader, writer)
+                    conn = await Connection.open(host, port)
                     opened += 1
             except OSError:
                 errors["connect"] += 1
                 return
             k = i % len(bodies)
+            sent = time.perf_counter()
             try:
                 status = await asyncio.wait_for(conn.request(heads[k], bodies[k]), timeout_s)
             except TimeoutError:
@@ -208,8 +229,11 @@ async def _open_loop(
                 errors["read"] += 1
                 conn.close()
                 return
-            latencies.append(time.perf_counter() - due)
+            now = time.perf_counter()
+            latencies.append(now - due)
             statuses[str(status)] = statuses.get(str(status), 0) + 1
+            by_status.setdefault(str(status), []).append(now - due)
+            service_by_status.setdefault(str(status), []).append(now - sent)
             if status != 200:
                 errors["status"] += 1
             idle.append(conn)
@@ -244,6 +268,8 @@ async def _open_loop(
         "connections_opened": opened,
         "max_send_lag_ms": round(lag_max * 1000, 3),
         "latency_ms": _summary_ms(done),
+        "latency_ms_by_status": {k: _summary_ms(sorted(v)) for k, v in sorted(by_status.items())},
+        "service_ms_by_status": {k: _summary_ms(sorted(v)) for k, v in sorted(service_by_status.items())},
         "statuses": statuses,
         "errors": errors,
         "error_count": sum(errors.values()),
