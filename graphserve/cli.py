@@ -151,7 +151,7 @@ def render_command(args: argparse.Namespace) -> int:
 def _load_plan(target: str, cluster_arg: str | None) -> Plan | int:
     """The plan of an app (validated and planned) or of a plan file; else the exit status,
     with every diagnostic or the error printed."""
-    from graphserve.loading import is_plan_file
+    from graphserve.targets import is_plan_file
 
     try:
         if is_plan_file(target):
@@ -193,7 +193,7 @@ def _cluster_arg(value: str | None) -> Any:
 
 def _compile(target: str, cluster: Any) -> Plan:
     from graphserve.compiler import compile_app
-    from graphserve.loading import load_app
+    from graphserve.targets import load_app
 
     return compile_app(load_app(target), cluster=cluster)
 

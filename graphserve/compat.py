@@ -35,7 +35,7 @@ from graphserve.errors import GraphError, GraphWarning
 if TYPE_CHECKING:
     from graphserve.api import GraphHandle
     from graphserve.dsl import Deployment
-    from graphserve.runtime.server import Server
+    from graphserve.runtime.http_server import Server
 
 logger = logging.getLogger("graphserve.compat")
 
@@ -140,8 +140,8 @@ def _env_port() -> int:
 
 
 def _start_server(http: dict[str, Any], explicit: bool) -> Server:
+    from graphserve.runtime.http_server import Server
     from graphserve.runtime.ingress import Ingress
-    from graphserve.runtime.server import Server
     from graphserve.serving import TOKEN_ENV, default_render
 
     host = str(http.get("host") or os.environ.get(HOST_ENV) or "127.0.0.1")
@@ -212,7 +212,7 @@ def deploy_plan(plan: Any, route_prefix: str | None, backend: str, backend_optio
 
 def _add_app(server: Server, plan: Any, path: str, backend: str, backend_options: dict[str, Any]) -> GraphHandle:
     from graphserve.api import GraphHandle
-    from graphserve.runtime.runtime import GraphRuntime
+    from graphserve.runtime.running_graph import GraphRuntime
 
     name = plan.name
     ingress, loop = server.ingress, server.ingress.loop

@@ -30,7 +30,7 @@ from graphserve.errors import GraphError, RequestError
 
 if TYPE_CHECKING:
     from graphserve.plan import Plan
-    from graphserve.runtime.server import Server
+    from graphserve.runtime.http_server import Server
 
 TOKEN_ENV = "GRAPHSERVE_TOKEN"
 
@@ -73,10 +73,10 @@ def serve(
     ``max_in_flight``, ``timeout_s``, ``shutdown_timeout_s``, ``startup_timeout_s``,
     ``cluster``, ``backend_options``, ``access_log``, ``on_ready``, ``render``).
     """
+    from graphserve.runtime.http_server import Server
     from graphserve.runtime.ingress import Ingress
     from graphserve.runtime.metrics import Metrics
-    from graphserve.runtime.runtime import GraphRuntime
-    from graphserve.runtime.server import Server
+    from graphserve.runtime.running_graph import GraphRuntime
 
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
@@ -115,7 +115,7 @@ def _to_plan(item: Any, cluster: Any) -> Plan:
     if isinstance(item, Plan):
         return item
     if isinstance(item, (str, Path)):
-        from graphserve.loading import is_plan_file, load_app
+        from graphserve.targets import is_plan_file, load_app
 
         target = str(item)
         if is_plan_file(target):

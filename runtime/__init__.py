@@ -4,17 +4,17 @@ and ``graphserve.errors``, never the DSL's builder objects.
 - ``executor``: walks a Plan per request (branches, concurrency, deadlines, errors).
 - ``local`` / ``ray_backend``: backends behind one small interface (``backend``).
 - ``batcher``: request batching; ``handle``: deployment handles; ``metrics``.
-- ``runtime``: a running graph (backend + executor); ``threaded``: a loop in a thread.
+- ``running_graph``: a running graph (backend + executor); ``background_loop``: a loop in a thread.
 """
 
 from __future__ import annotations
 
 from .backend import Backend
+from .background_loop import BackgroundLoop
 from .executor import GraphExecutor
 from .handle import DeploymentHandle, DeploymentResponse
 from .metrics import Metrics
-from .runtime import GraphRuntime
-from .threaded import BackgroundLoop
+from .running_graph import GraphRuntime
 
 __all__ = [
     "Backend",

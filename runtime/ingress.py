@@ -51,7 +51,7 @@ from .encoding import JSONDecodeError, dumps, loads
 from .http_errors import Headers, error_body, request_error, retry_after
 from .metrics import Labels, Metrics
 from .openapi import openapi_document
-from .runtime import GraphRuntime
+from .running_graph import GraphRuntime
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

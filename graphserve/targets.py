@@ -1,5 +1,5 @@
-"""Finding the user's app from the command line: ``module:app``, ``pkg.module:app`` or
-``path/to/file.py:app`` (like uvicorn), or a plan written by ``graphserve build``."""
+"""Command-line targets: the user's app named by ``module:app``, ``pkg.module:app`` or
+``path/to/file.py:app`` (like uvicorn), or a plan file written by ``graphserve build``."""
 
 from __future__ import annotations
 
