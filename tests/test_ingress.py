@@ -345,7 +345,15 @@ def test_a_server_without_a_renderer_answers_501() -> None:
 def test_openapi_describes_every_graph_route(client: httpx.Client) -> None:
     doc = client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
-    assert set(doc["paths"]) == {"/echo", "/slow", "/api/narrow", "/raw", "/deadline", "/batched"}
+    graph_routes = {"/echo", "/slow", "/api/narrow", "/raw", "/deadline", "/batched"}
+    operations = {"/-/healthz", "/-/ready", "/-/metrics", "/-/graphs", "/-/graphs/{file}", "/openapi.json"}
+    assert set(doc["paths"]) == graph_routes | operations
+    for path in graph_routes:  # both methods are served, so both are listed, alike but for their id
+        post, get = doc["paths"][path]["post"], doc["paths"][path]["get"]
+        assert get["operationId"] == post["operationId"] + "_get"
+        assert {**get, "operationId": None} == {**post, "operationId": None}
+    for path in operations:
+        assert list(doc["paths"][path]) == ["get"]
     echo = doc["paths"]["/echo"]["post"]
     ref = echo["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
