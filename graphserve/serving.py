@@ -42,7 +42,8 @@ _CONNECTION_OPTIONS = {
 }
 _INGRESS_OPTIONS = {
     "max_body_bytes": "largest accepted request body (413 above; default 16 MiB)",
-    "max_in_flight": "requests one graph answers at once before answering 503 (default unbounded)",
+    "max_in_flight": "requests one graph runs at once (bodies read) before answering 503 (default unbounded)",
+    "body_timeout_s": "time for a request's body to arrive (408 and closed past it; default 30)",
     "timeout_s": "deadline for graphs that set no timeout_s of their own (504 past it)",
     "render": "render(plan, format) -> bytes for /-/graphs/<name>.svg (default: graphserve.compiler.render)",
 }

@@ -4,16 +4,24 @@
 objects, no middleware) in these steps, each a method or function below::
 
     read_head      the headers it needs, in one pass (request id, auth, length, timeout)
-    admit          method, bearer token, graph ready, in-flight bound, declared length
+    admit          method, bearer token, graph ready, declared length
     deadline       the graph's timeout_s, shortened by X-Request-Timeout-S
-    read_body      the body, at most max_body_bytes (a client that leaves raises ClientLeft)
+    read_body      the body, at most max_body_bytes, within body_timeout_s (408 past it);
+                   a client that leaves raises ClientLeft
+    admit_run      the in-flight bound (max_in_flight): checked once the body is here
     request_value  the body as JSON, or a Starlette Request for a graph that takes it
     execute        await runtime.execute(request, deadline)
     encode         the output as JSON (or as it is: a Response, bytes, text)
 
 A step that cannot go on raises :class:`Refused` carrying the :class:`Answer` to send
 (the statuses are listed in ``http_errors``); :class:`ClientLeft` means there is nobody
-to answer (counted as status 499 in the metrics, as nginx logs it).
+to answer (counted as status 499 in the metrics, as nginx logs it). Every request is
+counted in ``graphserve_requests_total`` with the status it got, a bug's 500 included.
+
+Admission comes after the body: a client that sends its body slowly holds a connection
+(bounded by the server's connection cap and by ``body_timeout_s``), never one of the
+graph's ``max_in_flight`` places, so slow uploads cannot starve the requests that have
+arrived. Bodies being read are shown as ``graphserve_reading_requests``.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphserve.errors import RequestError
 
-from .encoding import JSONDecodeError, dumps, loads
+from .encoding import JSONDecodeError, JSONLimitError, dumps, loads
 from .http_errors import Answer, error_answer, request_error, retry_after
 from .metrics import Labels, Metrics
 from .running_graph import GraphRuntime
@@ -64,15 +72,21 @@ class ClientLeft(Exception):
 class RouteLimits:
     """What every graph route of one server enforces (the ingress's options)."""
 
-    __slots__ = ("default_timeout_s", "max_body_bytes", "max_in_flight", "token")
+    __slots__ = ("body_timeout_s", "default_timeout_s", "max_body_bytes", "max_in_flight", "token")
 
     def __init__(
-        self, token: bytes | None, max_body_bytes: int, max_in_flight: int | None, default_timeout_s: float | None
+        self,
+        token: bytes | None,
+        max_body_bytes: int,
+        max_in_flight: int | None,
+        default_timeout_s: float | None,
+        body_timeout_s: float = 30.0,
     ) -> None:
         self.token = token
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.default_timeout_s = default_timeout_s
+        self.body_timeout_s = body_timeout_s
 
 
 class RequestHead:
@@ -115,6 +129,7 @@ class GraphRoute:
         "name",
         "path",
         "plan",
+        "reading",
         "runtime",
         "status_labels",
         "timeout_s",
@@ -129,6 +144,7 @@ class GraphRoute:
         self.metrics = metrics
         self.timeout_s = runtime.plan.timeout_s if runtime.plan.timeout_s is not None else limits.default_timeout_s
         self.in_flight = 0
+        self.reading = 0  # requests whose body is still arriving
         self.labels: Labels = (("graph", self.name),)
         self.status_labels: dict[int, Labels] = {}
 
@@ -141,20 +157,36 @@ class GraphRoute:
             answer = await self.answer(scope, receive, head)
         except ClientLeft:
             status = CLIENT_LEFT
+        except Exception as exc:  # a bug of ours: still a JSON 500, logged, and counted
+            self.log_failure(head.request_id, exc)
+            answer = error_answer(500, f"graph {self.name!r} failed: {type(exc).__name__}", [_CLOSE], node=None)
+            status = await self._send(send, answer, head.request_id)
         else:
-            await send_answer(send, answer, head.request_id)
-            status = answer.status
+            status = await self._send(send, answer, head.request_id)
         self.metrics.inc("graphserve_requests_total", self.status(status))
         self.metrics.observe("graphserve_request_duration_seconds", time.perf_counter() - start, self.labels)
+
+    async def _send(self, send: Send, answer: Answer, request_id: bytes) -> int:
+        """Send ``answer``; its status, or 499 when the client is gone by then."""
+        try:
+            await send_answer(send, answer, request_id)
+        except OSError:  # the connection closed under us
+            return CLIENT_LEFT
+        return answer.status
 
     async def answer(self, scope: Scope, receive: Receive, head: RequestHead) -> Answer:
         """What to send for one request; raises ClientLeft when nobody is left to answer."""
         try:
             self.admit(scope["method"], head)
             deadline = self.deadline(head.timeout)
+            self.reading += 1
+            try:
+                body = await read_body(receive, self.limits.max_body_bytes, self.limits.body_timeout_s)
+            finally:
+                self.reading -= 1
+            self.admit_run()
             self.in_flight += 1
             try:
-                body = await read_body(receive, self.limits.max_body_bytes)
                 result = await self.execute(self.request_value(scope, body), deadline, head.request_id)
                 return self.encode(result, head.request_id)
             finally:
@@ -164,7 +196,7 @@ class GraphRoute:
 
     def admit(self, method: str, head: RequestHead) -> None:
         """Refuse what this route must not run: a wrong method, a missing token, a graph
-        not ready or at its in-flight bound, a body declared too large."""
+        not ready, a body declared too large."""
         limits = self.limits
         if method not in METHODS and not self.plan.http_request:
             text = f"graph {self.name!r} answers POST (or GET) with a JSON body"
@@ -174,9 +206,6 @@ class GraphRoute:
         if not self.runtime.ready:
             state = "stopping" if self.runtime.stopping else "starting"
             raise Refused(error_answer(503, f"graph {self.name!r} is {state}", retry_after(1)))
-        if limits.max_in_flight is not None and self.in_flight >= limits.max_in_flight:
-            text = f"graph {self.name!r} is overloaded: {self.in_flight} requests in flight"
-            raise Refused(error_answer(503, text, retry_after(1)))
         if head.length is not None:
             try:
                 declared = int(head.length)
@@ -184,6 +213,13 @@ class GraphRoute:
                 raise Refused(error_answer(400, "bad Content-Length header", [_CLOSE])) from None
             if declared > limits.max_body_bytes:
                 raise Refused(too_large(limits.max_body_bytes))
+
+    def admit_run(self) -> None:
+        """The in-flight bound, once the body is here (a slow upload never holds a place)."""
+        limit = self.limits.max_in_flight
+        if limit is not None and self.in_flight >= limit:
+            text = f"graph {self.name!r} is overloaded: {self.in_flight} requests in flight"
+            raise Refused(error_answer(503, text, retry_after(1)))
 
     def deadline(self, header: bytes | None) -> float | None:
         """The request's deadline in seconds: the graph's, shortened by X-Request-Timeout-S."""
@@ -207,6 +243,8 @@ class GraphRoute:
             return None
         try:
             return loads(body)
+        except JSONLimitError as exc:
+            raise Refused(error_answer(422, f"the body is not accepted: {exc}")) from None
         except JSONDecodeError as exc:
             raise Refused(error_answer(400, f"malformed JSON: {exc}")) from None
 
@@ -256,21 +294,26 @@ class GraphRoute:
         )
 
 
-async def read_body(receive: Receive, max_bytes: int) -> bytes:
-    """The whole request body; Refused (413) above ``max_bytes``, ClientLeft on a disconnect."""
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if message.get("more_body", False):
-        chunks = [body]
-        size = len(body)
-        while message.get("more_body", False):
+async def read_body(receive: Receive, max_bytes: int, timeout_s: float) -> bytes:
+    """The whole request body: Refused with 413 above ``max_bytes``, with 408 when it has not
+    all arrived within ``timeout_s``; ClientLeft on a disconnect."""
+    try:
+        async with asyncio.timeout(timeout_s):
             message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > max_bytes:
-                raise Refused(too_large(max_bytes))
-            chunks.append(chunk)
-        body = b"".join(chunks)
+            body: bytes = message.get("body", b"")
+            if message.get("more_body", False):
+                chunks = [body]
+                size = len(body)
+                while message.get("more_body", False):
+                    message = await receive()
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise Refused(too_large(max_bytes))
+                    chunks.append(chunk)
+                body = b"".join(chunks)
+    except TimeoutError:
+        raise Refused(error_answer(408, f"the request body did not arrive within {timeout_s:g}s", [_CLOSE])) from None
     if message["type"] == "http.disconnect":
         raise ClientLeft
     if len(body) > max_bytes:

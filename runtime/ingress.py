@@ -77,6 +77,7 @@ class Ingress:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_in_flight: int | None = None,
         default_timeout_s: float | None = None,
+        body_timeout_s: float = 30.0,
         render: Renderer | None = None,
         metrics: Metrics | None = None,
         title: str = "graphserve",
@@ -89,12 +90,14 @@ class Ingress:
             raise GraphError(f"max_body_bytes must be > 0, got {max_body_bytes}")
         if max_in_flight is not None and max_in_flight <= 0:
             raise GraphError(f"max_in_flight must be > 0, got {max_in_flight}")
+        if not body_timeout_s > 0:
+            raise GraphError(f"body_timeout_s must be > 0 seconds, got {body_timeout_s!r}")
         self.metrics = metrics if metrics is not None else (runtimes[0].metrics if runtimes else Metrics())
         for runtime in runtimes:
             runtime.metrics = self.metrics  # one registry: read by the executor made in start()
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
-        self.limits = RouteLimits(self.token, max_body_bytes, max_in_flight, default_timeout_s)
+        self.limits = RouteLimits(self.token, max_body_bytes, max_in_flight, default_timeout_s, body_timeout_s)
         self.render = render
         self.routes: list[GraphRoute] = []
         self._paths: dict[str, GraphRoute] = {}
@@ -281,9 +284,11 @@ class Ingress:
         m.describe("graphserve_node_latency_seconds", "Time a deployment call took, by graph and node")
         m.describe("graphserve_batch_size", "Sizes of the batches sent to @gs.batch methods")
         m.describe("graphserve_in_flight_requests", "Requests being answered, by graph")
+        m.describe("graphserve_reading_requests", "Requests whose body is still arriving, by graph")
         m.describe("graphserve_queue_depth", "Calls waiting for a replica, by graph and deployment")
         m.describe("graphserve_deployment_ongoing_requests", "Calls running on replicas, by graph and deployment")
         m.gauge("graphserve_in_flight_requests", lambda: {r.labels: float(r.in_flight) for r in self.routes})
+        m.gauge("graphserve_reading_requests", lambda: {r.labels: float(r.reading) for r in self.routes})
         m.gauge("graphserve_queue_depth", lambda: self._backend_gauge("queue_depth"))
         m.gauge("graphserve_deployment_ongoing_requests", lambda: self._backend_gauge("in_flight"))
 
