@@ -141,12 +141,24 @@ class DeadlineExceededError(RequestError):
 
 
 class NodeExecutionError(RequestError):
-    """A node of the graph raised; the original exception is ``__cause__``."""
+    """A node of the graph raised; the original exception is ``__cause__``.
+
+    ``error_type`` names the exception's type (``"ValueError"``), or is None for a
+    failure graphserve itself found (a switch value no branch matches). Over HTTP only
+    the node and the type are sent: an exception's text can hold paths and secrets, so
+    it goes to the server's log, with the request id.
+    """
 
     status = 500
 
-    def __init__(self, node: str, deployment: str | None, message: str) -> None:
+    def __init__(self, node: str, deployment: str | None, message: str, error_type: str | None = None) -> None:
         self.node = node
         self.deployment = deployment
+        self.error_type = error_type
         owner = f" (deployment {deployment!r})" if deployment else ""
         super().__init__(f"node {node!r}{owner} failed: {message}")
+
+    @classmethod
+    def from_exception(cls, node: str, deployment: str | None, exc: BaseException) -> NodeExecutionError:
+        """The error for ``exc`` raised by ``node`` (set ``__cause__`` with ``raise ... from exc``)."""
+        return cls(node, deployment, f"{type(exc).__name__}: {exc}", type(exc).__name__)

@@ -317,7 +317,7 @@ def _getattr_or_item(value: Any, key: Any) -> Any:
 def _node_error(op: _Op, exc: BaseException) -> NodeExecutionError:
     if isinstance(exc, NodeExecutionError):
         return exc
-    return NodeExecutionError(op.id, op.deployment, f"{type(exc).__name__}: {exc}")
+    return NodeExecutionError.from_exception(op.id, op.deployment, exc)
 
 
 def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ The answers::
     (malformed JSON)        400  {"error": ...}
     (body too large)        413  {"error": ...}
     (missing/bad token)     401  {"error": ...} and WWW-Authenticate: Bearer
-    NodeExecutionError      500  {"error": ..., "node": ...}   (no stack trace; logged)
+    NodeExecutionError      500  {"error", "node", "type"}: the node and the exception's type;
+                                 its text and traceback go to the log (with the request id)
     OverloadedError         503  {"error": ...} and Retry-After
     DeadlineExceededError   504  {"error": ...}
 """
@@ -72,6 +73,10 @@ def request_error(exc: RequestError) -> Answer:
     if isinstance(exc, DeadlineExceededError):
         return error_answer(504, str(exc))
     if isinstance(exc, NodeExecutionError):
-        return error_answer(500, str(exc), node=exc.node)
+        owner = f" (deployment {exc.deployment!r})" if exc.deployment else ""
+        what = exc.error_type or "an error graphserve found"
+        text = f"node {exc.node!r}{owner} failed: {what} (the details are in the server's log)"
+        return error_answer(500, text, node=exc.node, type=exc.error_type)
     status = exc.status if isinstance(exc.status, int) and 400 <= exc.status < 600 else 500
-    return error_answer(status, str(exc), node=None)
+    text = str(exc) if status < 500 else f"{type(exc).__name__} (the details are in the server's log)"
+    return error_answer(status, text, node=None)

@@ -44,18 +44,26 @@ from .handle import DeploymentHandle
 class ReplicaCallError(Exception):
     """A call failed inside a replica: picklable, names the node that failed."""
 
-    def __init__(self, node: str, deployment: str | None, message: str, cause: BaseException | None = None) -> None:
-        super().__init__(node, deployment, message, cause)
+    def __init__(
+        self,
+        node: str,
+        deployment: str | None,
+        message: str,
+        cause: BaseException | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(node, deployment, message, cause, error_type)
         self.node = node
         self.deployment = deployment
         self.message = message
         self.cause = cause
+        self.error_type = error_type
 
     def __str__(self) -> str:
         return str(self.to_node_error())
 
     def to_node_error(self) -> NodeExecutionError:
-        error = NodeExecutionError(self.node, self.deployment, self.message)
+        error = NodeExecutionError(self.node, self.deployment, self.message, self.error_type)
         error.__cause__ = self.cause
         return error
 
@@ -63,8 +71,8 @@ class ReplicaCallError(Exception):
     def wrap(cls, node: str, deployment: str, exc: BaseException) -> ReplicaCallError:
         """The carrier for ``exc`` raised by ``node`` (or by a handle call it made)."""
         if isinstance(exc, NodeExecutionError):  # from a handle: keep the node it names
-            return cls(exc.node, exc.deployment, _message_of(exc), _picklable(exc.__cause__))
-        return cls(node, deployment, f"{type(exc).__name__}: {exc}", _picklable(exc))
+            return cls(exc.node, exc.deployment, _message_of(exc), _picklable(exc.__cause__), exc.error_type)
+        return cls(node, deployment, f"{type(exc).__name__}: {exc}", _picklable(exc), type(exc).__name__)
 
 
 class ReplicaStartError(Exception):
@@ -129,11 +137,12 @@ def node_error(
     if isinstance(cause, NodeExecutionError):
         return cause
     if isinstance(cause, RayActorError):
-        error = NodeExecutionError(node, deployment, death_message(deployment, replica, cause, retries))
+        message = death_message(deployment, replica, cause, retries)
+        error = NodeExecutionError(node, deployment, message, type(cause).__name__)
     elif isinstance(cause, TaskCancelledError):
-        error = NodeExecutionError(node, deployment, "the call was cancelled")
+        error = NodeExecutionError(node, deployment, "the call was cancelled", type(cause).__name__)
     else:
-        error = NodeExecutionError(node, deployment, f"{type(cause).__name__}: {cause}")
+        error = NodeExecutionError.from_exception(node, deployment, cause)
     error.__cause__ = cause
     return error
 

@@ -90,4 +90,4 @@ class GraphRuntime:
         except (RequestError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            raise NodeExecutionError(f"{deployment}.{method}", deployment, f"{type(exc).__name__}: {exc}") from exc
+            raise NodeExecutionError.from_exception(f"{deployment}.{method}", deployment, exc) from exc
