@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graphserve.errors import GraphError, GraphValidationError, RequestError
+from graphserve.runtime import http_defaults
 
 if TYPE_CHECKING:
     from graphserve.plan import Plan
@@ -60,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("targets", nargs="+", help="module:app or plan.json (one or more)")
     deploy.add_argument("--backend", choices=("local", "ray"), default="local")
     deploy.add_argument("--address", default=None, help="Ray cluster address (ray backend)")
-    deploy.add_argument("--host", default="127.0.0.1")
-    deploy.add_argument("--port", type=int, default=8000)
+    deploy.add_argument("--host", default=http_defaults.HOST)
+    deploy.add_argument("--port", type=int, default=http_defaults.PORT)
     deploy.add_argument(
         "--token-file",
         metavar="PATH",
@@ -74,13 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("--timeout-s", type=float, default=None, help="deadline for graphs that set none")
     deploy.add_argument(
-        "--max-body-bytes", type=int, default=None, help="largest accepted request body (default: the server's, 16 MiB)"
+        "--max-body-bytes",
+        type=int,
+        default=None,  # the server's: one constant
+        help=f"largest accepted request body (default {http_defaults.mib(http_defaults.MAX_BODY_BYTES)})",
     )
     deploy.add_argument("--max-in-flight", type=int, default=None, help="requests one graph runs at once (503 above)")
-    deploy.add_argument("--shutdown-timeout-s", type=float, default=None, help="drain bound on SIGTERM (default 30)")
-    deploy.add_argument("--header-timeout-s", type=float, default=None, help="time for request headers (default 10)")
-    deploy.add_argument("--body-timeout-s", type=float, default=None, help="time for a request body (default 30)")
-    deploy.add_argument("--keep-alive-s", type=float, default=None, help="idle connections close after (default 5)")
+    for flag, default, text in (
+        ("--shutdown-timeout-s", http_defaults.SHUTDOWN_TIMEOUT_S, "in-flight requests may finish on SIGTERM"),
+        ("--header-timeout-s", http_defaults.HEADER_TIMEOUT_S, "time for a request's headers (408 past it)"),
+        ("--body-timeout-s", http_defaults.BODY_TIMEOUT_S, "time for a request's body (408 past it)"),
+        ("--keep-alive-s", http_defaults.KEEP_ALIVE_S, "an idle connection is closed after"),
+    ):
+        deploy.add_argument(flag, type=float, default=None, help=f"{text} (default {default:g}s)")
     deploy.add_argument(
         "--max-connections", type=int, default=None, help="open connections at most (default: half the fd limit)"
     )
@@ -234,8 +241,8 @@ def deploy_command(args: argparse.Namespace) -> int:
     try:
         serve(
             getattr(args, "targets", None) or getattr(args, "target", None),
-            host=getattr(args, "host", None) or "127.0.0.1",
-            port=8000 if port is None else int(port),
+            host=getattr(args, "host", None) or http_defaults.HOST,
+            port=http_defaults.PORT if port is None else int(port),
             backend=backend,
             token=resolve_token(getattr(args, "token", None), getattr(args, "token_file", None)),
             **options,

@@ -23,6 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 from graphserve.errors import GraphError
 from graphserve.registry import default_render, resolve_token
+from graphserve.runtime import http_defaults
+from graphserve.runtime.http_defaults import (
+    BODY_TIMEOUT_S,
+    HEADER_TIMEOUT_S,
+    KEEP_ALIVE_S,
+    MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    SHUTDOWN_TIMEOUT_S,
+    STARTUP_TIMEOUT_S,
+    mib,
+)
 from graphserve.targets import load_plan
 
 if TYPE_CHECKING:
@@ -30,20 +41,20 @@ if TYPE_CHECKING:
     from graphserve.runtime.http_server import Server
 
 _SERVER_OPTIONS = {
-    "shutdown_timeout_s": "how long in-flight requests may take to finish on shutdown (default 30)",
+    "shutdown_timeout_s": f"how long in-flight requests may finish on shutdown (default {SHUTDOWN_TIMEOUT_S:g})",
     "access_log": "log every request (uvicorn's access log; off by default)",
     "on_ready": "called with the Server once it accepts connections",
 }
 _CONNECTION_OPTIONS = {
-    "header_timeout_s": "time for a request's line and headers to arrive (408 and closed past it; default 10)",
-    "keep_alive_s": "an idle keep-alive connection is closed after this (default 5)",
+    "header_timeout_s": f"time for a request's line and headers (408 and closed past it; default {HEADER_TIMEOUT_S:g})",
+    "keep_alive_s": f"an idle keep-alive connection is closed after this (default {KEEP_ALIVE_S:g})",
     "max_connections": "open connections at most; past it the longest-idle one is closed (default: half the fd limit)",
-    "max_header_bytes": "largest request line and headers (431 above; default 64 KiB)",
+    "max_header_bytes": f"largest request line and headers (431 above; default {MAX_HEADER_BYTES // 1024} KiB)",
 }
 _INGRESS_OPTIONS = {
-    "max_body_bytes": "largest accepted request body (413 above; default 16 MiB)",
+    "max_body_bytes": f"largest accepted request body (413 above; default {mib(MAX_BODY_BYTES)})",
     "max_in_flight": "requests one graph runs at once (bodies read) before answering 503 (default unbounded)",
-    "body_timeout_s": "time for a request's body to arrive (408 and closed past it; default 30)",
+    "body_timeout_s": f"time for a request's body to arrive (408 and closed past it; default {BODY_TIMEOUT_S:g})",
     "timeout_s": "deadline for graphs that set no timeout_s of their own (504 past it)",
     "render": "render(plan, format) -> bytes for /-/graphs/<name>.svg (default: graphserve.compiler.render)",
 }
@@ -52,15 +63,15 @@ _OPTIONS = {
     **_CONNECTION_OPTIONS,
     **_INGRESS_OPTIONS,
     "cluster": "cluster for compiling Apps ('detect' (default), 'cpus=8,gpus=1', a dict, or None)",
-    "startup_timeout_s": "how long serve(blocking=False) waits for the constructors (default 600)",
+    "startup_timeout_s": f"how long serve(blocking=False) waits for the constructors (default {STARTUP_TIMEOUT_S:g})",
     "backend_options": "keyword arguments for the backend (e.g. {'address': 'auto'} for Ray)",
 }
 
 
 def serve(
     apps: Any,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str = http_defaults.HOST,
+    port: int = http_defaults.PORT,
     backend: str = "local",
     token: str | None = None,
     blocking: bool = True,
@@ -104,7 +115,7 @@ def serve(
     if blocking:
         server.run()
     else:
-        server.start(timeout=options.get("startup_timeout_s", 600.0))
+        server.start(timeout=options.get("startup_timeout_s", STARTUP_TIMEOUT_S))
     return server
 
 

@@ -32,28 +32,31 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from graphserve.errors import GraphError
 
+from . import http_defaults
 from .http_errors import error_body
 from .metrics import Metrics
 
 NO_GRAPH = ""  # the graph label of answers given before any graph was reached
 
 
-def default_max_connections() -> int:
-    """Half the soft file-descriptor limit (the rest stays for the process), 16 to 10,000."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
+def default_max_connections(nofile: int | None = None) -> int:
+    """Half the soft file-descriptor limit (``nofile``, by default this process's), so the rest
+    stays for the process itself (Ray's sockets, files, pipes); at least 16, at most 10,000."""
+    if nofile is None:
+        nofile, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if nofile == resource.RLIM_INFINITY:
         return 10_000
-    return max(16, min(10_000, soft // 2))
+    return max(16, min(10_000, nofile // 2))
 
 
 @dataclass(frozen=True)
 class ConnectionLimits:
     """The limits above; ``max_connections=None`` takes :func:`default_max_connections`."""
 
-    header_timeout_s: float = 10.0
-    keep_alive_s: float = 5.0
+    header_timeout_s: float = http_defaults.HEADER_TIMEOUT_S
+    keep_alive_s: float = http_defaults.KEEP_ALIVE_S
     max_connections: int | None = None
-    max_header_bytes: int = 64 * 1024
+    max_header_bytes: int = http_defaults.MAX_HEADER_BYTES
 
     def __post_init__(self) -> None:
         for name in ("header_timeout_s", "keep_alive_s"):

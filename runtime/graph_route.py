@@ -41,6 +41,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphserve.errors import RequestError
 
+from . import http_defaults
 from .encoding import JSONDecodeError, JSONLimitError, dumps, loads
 from .http_errors import Answer, error_answer, request_error, retry_after
 from .metrics import Labels, Metrics
@@ -80,7 +81,7 @@ class RouteLimits:
         max_body_bytes: int,
         max_in_flight: int | None,
         default_timeout_s: float | None,
-        body_timeout_s: float = 30.0,
+        body_timeout_s: float = http_defaults.BODY_TIMEOUT_S,
     ) -> None:
         self.token = token
         self.max_body_bytes = max_body_bytes
