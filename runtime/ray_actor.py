@@ -5,8 +5,11 @@ An actor holds one instance of a deployment. It builds the instance lazily on it
 event loop (on :meth:`ReplicaActor.ready` at start, or on the first call after Ray
 restarted a dead actor), so handles, batchers and ``asyncio`` objects the constructor
 creates belong to the loop that runs the calls. Async methods run on that loop; sync
-methods in a thread pool, as on the local backend. ``@gs.batch`` wrappers batch inside
-the actor with ``runtime/batcher.py``.
+methods in the actor's threads, one per place (``max_ongoing_requests``). As on the
+local backend, a cancelled sync call keeps its place until its thread returns: a
+``max_ongoing_requests=1`` model never runs two calls at once. ``@gs.batch`` wrappers
+batch inside the actor with ``runtime/batcher.py``. :meth:`ReplicaActor.ping` answers
+in its own concurrency group, so a busy replica still shows it is alive.
 
 Handles a constructor receives are :class:`~graphserve.runtime.handle.DeploymentHandle`
 objects whose calls go straight to the target deployment's actors (least in-flight
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import inspect
 import os
 from collections.abc import Callable
@@ -160,7 +162,7 @@ class ReplicaSpec:
     handles: dict[str, list[str]] = field(default_factory=dict)  # deployment -> its actors' names
     retries: dict[str, int] = field(default_factory=dict)  # deployment -> its max_retries
     batching: bool = False
-    threads: int = 32
+    threads: int = 1  # the deployment's max_ongoing_requests: one thread per place
 
 
 def load_spec_target(target: Any) -> Any:
@@ -264,8 +266,7 @@ class ReplicaActor:
             fn, is_async = self._method(instance, method)
             if is_async:
                 return await fn(*args, **kwargs)
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+            result = await _in_thread(self._pool, fn, args, kwargs)
             if inspect.isawaitable(result):  # a sync wrapper that returned a coroutine
                 result = await result
             return result
@@ -275,7 +276,28 @@ class ReplicaActor:
             raise ReplicaCallError.wrap(node, spec.deployment, exc) from None
 
     @ray.method(concurrency_group="control")  # never takes one of the max_ongoing_requests slots
+    async def ping(self) -> int:
+        """Answered even while every place is taken: the replica's process is alive."""
+        return os.getpid()
+
+    @ray.method(concurrency_group="control")  # never takes one of the max_ongoing_requests slots
     async def drain_batches(self) -> list[tuple[str, int]]:
         """The (method, size) of every batch sent since the last drain."""
         out, self._batches = self._batches, []
         return out
+
+
+async def _in_thread(
+    pool: concurrent.futures.ThreadPoolExecutor | None, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
+) -> Any:
+    """``fn`` in one of the replica's threads. A thread cannot be stopped: when the call is
+    cancelled (its request passed its deadline), it keeps its place (Ray's ``max_concurrency``
+    and the driver's count) until the thread returns, and only then ends as cancelled."""
+    if pool is None:
+        raise RuntimeError("the replica has no threads (it was not built)")
+    done = asyncio.wrap_future(pool.submit(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        await asyncio.wait([done])
+        raise

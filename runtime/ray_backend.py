@@ -218,7 +218,7 @@ class RayBackend:
                     handles=handles,
                     retries=retries,
                     batching=bool(dep.batching),
-                    threads=max(1, min(dep.max_ongoing_requests, 32)),
+                    threads=dep.max_ongoing_requests,
                 )
                 actor = actor_class.options(
                     num_cpus=dep.resources.num_cpus,
