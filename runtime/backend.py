@@ -35,5 +35,9 @@ class Backend(Protocol):
         Local values are returned as they are; remote backends fetch references here.
         """
 
+    async def health(self) -> str | None:
+        """None when every deployment can take calls; else why not (for ``/-/ready``: Ray's
+        cluster gone, a deployment without any live replica, stopped)."""
+
     async def stop(self) -> None:
         """Stop every replica. Safe to call twice."""

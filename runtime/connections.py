@@ -34,9 +34,7 @@ from graphserve.errors import GraphError
 
 from . import http_defaults
 from .http_errors import error_body
-from .metrics import Metrics
-
-NO_GRAPH = ""  # the graph label of answers given before any graph was reached
+from .metrics import NO_GRAPH, Metrics
 
 
 def default_max_connections(nofile: int | None = None) -> int:

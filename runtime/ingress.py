@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -48,7 +49,7 @@ from . import http_defaults
 from .encoding import dumps
 from .graph_route import GraphRoute, RouteLimits, valid_request_id
 from .http_errors import error_body
-from .metrics import Labels, Metrics
+from .metrics import NO_GRAPH, Labels, Metrics
 from .openapi import openapi_document
 from .running_graph import GraphRuntime
 
@@ -236,18 +237,48 @@ class Ingress:
                 Route("/-/graphs", self._graphs, methods=["GET"]),
                 Route("/-/graphs/{file}", self._graph_file, methods=["GET"]),
                 Route("/openapi.json", self._openapi_json, methods=["GET"]),
-            ]
+            ],
+            exception_handlers={HTTPException: self._http_error, Exception: self._server_error},
         )
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        """Starlette's own answers (no such route, a method not served) as JSON with ``error``."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        path = request.url.path
+        if status == 404:
+            routes = sorted(route.path for route in self.routes)
+            text = f"no route {path!r}: graphs are at {routes}; the server's routes are under /-/ and /openapi.json"
+        elif status == 405:
+            text = f"{request.method} is not served at {path!r}: it answers GET"
+        else:
+            text = exc.detail if isinstance(exc, HTTPException) else ""
+        headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+        self.metrics.inc("graphserve_requests_total", (("graph", NO_GRAPH), ("status", str(status))))
+        return _json_error(status, text, headers)
+
+    async def _server_error(self, request: Request, exc: Exception) -> Response:
+        request_id = valid_request_id(request.headers.get("x-request-id", "").encode() or None)
+        logger.error("request %s to %s failed", request_id.decode(), request.url.path, exc_info=exc)
+        self.metrics.inc("graphserve_requests_total", (("graph", NO_GRAPH), ("status", "500")))
+        return _json_error(500, f"the server failed on {request.url.path}: {type(exc).__name__}")
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def _ready(self, request: Request) -> Response:
-        graphs = {route.name: route.runtime.ready for route in self.routes}
-        if self.ready and all(graphs.values()):
+        """200 when every graph started and its backend can serve; else 503 saying why."""
+        reasons = await asyncio.gather(*(route.runtime.health() for route in self.routes))
+        problems = {route.name: reason for route, reason in zip(self.routes, reasons, strict=True) if reason}
+        graphs = {route.name: route.name not in problems for route in self.routes}
+        if self.ready and not problems:
             return JSONResponse({"status": "ready", "graphs": graphs})
-        state = "stopping" if self.stopping else ("failed" if self.startup_error else "starting")
-        return JSONResponse({"status": state, "graphs": graphs}, status_code=503)
+        if self.stopping:
+            state = "stopping"
+        elif self.startup_error is not None:
+            state = "failed"
+        else:
+            state = "not ready" if self.ready else "starting"
+        return JSONResponse({"status": state, "graphs": graphs, "problems": problems}, status_code=503)
 
     async def _metrics(self, request: Request) -> Response:
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -318,8 +349,8 @@ def _plan_data(plan: Plan) -> Any:
     return plan.model_dump(mode="json", fallback=repr)
 
 
-def _json_error(status: int, message: str) -> Response:
-    return Response(error_body(status, message), status_code=status, media_type="application/json")
+def _json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(status, message), status_code=status, headers=headers, media_type="application/json")
 
 
 async def _stop_quietly(runtime: GraphRuntime) -> None:
@@ -339,11 +370,19 @@ def _with_request_id(app: ASGIApp) -> ASGIApp:
         sent = next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
         request_id = valid_request_id(sent)
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
             await send(message)
 
-        await app(scope, receive, send_with_id)
+        try:
+            await app(scope, receive, send_with_id)
+        except Exception:  # logged and answered (JSON 500) by the app's handler; Starlette re-raises it
+            if not started:
+                raise
 
     return wrapped

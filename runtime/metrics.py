@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterable
 
 Labels = tuple[tuple[str, str], ...]
 
+#: The ``graph`` label of HTTP answers that reached no graph (a malformed request, an unknown route).
+NO_GRAPH = ""
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 

@@ -24,7 +24,8 @@ Options (``gs.run(app, backend="ray", **options)``, ``serve(..., backend_options
 ``working_dir`` when workers cannot import the deployments' modules); ``num_cpus`` /
 ``num_gpus`` of a local instance started here; ``max_restarts`` (-1: always);
 ``start_timeout_s`` (replicas ready), ``connect_timeout_s`` (cluster answers);
-``metrics_interval_s`` (how often batch sizes are collected from the replicas).
+``metrics_interval_s`` (how often batch sizes are collected from the replicas);
+``health_timeout_s`` (how long ``/-/ready`` waits for Ray and for each replica's ping).
 
 Routing: least in-flight replica first; a replica holds at most
 ``max_ongoing_requests`` of the driver's calls, counted until their result exists;
@@ -121,6 +122,7 @@ class RayBackend:
         start_timeout_s: float = 300.0,
         connect_timeout_s: float = 120.0,
         metrics_interval_s: float = 1.0,
+        health_timeout_s: float = 2.0,
     ) -> None:
         self.plan = plan
         self.address = address
@@ -133,6 +135,7 @@ class RayBackend:
         self._start_timeout_s = start_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._metrics_interval_s = metrics_interval_s
+        self._health_timeout_s = health_timeout_s
         self._ray: Any = None
         self._owns_connection = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -379,6 +382,33 @@ class RayBackend:
         task = self._loop.create_task(probe(), name=f"graphserve-ray-probe:{router.name}#{replica.index}")
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
+
+    # -- health ------------------------------------------------------------------------
+    async def health(self) -> str | None:
+        """None when Ray answers and every deployment has a replica that answers a ping
+        (in its control group: a busy replica still answers) within ``health_timeout_s``."""
+        ray = self._ray
+        if ray is None or not ray.is_initialized() or not self.routers:
+            return f"graph {self.plan.name!r} is not running on Ray"
+        try:
+            nodes = await asyncio.wait_for(_in_daemon_thread(ray.nodes), self._health_timeout_s)
+        except Exception as exc:  # the GCS is gone or does not answer
+            return f"the Ray cluster does not answer: {type(exc).__name__}"
+        if not any(node.get("Alive") for node in nodes):
+            return "no node of the Ray cluster is alive"
+        for name, router in list(self.routers.items()):
+            answers = await asyncio.gather(*(self._pings(r) for r in router.replicas))
+            if not any(answers):
+                return f"deployment {name!r} has no live replica ({len(router.replicas)} did not answer a ping)"
+        return None
+
+    async def _pings(self, replica: _Replica) -> bool:
+        try:
+            async with asyncio.timeout(self._health_timeout_s):
+                await replica.actor.ping.remote()
+        except Exception:  # dead, restarting, or too slow: not live now
+            return False
+        return True
 
     # -- batching metrics --------------------------------------------------------------
     async def _poll_batches(self) -> None:

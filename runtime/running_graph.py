@@ -70,6 +70,12 @@ class GraphRuntime:
             raise GraphError(f"graph {self.plan.name!r} is not started")
         return await self.executor.execute(request, timeout_s)
 
+    async def health(self) -> str | None:
+        """None when the graph can serve; else why not (not started, stopping, its backend's answer)."""
+        if not self.ready or self.backend is None:
+            return f"graph {self.plan.name!r} is {'stopping' if self.stopping else 'starting'}"
+        return await self.backend.health()
+
     async def stop(self) -> None:
         self.stopping = True
         self.ready = False
