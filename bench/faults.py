@@ -186,12 +186,21 @@ class Deployed:
         self.close()
 
     # -- over HTTP -----------------------------------------------------------------------
-    def metrics(self) -> dict[str, float]:
-        """The Prometheus exposition as {'name{labels}': value}."""
+    def metrics(self, attempts: int = 50) -> dict[str, float]:
+        """The Prometheus exposition as {'name{labels}': value}. A server under attack may turn
+        the scrape away (503, a closed connection): it is tried again, ``attempts`` times."""
+        import urllib.error
         import urllib.request
 
-        with urllib.request.urlopen(self.url + "/-/metrics", timeout=10) as response:
-            text = response.read().decode()
+        for attempt in range(attempts):
+            try:
+                with urllib.request.urlopen(self.url + "/-/metrics", timeout=10) as response:
+                    text = response.read().decode()
+                break
+            except (urllib.error.HTTPError, ConnectionError) as exc:
+                if attempt == attempts - 1:
+                    raise FaultError(f"the metrics could not be read: {exc}") from exc
+                time.sleep(0.05)
         values: dict[str, float] = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):
@@ -216,8 +225,9 @@ async def post(port: int, path: str, body: bytes, headers: dict[str, str] | None
 
 
 async def slow_header_client(port: int, stop: asyncio.Event, interval_s: float, log: list[dict[str, Any]]) -> None:
-    """Opens a connection and sends a request's headers one byte every ``interval_s``, again
-    each time the server closes it, until ``stop``; logs how long each connection lasted."""
+    """Opens a connection and sends a request's headers one byte every ``interval_s``; when the
+    server closes it, waits ``interval_s`` and opens another (as slowloris tools keep their
+    connections up), until ``stop``; logs how long each connection lasted."""
     head = request_head("POST", HOST, port, "/", b"{}")
     while not stop.is_set():
         opened = time.perf_counter()
@@ -243,13 +253,15 @@ async def slow_header_client(port: int, stop: asyncio.Event, interval_s: float, 
         entry["lasted_s"] = time.perf_counter() - opened
         if not stop.is_set():
             log.append(entry)
+            await _pause(stop, interval_s)
 
 
 async def slow_body_client(
     port: int, path: str, size: int, stop: asyncio.Event, interval_s: float, log: list[dict[str, Any]]
 ) -> None:
-    """Sends complete headers announcing ``size`` body bytes, then one byte every ``interval_s``,
-    again after each answer, until ``stop``; logs the status the server answered and when."""
+    """Sends complete headers announcing ``size`` body bytes, then one byte every ``interval_s``;
+    after the server's answer, waits ``interval_s`` and starts again, until ``stop``; logs the
+    status the server answered and how long the connection lasted."""
     head = request_head("POST", HOST, port, path, b"x" * size)
     while not stop.is_set():
         opened = time.perf_counter()
@@ -275,6 +287,7 @@ async def slow_body_client(
         entry["lasted_s"] = time.perf_counter() - opened
         if not stop.is_set():
             log.append(entry)
+            await _pause(stop, interval_s)
 
 
 async def _closed_within(reader: asyncio.StreamReader, seconds: float, entry: dict[str, Any]) -> bool:

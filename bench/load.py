@@ -117,13 +117,15 @@ def closed_loop(url: str, bodies: list[bytes], connections: int, duration_s: flo
 
 # -- fixed-rate open loop ---------------------------------------------------------------
 class Connection:
-    """One keep-alive HTTP/1.1 connection over asyncio streams (no client library in the way)."""
+    """One keep-alive HTTP/1.1 connection over asyncio streams (no client library in the way);
+    ``reusable`` turns False once the server said ``Connection: close``."""
 
-    __slots__ = ("reader", "writer")
+    __slots__ = ("reader", "reusable", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.reusable = True
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
@@ -144,6 +146,8 @@ class Connection:
             name, _, value = header.partition(b":")
             if name:
                 headers[name.strip().lower()] = value.strip()
+        if headers.get(b"connection", b"").lower() == b"close":
+            self.reusable = False
         if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
             chunks = []
             while True:
@@ -154,6 +158,10 @@ class Connection:
             return status, headers, b"".join(chunks)
         length = int(headers.get(b"content-length", b"0"))
         return status, headers, (await self.reader.readexactly(length)) if length else b""
+
+    def dropped(self) -> bool:
+        """The server closed it while it sat idle (checked before reuse, as urllib3 does)."""
+        return self.reader.at_eof() or self.writer.is_closing()
 
     def close(self) -> None:
         self.writer.close()
@@ -210,6 +218,9 @@ async def open_loop_async(
         nonlocal opened
         async with slots:
             conn = idle.pop() if idle else None
+            while conn is not None and conn.dropped():
+                conn.close()
+                conn = idle.pop() if idle else None
             try:
                 if conn is None:
                     conn = await Connection.open(host, port)
@@ -236,7 +247,10 @@ async def open_loop_async(
             service_by_status.setdefault(str(status), []).append(now - sent)
             if status != 200:
                 errors["status"] += 1
-            idle.append(conn)
+            if conn.reusable:
+                idle.append(conn)
+            else:
+                conn.close()
 
     tasks: list[asyncio.Task[None]] = []
     # perf_counter, not loop.time(): uvloop's clock has millisecond resolution

@@ -9,10 +9,18 @@ adds what uvicorn lacks:
 * **header size**: at most ``max_header_bytes`` of request line and headers (431, closed);
 * **keep-alive**: an idle connection is closed after ``keep_alive_s`` (uvicorn's timer);
 * **a cap on open connections** (``max_connections``, by default half the process's
-  file-descriptor limit): a connection past the cap evicts the open connection that has
-  waited longest without a request in progress (idle keep-alive, slow headers), so
-  clients that only hold connections cannot shut out the rest; only when every open
-  connection has a request running is the new one answered 503 and closed;
+  file-descriptor limit): a connection past the cap evicts an open connection that has
+  no request in progress: one that never completed a request (slow headers, a client
+  that only connects) and has had :data:`NEW_GRACE_S` to send it (a client sends its
+  request right after connecting: the bytes follow the handshake), longest idle first.
+  When there is none, the new connection is let in on probation, up to a quarter above
+  the cap: it must send a whole request within :data:`NEW_GRACE_S` or it is answered
+  503 and closed. With the probation places full too, the connection waiting longest
+  without having completed a request is evicted, however young, else a keep-alive
+  connection idle for :data:`IDLE_GRACE_S` (clients that have completed requests are
+  kept longest); else the new one is answered 503 and closed at once. So clients that
+  only hold connections, or keep opening them, cannot shut out the clients that send
+  requests;
 * uvicorn's own 400 for a request it cannot parse has a JSON body with ``error``.
 
 The body's time limit belongs to the ingress, which reads bodies (``body_timeout_s``).
@@ -47,6 +55,10 @@ def default_max_connections(nofile: int | None = None) -> int:
     return max(16, min(10_000, nofile // 2))
 
 
+NEW_GRACE_S = 0.25  # a connection that has not completed a request is safe from eviction this long
+IDLE_GRACE_S = 1.0  # an idle keep-alive connection is safe from eviction this long
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
     """The limits above; ``max_connections=None`` takes :func:`default_max_connections`."""
@@ -72,13 +84,16 @@ class ConnectionLimits:
 
 
 class ConnectionRegistry:
-    """The open connections of one server; those without a request in progress, oldest first."""
+    """The open connections of one server, and those without a request in progress in the
+    order they became idle: the ones that never completed a request first, then the rest."""
 
     def __init__(self, limit: int, metrics: Metrics) -> None:
         self.limit = limit
         self.metrics = metrics
         self._open: set[LimitedHTTPProtocol] = set()
-        self._idle: dict[LimitedHTTPProtocol, None] = {}  # insertion order: longest idle first
+        # connection -> when it became idle; insertion order is that order
+        self._idle_new: dict[LimitedHTTPProtocol, float] = {}  # no request completed yet
+        self._idle_used: dict[LimitedHTTPProtocol, float] = {}  # idle keep-alive
         metrics.describe("graphserve_open_connections", "HTTP connections open now")
         metrics.describe("graphserve_connections_closed_total", "Connections the server closed, by reason")
         metrics.gauge("graphserve_open_connections", lambda: {(): float(len(self._open))})
@@ -87,32 +102,48 @@ class ConnectionRegistry:
     def count(self) -> int:
         return len(self._open)
 
-    def admit(self, connection: LimitedHTTPProtocol) -> bool:
-        """Count a new connection; at the cap, evict the longest idle one (False: none to evict)."""
+    def admit(self, connection: LimitedHTTPProtocol, now: float) -> str:
+        """Count a new connection: ``"admitted"`` (at the cap, after evicting another),
+        ``"probation"`` (none could be evicted) or ``"refused"`` (see the module docstring)."""
+        verdict = "admitted"
         if len(self._open) >= self.limit:
-            if not self._idle:
-                return False
-            oldest = next(iter(self._idle))
-            oldest.evict()
+            victim = _longest_idle(self._idle_new, now, NEW_GRACE_S)
+            if victim is None and len(self._open) < self.limit + max(1, self.limit // 4):
+                verdict = "probation"
+            elif victim is None:  # on probation too: the longest waiting of those without a request goes
+                victim = _longest_idle(self._idle_new, now, 0.0) or _longest_idle(self._idle_used, now, IDLE_GRACE_S)
+                if victim is None:
+                    return "refused"
+            if victim is not None:
+                victim.evict()
         self._open.add(connection)
-        return True
+        return verdict
 
-    def idle(self, connection: LimitedHTTPProtocol) -> None:
+    def idle(self, connection: LimitedHTTPProtocol, now: float, used: bool) -> None:
         if connection in self._open:
-            self._idle.pop(connection, None)
-            self._idle[connection] = None
+            self.busy(connection)
+            (self._idle_used if used else self._idle_new)[connection] = now
 
     def busy(self, connection: LimitedHTTPProtocol) -> None:
-        self._idle.pop(connection, None)
+        self._idle_new.pop(connection, None)
+        self._idle_used.pop(connection, None)
 
     def remove(self, connection: LimitedHTTPProtocol) -> None:
         self._open.discard(connection)
-        self._idle.pop(connection, None)
+        self.busy(connection)
 
     def closed(self, reason: str, status: int | None = None) -> None:
         self.metrics.inc("graphserve_connections_closed_total", (("reason", reason),))
         if status is not None:
             self.metrics.inc("graphserve_requests_total", (("graph", NO_GRAPH), ("status", str(status))))
+
+
+def _longest_idle(idle: dict[LimitedHTTPProtocol, float], now: float, grace_s: float) -> LimitedHTTPProtocol | None:
+    """The connection idle longest (the first: idle dicts are in the order they became idle),
+    if it has been idle at least ``grace_s``."""
+    for connection, since in idle.items():
+        return connection if now - since >= grace_s else None
+    return None
 
 
 class LimitedHTTPProtocol(HttpToolsProtocol):
@@ -129,16 +160,16 @@ class LimitedHTTPProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._busy = False
+        self._answered = 0  # requests answered on this connection
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if not self.registry.admit(self):
-            self._answer_and_close(
-                503, "the server has too many open connections with requests running; retry later", "over_limit"
-            )
+        verdict = self.registry.admit(self, self.loop.time())
+        if verdict == "refused":
+            self._refuse()
             return
-        self._wait_for_headers()
+        self._wait_for_headers(NEW_GRACE_S if verdict == "probation" else None)
 
     def data_received(self, data: bytes) -> None:
         if not self._busy:
@@ -184,13 +215,31 @@ class LimitedHTTPProtocol(HttpToolsProtocol):
             self._cancel_header_timer()
             self.registry.busy(self)
         else:
+            self._answered += 1
             self._wait_for_headers()
 
-    def _wait_for_headers(self) -> None:
+    def _wait_for_headers(self, probation_s: float | None = None) -> None:
+        """Start waiting for the next request's headers: ``header_timeout_s``, or for a connection
+        let in past the cap, ``probation_s`` (then 503 and closed, unless it sent a request)."""
         self._header_bytes = 0
-        self.registry.idle(self)
+        self.registry.idle(self, self.loop.time(), used=self._answered > 0)
         self._cancel_header_timer()
-        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
+        if probation_s is None:
+            self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
+        else:
+            self._header_timer = self.loop.call_later(probation_s, self._probation_over)
+
+    def _probation_over(self) -> None:
+        self._header_timer = None
+        if self._busy or self._answered or self.transport.is_closing():
+            return
+        if self.registry.count > self.registry.limit:
+            self._refuse()
+        else:  # others closed meanwhile: it stays, as any connection
+            self._header_timer = self.loop.call_later(self.limits.header_timeout_s - NEW_GRACE_S, self._header_timeout)
+
+    def _refuse(self) -> None:
+        self._answer_and_close(503, "the server has too many open connections; retry later", "over_limit")
 
     def _header_timeout(self) -> None:
         self._header_timer = None
