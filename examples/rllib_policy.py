@@ -56,6 +56,7 @@ def train(iterations: int = ITERATIONS) -> Path:
         started_ray = not ray.is_initialized()
         if started_ray:
             ray.init(
+                address="local",  # a new instance: never a cluster another process on this machine runs
                 num_cpus=2,
                 include_dashboard=False,
                 _node_ip_address="127.0.0.1",

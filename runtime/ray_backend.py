@@ -2,8 +2,10 @@
 
 ``GraphRuntime(plan, backend="ray", address=None)`` (or ``gs.run(app, backend="ray")``)
 joins the Ray instance this process already has, or the cluster at ``address``
-(``"auto"``, ``"ray://host:10001"``), or starts a local one (loopback only, no
-dashboard). Ray is imported only here, when this backend is asked for.
+(``"auto"``, ``"ray://host:10001"``), or starts a new local one (loopback only, no
+dashboard; ``ray.init(address="local")``: never a cluster another process on this
+machine started, which a bare ``ray.init()`` would join). Ray is imported only here,
+when this backend is asked for.
 
 Mapping: one :class:`~graphserve.runtime.ray_actor.ReplicaActor` per replica, with the
 deployment's ``num_cpus``/``num_gpus``, ``max_concurrency = max_ongoing_requests``,
@@ -155,8 +157,8 @@ class RayBackend:
         options = {k: v for k, v in self._init_options.items() if v is not None}
         where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray instance"
         try:
-            if self.address is None:  # starting one here cannot wait on an unreachable address
-                ray.init(include_dashboard=False, logging_level="warning", **options)
+            if self.address is None:  # a new instance of our own ("local"), never one another process started
+                ray.init(address="local", include_dashboard=False, logging_level="warning", **options)
             else:  # in a daemon thread: a cluster that never answers cannot stall this loop or the exit
                 await asyncio.wait_for(
                     _in_daemon_thread(ray.init, address=self.address, logging_level="warning", **options),

@@ -19,6 +19,13 @@ def ray_cluster() -> Iterator[Any]:
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         # One logical GPU (none physical here) so num_gpus placement is exercised on CPU-only machines.
-        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="warning", log_to_driver=False)
+        ray.init(
+            address="local",  # a cluster of our own, never one that another process on this machine started
+            num_cpus=2,
+            num_gpus=1,
+            include_dashboard=False,
+            logging_level="warning",
+            log_to_driver=False,
+        )
     yield ray
     ray.shutdown()
