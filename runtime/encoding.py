@@ -87,16 +87,29 @@ def dumps(value: Any) -> bytes:
     except orjson.JSONEncodeError as exc:
         if "64-bit" not in str(exc):
             raise
-    try:  # an integer beyond 64 bits: Python's json writes it exactly; orjson converts the rest
-        return json.dumps(
-            value, default=_via_orjson, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode()
-    except ValueError as exc:
-        raise TypeError(f"the output cannot be written as JSON: {exc}") from None
+    # an integer beyond 64 bits: Python's json writes it exactly, the rest made plain as orjson would
+    return json.dumps(_plain(value), separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _via_orjson(obj: Any) -> Any:
-    return orjson.loads(orjson.dumps(obj, default=_default, option=_OPTIONS))
+def _plain(value: Any) -> Any:
+    """``value`` as dicts, lists, str, int, float, bool and None, the way orjson writes it
+    (a NaN or infinite float as null); raises TypeError for what cannot be converted."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_key(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    try:
+        return _plain(_default(value))  # pydantic, numpy, torch, pandas, sets, dataclasses
+    except TypeError:
+        return orjson.loads(orjson.dumps(value, option=_OPTIONS))  # datetimes, UUIDs, enums
+
+
+def _key(key: Any) -> Any:
+    return key if isinstance(key, (str, int, float, bool)) or key is None else str(_plain(key))
 
 
 def _default(obj: Any) -> Any:

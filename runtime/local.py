@@ -110,12 +110,14 @@ class LocalBackend:
         self.sets: dict[str, ReplicaSet] = {}
         self._handle_factory = handle_factory
         self._on_batch = on_batch
+        self._running = False
 
     async def start(self) -> None:
         for name in construction_order(self.plan):
             dep = self.plan.deployment(name)
             replicas = [Replica(self._construct(dep, i), i, _threads(dep, i)) for i in range(dep.num_replicas)]
             self.sets[name] = ReplicaSet(dep, replicas)
+        self._running = True
 
     def _construct(self, dep: DeploymentPlan, index: int) -> Any:
         target = load_target(self.plan, dep.import_path, dep.name)
@@ -139,9 +141,10 @@ class LocalBackend:
         return value
 
     async def health(self) -> str | None:
-        return None if self.sets else f"the deployments of graph {self.plan.name!r} are not running"
+        return None if self._running else f"the deployments of graph {self.plan.name!r} are not running"
 
     async def stop(self) -> None:
+        self._running = False
         for replica_set in self.sets.values():
             replica_set.close()
             for replica in replica_set.replicas:
