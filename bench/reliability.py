@@ -296,17 +296,17 @@ def _first_new_pid(records: list[dict[str, Any]], killed: dict[str, Any]) -> dic
 
 
 # -- SIGTERM with requests in flight --------------------------------------------------------
-def sigterm(server: Deployed, requests: int = 8, delay_s: float = 1.5) -> dict[str, Any]:
-    """``requests`` calls of ``delay_s`` to ``sleepy`` in flight, then SIGTERM to the server."""
+def sigterm(server: Deployed, requests: int = 8, delay_s: float = 1.5, graph: str = "sleepy") -> dict[str, Any]:
+    """``requests`` calls of ``delay_s`` to ``graph`` in flight, then SIGTERM to the server."""
     body = json.dumps({"delay": delay_s}).encode()
 
     async def main() -> tuple[list[Any], float]:
-        calls = [asyncio.ensure_future(post(server.port, "/sleepy", body)) for _ in range(requests)]
+        calls = [asyncio.ensure_future(post(server.port, f"/{graph}", body)) for _ in range(requests)]
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
             None,
             lambda: wait_until(
-                lambda: server.metric("graphserve_in_flight_requests", graph="sleepy") >= requests,
+                lambda: server.metric("graphserve_in_flight_requests", graph=graph) >= requests,
                 60,
                 f"{requests} requests in flight",
             ),

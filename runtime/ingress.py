@@ -244,15 +244,15 @@ class Ingress:
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         """Starlette's own answers (no such route, a method not served) as JSON with ``error``."""
         status = exc.status_code if isinstance(exc, HTTPException) else 500
+        headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
         path = request.url.path
         if status == 404:
             routes = sorted(route.path for route in self.routes)
             text = f"no route {path!r}: graphs are at {routes}; the server's routes are under /-/ and /openapi.json"
         elif status == 405:
-            text = f"{request.method} is not served at {path!r}: it answers GET"
+            text = f"{request.method} is not served at {path!r}: it answers {headers.get('Allow', 'GET')}"
         else:
             text = exc.detail if isinstance(exc, HTTPException) else ""
-        headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
         self.metrics.inc("graphserve_requests_total", (("graph", NO_GRAPH), ("status", str(status))))
         return _json_error(status, text, headers)
 

@@ -253,6 +253,64 @@ def test_deploy_hands_its_options_to_serve(monkeypatch: pytest.MonkeyPatch) -> N
     assert "max_body_bytes" not in seen  # the ingress's default: one constant
 
 
+def test_deploy_hands_the_connection_limits_to_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    from graphserve import serving
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(serving, "serve", lambda targets, **kwargs: seen.update(kwargs))
+    flags = ["--max-in-flight", "12", "--header-timeout-s", "2", "--body-timeout-s", "3", "--keep-alive-s", "4"]
+    assert cli.main(["deploy", "a:app", *flags, "--max-connections", "100", "--shutdown-timeout-s", "5"]) == 0
+    assert (seen["max_in_flight"], seen["header_timeout_s"], seen["body_timeout_s"]) == (12, 2.0, 3.0)
+    assert (seen["keep_alive_s"], seen["max_connections"], seen["shutdown_timeout_s"]) == (4.0, 100, 5.0)
+
+
+def test_the_token_comes_from_a_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from graphserve import serving
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(serving, "serve", lambda targets, **kwargs: seen.update(kwargs))
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    assert cli.main(["deploy", "a:app", "--token-file", str(secret)]) == 0
+    assert seen["token"] == "s3cret"  # never on the command line, where ps shows it
+    monkeypatch.setenv("GRAPHSERVE_TOKEN_FILE", str(secret))
+    assert cli.main(["deploy", "a:app"]) == 0 and seen["token"] == "s3cret"
+    monkeypatch.delenv("GRAPHSERVE_TOKEN_FILE")
+    monkeypatch.setenv("GRAPHSERVE_TOKEN", "from-env")
+    assert cli.main(["deploy", "a:app"]) == 0 and seen["token"] == "from-env"
+    assert cli.main(["deploy", "a:app", "--token-file", str(tmp_path / "missing")]) == 1
+    assert "cannot read the token file" in capsys.readouterr().err
+    (tmp_path / "empty").write_text("\n")
+    assert cli.main(["call", "http://127.0.0.1:9/x", "--token-file", str(tmp_path / "empty")]) == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_call_sends_the_token_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.graphs import ingress_graphs
+    from tests.serving_utils import running_server
+
+    secret = tmp_path / "token"
+    secret.write_text("t0k")
+    with running_server(ingress_graphs.echo_app, token="t0k") as url:
+        assert cli.main(["call", url + "/echo", '{"x": 1}']) == 1
+        assert "HTTP 401" in capsys.readouterr().err
+        assert cli.main(["call", url + "/echo", '{"x": 1}', "--token-file", str(secret)]) == 0
+        assert json.loads(capsys.readouterr().out) == {"y": 2.0, "label": "a"}
+
+
+def test_call_reports_a_413_as_a_413(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.graphs import ingress_graphs
+    from tests.serving_utils import running_server
+
+    body = json.dumps({"x": 1, "pad": "a" * (4 << 20)})  # larger than the sockets' buffers: the send fails
+    with running_server(ingress_graphs.echo_app, max_body_bytes=1024) as url:
+        assert cli.main(["call", url + "/echo", body]) == 1
+    err = capsys.readouterr().err
+    assert "HTTP 413" in err and "larger than 1024 bytes" in err and "reset" not in err
+
+
 def test_call_runs_a_graph_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     body = json.dumps({"text": "hello there", "route": "slow"})
     assert cli.main(["call", "tests.graphs.branching:app", body, "--cluster", "cpus=8"]) == 0

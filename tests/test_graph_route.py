@@ -3,13 +3,14 @@ what only a hand-made ASGI conversation can show (a client that leaves, a chunke
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 
-from graphserve.runtime.graph_route import CLIENT_LEFT, RequestHead, valid_request_id
+from graphserve.runtime.graph_route import CLIENT_LEFT, GraphRoute, RequestHead, valid_request_id
 from graphserve.runtime.ingress import Ingress
 from graphserve.runtime.running_graph import GraphRuntime
 from graphserve.serving import load_plans
@@ -76,3 +77,84 @@ def test_the_request_id_is_the_callers_only_when_valid() -> None:
     for bad in (b"", b"has space", b"x" * 201):
         assert len(valid_request_id(bad)) == 24  # a new one: 12 random bytes in hex
     assert valid_request_id(None) != valid_request_id(None)
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408_and_the_connection_closes() -> None:
+    (plan,) = load_plans(graphs.echo_app, cluster=None)
+    app = Ingress([GraphRuntime(plan)], body_timeout_s=0.05)
+    await app.startup()
+    try:
+        never = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            await never.wait()  # the client never sends its body
+            raise AssertionError("unreachable")
+
+        sent: list[Any] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/echo", "headers": [], "query_string": b""}
+        await asyncio.wait_for(app(scope, receive, send), 5)
+        assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+        assert "0.05s" in orjson.loads(sent[1]["body"])["error"]
+        assert requests_counted(app, 408) == 1 and app.graphs["echo"].reading == 0
+    finally:
+        await app.shutdown()
+
+
+async def test_a_body_still_arriving_takes_no_in_flight_place() -> None:
+    (plan,) = load_plans(graphs.echo_app, cluster=None)
+    app = Ingress([GraphRuntime(plan)], max_in_flight=1)
+    await app.startup()
+    try:
+        rest = asyncio.Event()
+
+        async def slow_receive() -> dict[str, Any]:
+            await rest.wait()
+            return {"type": "http.request", "body": b'{"x": 1}', "more_body": False}
+
+        async def send_nowhere(message: dict[str, Any]) -> None:
+            pass
+
+        scope = {"type": "http", "method": "POST", "path": "/echo", "headers": [], "query_string": b""}
+        uploading = asyncio.ensure_future(app(scope, slow_receive, send_nowhere))
+        while app.graphs["echo"].reading == 0:
+            await asyncio.sleep(0)
+        assert app.graphs["echo"].in_flight == 0  # reading a body is not running
+        sent = await request(app, [{"type": "http.request", "body": b'{"x": 2}', "more_body": False}], [])
+        assert sent[0]["status"] == 200  # the one place was free for a request that had arrived
+        rest.set()
+        await asyncio.wait_for(uploading, 5)
+        assert requests_counted(app, 200) == 2
+    finally:
+        await app.shutdown()
+
+
+async def test_json_past_a_limit_is_422_saying_which() -> None:
+    (plan,) = load_plans(graphs.echo_app, cluster=None)
+    app = Ingress([GraphRuntime(plan)])
+    await app.startup()
+    try:
+        deep = b"[" * 65 + b"]" * 65
+        sent = await request(app, [{"type": "http.request", "body": deep, "more_body": False}], [])
+        assert sent[0]["status"] == 422
+        assert "nested deeper than 64 levels" in orjson.loads(sent[1]["body"])["error"]
+    finally:
+        await app.shutdown()
+
+
+async def test_an_unexpected_error_is_a_json_500_and_is_counted(
+    ingress: Ingress, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(result: Any, request_id: bytes) -> Any:
+        raise KeyError("a bug in graphserve")
+
+    monkeypatch.setattr(GraphRoute, "encode", lambda self, result, request_id: broken(result, request_id))
+    sent = await request(ingress, [{"type": "http.request", "body": b'{"x": 1}', "more_body": False}], [])
+    assert sent[0]["status"] == 500
+    body = orjson.loads(sent[1]["body"])
+    assert body["error"] == "graph 'echo' failed: KeyError" and "a bug" not in sent[1]["body"].decode()
+    assert requests_counted(ingress, 500) == 1
+    assert any("a bug in graphserve" in str(r.exc_info) for r in caplog.records if r.exc_info)

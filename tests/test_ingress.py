@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import shutil
@@ -261,6 +262,41 @@ def test_health_and_ready(client: httpx.Client) -> None:
     ready = client.get("/-/ready")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready" and set(ready.json()["graphs"]) == {a.name for a in ALL}
+
+
+async def test_ready_is_503_naming_the_graph_whose_backend_cannot_serve() -> None:
+    plans = load_plans([graphs.echo_app, graphs.slow_app], cluster=None)
+    app = Ingress([GraphRuntime(plan) for plan in plans])
+    await app.startup()
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/-/ready", "headers": [], "query_string": b""}
+    try:
+        await app.graphs["slow"].runtime.backend.stop()  # its deployments are gone; the graph is still routed
+        await app(scope, receive, send)
+        assert sent[0]["status"] == 503
+        body = json.loads(sent[1]["body"])  # type: ignore[arg-type]
+        assert body["status"] == "not ready" and body["graphs"] == {"echo": True, "slow": False}
+        assert "not running" in body["problems"]["slow"]
+    finally:
+        await app.shutdown()
+
+
+def test_every_error_of_the_operations_routes_is_json(client: httpx.Client) -> None:
+    missing = client.get("/nope")
+    assert missing.status_code == 404 and "graphs are at" in missing.json()["error"]
+    wrong = client.post("/-/metrics")
+    assert wrong.status_code == 405 and "answers GET, HEAD" in wrong.json()["error"]
+    assert wrong.headers["allow"] == "GET, HEAD"
+    assert wrong.headers["x-request-id"]
+    text = client.get("/-/metrics").text
+    assert metric(text, "graphserve_requests_total", graph="", status="404") >= 1
 
 
 def test_metrics_after_traffic(url: str, client: httpx.Client) -> None:

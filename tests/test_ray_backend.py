@@ -294,3 +294,21 @@ def test_http_ingress_serves_a_graph_on_ray() -> None:
         assert failed.status_code == 500 and failed.json()["node"] == "Fails.__call__"
         invalid = httpx.post(f"{url}/scored", json={"nope": 1}, timeout=60)
         assert invalid.status_code == 422
+
+
+async def test_health_says_when_a_deployment_has_no_live_replica(ray_cluster: Any) -> None:
+    from tests.graphs import fault_graphs
+
+    async with running(fault_graphs.replicated, max_restarts=0, health_timeout_s=1.0) as runtime:
+        assert await runtime.health() is None
+        backend: Any = runtime.backend
+        for actor in backend.actors("Replicated"):
+            ray_cluster.kill(actor, no_restart=True)
+
+        async def unhealthy() -> str:
+            while (reason := await runtime.health()) is None:
+                await asyncio.sleep(0.05)
+            return reason
+
+        reason = await bounded(unhealthy(), 30)
+        assert "deployment 'Replicated' has no live replica" in reason

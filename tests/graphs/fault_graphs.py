@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 import threading
 import time
 from typing import Any, Literal
@@ -42,6 +44,23 @@ class Replicated:
 
 with gs.InputNode(schema=Nap) as req:
     replicated = gs.graph(Replicated.bind().__call__.bind(req.delay), name="replicated")
+
+
+@gs.deployment
+class GrabsSigterm:
+    """Its constructor installs a SIGTERM handler that exits at once, as ``ray.init`` does."""
+
+    def __init__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(15))
+
+    async def __call__(self, delay: float) -> dict[str, Any]:
+        await asyncio.sleep(delay)
+        return {"slept": delay}
+
+
+with gs.InputNode(schema=Nap) as grab:
+    grabby = gs.graph(GrabsSigterm.bind().__call__.bind(grab.delay), name="grabby")
 
 
 @gs.deployment
