@@ -193,6 +193,45 @@ def performance(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@section("reliability", "bench/results/reliability.json")
+def reliability(results: dict[str, Any]) -> str:
+    """The fault scenarios' figures and verdicts, from bench/results/reliability.json."""
+    from .reliability import BAD_REQUESTS, evaluate
+
+    machine, packages = results["machine"], results["machine"]["packages"]
+    commit = machine.get("git_commit") or "?"
+    lines = [
+        f"Latest run ({results.get('started', '?')[:10]}, commit {commit}"
+        f"{' with local changes' if machine.get('git_dirty') else ''}): {machine['cpu']}, "
+        f"{machine['usable_cores']} cores, Python {machine['python']}, ray {packages.get('ray')}, "
+        f"uvicorn {packages.get('uvicorn')}, schemathesis {packages.get('schemathesis', '?')}; load average "
+        f"(1 min) {results.get('load_before', ['?'])[0]:.2f} before and {results.get('load_after', ['?'])[0]:.2f} "
+        "after the run.",
+        "",
+        "| scenario | pass criterion | measured | pass |",
+        "|---|---|---|:---:|",
+    ]
+    for row in evaluate(results):
+        verdict = "pass" if row["passed"] else "**FAIL**"
+        lines.append(f"| {row['scenario']} | {row['criterion']} | {row['measured']} | {verdict} |")
+    answers = (results.get("bad_requests") or {}).get("answers", {})
+    if answers:
+        lines += ["", "| request | status | body |", "|---|---:|---|"]
+        for name, answer in answers.items():
+            if name in BAD_REQUESTS:
+                path = BAD_REQUESTS[name][0]
+                request = f"POST `{path}`: {name}"
+            else:
+                request = name
+            if answer["status"] < 400:
+                body = "the same JSON back, exact" if answer.get("exact") else "**not the same JSON back**"
+            else:
+                error = answer["error"].replace("|", "\\|")
+                body = f'`{{"error": "{error}"}}`' if answer["json_error"] else f"**not JSON**: {error}"
+            lines.append(f"| {request} | {answer['status']} | {body} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date (show the diff)")

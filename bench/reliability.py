@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import importlib.metadata
 import json
 import os
 import signal
@@ -561,9 +562,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(chosen) - set(SCENARIOS))
     if unknown:
         parser.error(f"unknown scenarios {unknown}; scenarios: {list(SCENARIOS)}")
+    machine = machine_info()
+    for name in ("schemathesis", "hypothesis"):
+        machine["packages"][name] = importlib.metadata.version(name)
     results: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": machine,
         "criteria": CRITERIA,
         "load_before": list(os.getloadavg()),
     }
@@ -582,3 +586,109 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- the figures as rows of pass/fail (the README's Reliability section) --------------------
+def _statuses(counts: dict[str, int]) -> str:
+    return ", ".join(f"{status}: {count:,}" for status, count in sorted(counts.items()))
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per scenario measured: what it is, its pass criterion, the figures, passed."""
+    criteria = {**CRITERIA, **results.get("criteria", {})}
+    rows: list[dict[str, Any]] = []
+
+    def row(scenario: str, criterion: str, measured: str, passed: bool) -> None:
+        rows.append({"scenario": scenario, "criterion": criterion, "measured": measured, "passed": passed})
+
+    if "fuzz" in results:
+        f = results["fuzz"]
+        per = "; ".join(
+            f"`{path}` {g['cases']:,} cases ({_statuses(g['statuses'])})" for path, g in f["graphs"].items()
+        )
+        enough = all(g["cases"] >= criteria["fuzz_cases_per_graph"] for g in f["graphs"].values())
+        row(
+            "schemathesis against every graph route (POST and GET, valid and invalid bodies)",
+            f">= {criteria['fuzz_cases_per_graph']:,} cases per graph, no 5xx",
+            f"{per}; operations routes {f['operations_routes']['cases']} cases; 5xx: {f['server_errors']}",
+            enough and f["server_errors"] == 0,
+        )
+    if "overload" in results:
+        o = results["overload"]
+        bound = criteria["overload_admitted_p99_x_service"] * o["service_ms"]
+        row(
+            f"{o['offered_rps'] / o['capacity_rps']:g}x overload: {o['offered_rps']:g} req/s for {o['duration_s']:g} s "
+            f"at a capacity of {o['capacity_rps']:g} (`--max-in-flight`, {o['service_ms']:g} ms calls)",
+            f"503 p99 <= {criteria['overload_503_p99_ms']:g} ms; admitted p99 <= {bound:g} ms",
+            f"{_statuses(o['statuses'])}; 503 p50 {o['refused_p50_ms']:.2f} ms, p99 {o['refused_p99_ms']:.2f} ms; "
+            f"admitted p50 {o['admitted_p50_ms']:.1f} ms, p99 {o['admitted_p99_ms']:.1f} ms "
+            f"({o['admitted_rps']:g} req/s; p99 {o['baseline_p99_ms']:.1f} ms at half the capacity)",
+            o["refused_p99_ms"] <= criteria["overload_503_p99_ms"] and o["admitted_p99_ms"] <= bound,
+        )
+    if "replica_kill" in results:
+        k = results["replica_kill"]
+        row(
+            f"`kill -9` of a Ray replica's process under load ({k['clients']} clients, {k['replicas']} replicas of "
+            f"{k['max_ongoing_per_replica']} places, {k['call_ms']:g} ms calls)",
+            f"no hung request; failures only for calls in flight on it; full service in <= "
+            f"{criteria['replica_recovery_s']:g} s",
+            f"{k['requests']:,} requests ({_statuses(k['statuses'])}); {k['hung']} hung; {k['failed']} failed, "
+            f"{k['failed_in_flight_at_kill']} of them in flight at the kill ({', '.join(k['failure_types']) or '-'}); "
+            f"the restarted replica answered {k['recovery_s']:.2f} s after the kill; "
+            f"{k['replicas_answering_after']} replicas answering after",
+            k["hung"] == 0
+            and k["failed"] == k["failed_in_flight_at_kill"]
+            and k["failed"] <= k["max_ongoing_per_replica"]
+            and k["recovery_s"] <= criteria["replica_recovery_s"]
+            and k["replicas_answering_after"] == k["replicas"],
+        )
+    for key, backend in (("sigterm_local", "local"), ("sigterm_ray", "Ray")):
+        if key in results:
+            s = results[key]
+            left = (
+                f"; {s['processes_started']} processes started, {s['processes_left']} left" if backend == "Ray" else ""
+            )
+            row(
+                f"SIGTERM with {s['requests']} requests of {s['request_s']:g} s in flight, {backend} backend",
+                "all answered 200, exit 0" + (", no Ray process left" if backend == "Ray" else ""),
+                f"{_statuses(s['statuses'])}; exit {s['exit_code']} {s['signal_to_exit_s']:g} s after the signal{left}",
+                s["statuses"] == {"200": s["requests"]} and s["exit_code"] == 0 and s["processes_left"] == 0,
+            )
+    if "slow_clients" in results:
+        c = results["slow_clients"]
+        drop = criteria["slow_clients_success_drop"]
+        closed = ", ".join(f"{reason} {count:,}" for reason, count in sorted(c["server_closed"].items()))
+        row(
+            f"{c['slow_body_clients']} slow-body and {c['slow_header_clients']} slow-header clients next to normal "
+            f"traffic (`--max-in-flight {c['max_in_flight']}`, {c['nofile']} file descriptors, "
+            f"header and body timeouts {c['header_timeout_s']:g} s)",
+            f"normal traffic's success rate falls by <= {drop * 100:g} points",
+            f"{c['under_attack_success'] * 100:.1f}% succeeded ({c['baseline_success'] * 100:.1f}% alone), "
+            f"p99 {c['under_attack_p99_ms']:.1f} ms; slow bodies answered {_statuses(c['slow_body_answers'])}; "
+            f"the server closed: {closed}; the longest slow-header connection lasted {c['slow_header_longest_s']:g} s",
+            c["under_attack_success"] >= c["baseline_success"] - drop,
+        )
+    if "sync_deadline" in results:
+        d = results["sync_deadline"]
+        row(
+            f"a sync model with `max_ongoing_requests=1` and {d['call_s']:g} s calls, {d['requests']} requests "
+            f"past a {d['deadline_s']:g} s deadline",
+            "never two calls at once; each answered 504 at its deadline",
+            f"{_statuses(d['statuses'])}, the slowest after {d['slowest_answer_s']:g} s; "
+            f"at most {d['most_at_once']} call at once",
+            d["most_at_once"] == 1 and d["statuses"] == {"504": d["requests"]} and d["slowest_answer_s"] < d["call_s"],
+        )
+    if "bad_requests" in results:
+        answers = results["bad_requests"]["answers"]
+        errors = {k: v for k, v in answers.items() if v["status"] >= 400}
+        counted = int(sum(results["bad_requests"]["requests_total"].values()))
+        row(
+            "malformed and hostile requests (table below)",
+            "a 4xx with a JSON body holding `error`, counted in `graphserve_requests_total`; big integers exact",
+            f"{sum(v['json_error'] and v['status'] < 500 for v in errors.values())} of {len(errors)} errors JSON 4xx; "
+            f"{counted} of {len(answers)} counted",
+            all(v["json_error"] and v["status"] < 500 for v in errors.values())
+            and all(v.get("exact", True) for v in answers.values())
+            and counted == len(answers),
+        )
+    return rows
