@@ -217,7 +217,8 @@ def reliability(results: dict[str, Any]) -> str:
     answers = (results.get("bad_requests") or {}).get("answers", {})
     if answers:
         lines += ["", "| request | status | body |", "|---|---:|---|"]
-        for name, answer in answers.items():
+        for name in [*BAD_REQUESTS, *(n for n in answers if n not in BAD_REQUESTS)]:
+            answer = answers[name]
             if name in BAD_REQUESTS:
                 path = BAD_REQUESTS[name][0]
                 request = f"POST `{path}`: {name}"

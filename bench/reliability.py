@@ -462,7 +462,9 @@ def _answer(status: int, payload: bytes, sent: bytes | None = None) -> dict[str,
         body = None
     error = body.get("error") if isinstance(body, dict) else None
     text = error if isinstance(error, str) else payload.decode(errors="replace")
-    return {"status": status, "json_error": isinstance(error, str), "error": text[:160]}
+    if len(text) > 160:
+        text = text[:160].rsplit(" ", 1)[0] + " ..."
+    return {"status": status, "json_error": isinstance(error, str), "error": text}
 
 
 async def _raw(port: int, request: bytes) -> tuple[int, bytes]:
@@ -662,7 +664,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{c['slow_body_clients']} slow-body and {c['slow_header_clients']} slow-header clients next to normal "
             f"traffic (`--max-in-flight {c['max_in_flight']}`, {c['nofile']} file descriptors, "
             f"header and body timeouts {c['header_timeout_s']:g} s)",
-            f"normal traffic's success rate falls by <= {drop * 100:g} points",
+            f"normal traffic's success rate falls by <= {drop * 100:g} percentage point{'s' if drop != 0.01 else ''}",
             f"{c['under_attack_success'] * 100:.1f}% succeeded ({c['baseline_success'] * 100:.1f}% alone), "
             f"p99 {c['under_attack_p99_ms']:.1f} ms; slow bodies answered {_statuses(c['slow_body_answers'])}; "
             f"the server closed: {closed}; the longest slow-header connection lasted {c['slow_header_longest_s']:g} s",

@@ -11,6 +11,9 @@ stops accepting connections, lets in-flight requests finish for up to
 the graphs. Unlike plain uvicorn it does not re-raise the signal afterwards, so a server
 that shut down as asked exits normally.
 
+Connections are served by :mod:`.connections`' protocol (uvicorn's httptools parser with a
+header timeout, a header size limit, keep-alive and a cap on open connections: ``limits``).
+
 The server owns SIGTERM and SIGINT while it serves. Libraries the graphs start may
 install their own handlers: ``ray.init`` (the Ray backend, or a deployment that starts
 Ray) replaces SIGTERM's with one that exits at once, which would drop every request in

@@ -71,3 +71,17 @@ def test_the_layout_lists_every_module() -> None:
     }
     assert sorted(modules - listed) == [], "modules missing from the README's Layout table"
     assert sorted(listed - modules) == [], "the README's Layout table lists modules that do not exist"
+
+
+def test_the_reliability_section_shows_a_failed_criterion(tmp_path: Path) -> None:
+    for spec in readme.SECTIONS.values():
+        (tmp_path / spec.source).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / spec.source, tmp_path / spec.source)
+    source = tmp_path / readme.SECTIONS["reliability"].source
+    results = json.loads(source.read_text())
+    assert "**FAIL**" not in readme.generate(TEXT, root=tmp_path)
+    results["replica_kill"]["recovery_s"] = 9.5
+    results["fuzz"]["server_errors"] = 1
+    source.write_text(json.dumps(results))
+    section = readme.generate(TEXT, root=tmp_path).split("bench:reliability:start", 1)[1]
+    assert section.count("**FAIL**") == 2 and "answered 9.50 s after the kill" in section
