@@ -217,13 +217,6 @@ def default_render(plan: Plan, fmt: str) -> bytes | str:
     return drawing
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 def serve_plan(
     plan: Plan, route_prefix: str | None, backend: str, backend_options: dict[str, Any], attach: Attach[App]
 ) -> App:
@@ -235,13 +228,15 @@ def serve_plan(
     """
     if route_prefix is not None and not (isinstance(route_prefix, str) and route_prefix.startswith("/")):
         raise GraphError(f"route_prefix={route_prefix!r} is invalid: expected a path starting with '/'")
+    from graphserve.runtime.background_loop import running_loop
+
     path = route_prefix or plan.route_prefix or "/"
     name = plan.name
     # The lock is never held while waiting on the server's loop: constructors running there
     # may call back in here (a 1.x deployment's __init__ calling other.get_handle()).
     with _LOCK:
         server = _STATE.server
-        if server is not None and server.ingress.loop is _running_loop():
+        if server is not None and server.ingress.loop is running_loop():
             raise GraphError(f"cannot deploy {name!r} from inside a deployment (the server's own event loop)")
         old = _STATE.served.pop(name, None)
         if server is None:

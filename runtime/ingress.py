@@ -45,6 +45,7 @@ from graphserve.errors import DeploymentStartError, GraphError, RouteConflictErr
 from graphserve.plan import Plan
 
 from . import http_defaults
+from .backend import Backend
 from .encoding import dumps
 from .graph_route import GraphRoute, RouteLimits, valid_request_id
 from .http_errors import error_body
@@ -284,22 +285,27 @@ class Ingress:
         m.describe("graphserve_queue_depth", "Calls waiting for a replica, by graph and deployment")
         m.describe("graphserve_deployment_ongoing_requests", "Calls running on replicas, by graph and deployment")
         m.gauge("graphserve_in_flight_requests", lambda: {r.labels: float(r.in_flight) for r in self.routes})
-        m.gauge("graphserve_queue_depth", lambda: self._backend_gauge("queue_depth"))
-        m.gauge("graphserve_deployment_ongoing_requests", lambda: self._backend_gauge("in_flight"))
+        m.gauge("graphserve_queue_depth", lambda: self._backend_gauge(_queue_depth))
+        m.gauge("graphserve_deployment_ongoing_requests", lambda: self._backend_gauge(_in_flight))
 
-    def _backend_gauge(self, reader: str) -> dict[Labels, float]:
+    def _backend_gauge(self, read: Callable[[Backend], dict[str, int]]) -> dict[Labels, float]:
+        """``read(backend)`` of every started graph, by graph and deployment."""
         values: dict[Labels, float] = {}
         for route in self.routes:
-            read = getattr(route.runtime.backend, reader, None)
-            if read is None:
+            backend = route.runtime.backend
+            if backend is None:  # not started yet
                 continue
-            try:
-                counts = read()
-            except Exception:  # a stopped or remote backend: no reading this time
-                continue
-            for deployment, count in counts.items():
+            for deployment, count in read(backend).items():
                 values[(("graph", route.name), ("deployment", deployment))] = float(count)
         return values
+
+
+def _queue_depth(backend: Backend) -> dict[str, int]:
+    return backend.queue_depth()
+
+
+def _in_flight(backend: Backend) -> dict[str, int]:
+    return backend.in_flight()
 
 
 def _route_path(plan: Plan) -> str:

@@ -48,13 +48,17 @@ class Metrics:
         series[labels] = series.get(labels, 0.0) + value
 
     def observe(self, name: str, value: float, labels: Labels = (), buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
+        self.series(name, labels, buckets).observe(value)
+
+    def series(self, name: str, labels: Labels = (), buckets: Iterable[float] = LATENCY_BUCKETS) -> Histogram:
+        """The histogram of ``name`` with ``labels`` (created empty): keep it to observe on a hot path."""
         family = self._histograms.get(name)
         if family is None:
             family = self._histograms.setdefault(name, (tuple(buckets), {}))
         hist = family[1].get(labels)
         if hist is None:
             hist = family[1].setdefault(labels, Histogram(family[0]))
-        hist.observe(value)
+        return hist
 
     def gauge(self, name: str, read: Callable[[], dict[Labels, float]]) -> None:
         """Register a gauge read when rendering (queue depth, in-flight)."""

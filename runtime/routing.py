@@ -58,11 +58,21 @@ class ReplicaRouter(Generic[R]):
             best = candidate if candidate is not None else min(replicas, key=lambda r: r.ongoing)
         return best if best.ongoing < self.limit else None
 
-    async def acquire(self) -> R:
-        """A replica with a slot reserved for the caller; :meth:`release` it after the call."""
-        replica = self._pick() if not self._waiters and not self.closed else None
+    def try_acquire(self) -> R | None:
+        """A replica with a slot reserved for the caller, if one is free and nobody waits (else None)."""
+        if self._waiters or self.closed:
+            return None
+        replica = self._pick()
         if replica is not None:
             replica.ongoing += 1
+        return replica
+
+    async def acquire(self) -> R:
+        """A replica with a slot reserved for the caller, waiting in the FIFO for one if needed;
+        :meth:`release` it after the call. ``router.try_acquire() or await router.acquire()``
+        is the fast path."""
+        replica = self.try_acquire()
+        if replica is not None:
             return replica
         if self.closed:
             raise OverloadedError(f"deployment {self.name!r} is stopping")
