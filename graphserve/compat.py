@@ -156,7 +156,7 @@ def _start_server(http: dict[str, Any], explicit: bool) -> Server:
     server = Server(ingress, host, port)  # binds now: a busy port is a GraphError here
     server.start(timeout=60.0)
     _STATE.server, _STATE.explicit = server, explicit
-    logger.info("graphserve: HTTP server at %s", server.url)
+    logger.info("graphserve: HTTP server at %s (live graph page at %s)", server.url, server.page_url)
     return server
 
 

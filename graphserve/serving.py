@@ -43,7 +43,7 @@ _INGRESS_OPTIONS = {
     "max_body_bytes": "largest accepted request body (413 above; default 16 MiB)",
     "max_in_flight": "requests one graph answers at once before answering 503 (default unbounded)",
     "timeout_s": "deadline for graphs that set no timeout_s of their own (504 past it)",
-    "render": "render(plan, format) -> bytes for /-/graphs/<name>.svg (default: graphserve.compiler.render)",
+    "render": "render(plan, format, figures=False) -> bytes for /-/graphs/<name>.svg (default: graphviz)",
 }
 _OPTIONS = {
     **_SERVER_OPTIONS,
@@ -135,14 +135,15 @@ def _to_plan(item: Any, cluster: Any) -> Plan:
         raise GraphError(f"bad --cluster {cluster!r}: {exc} (expected 'cpus=8,gpus=1', 'detect' or 'none')") from exc
 
 
-def default_render(plan: Plan, fmt: str) -> bytes | str:
-    """Draw ``plan`` with ``graphserve.compiler.render`` (graphviz), imported when first asked for."""
+def default_render(plan: Plan, fmt: str, *, figures: bool = False) -> bytes | str:
+    """Draw ``plan`` with ``graphserve.compiler.render`` (graphviz), imported when first asked for;
+    ``figures``: with room for the live page's figures in each deployment node."""
     try:
         from graphserve.compiler.render import render
     except ImportError as exc:
         raise GraphError(f"graph rendering is not available: {exc}") from exc
     try:
-        drawing: bytes | str = render(plan, fmt)
+        drawing: bytes | str = render(plan, fmt, figures=figures)
     except GraphError:
         raise
     except Exception as exc:  # graphviz missing, or its `dot` binary
@@ -189,6 +190,7 @@ def _announce(server: Server) -> None:
     for name, url in server.routes.items():
         print(f"graphserve: graph {name!r} at POST {url}", flush=True)
     print(f"graphserve: ready at {server.url} (metrics at {server.url}/-/metrics)", flush=True)
+    print(f"graphserve: see the graphs run at {server.page_url}", flush=True)
 
 
 def call_command(args: Any) -> int:

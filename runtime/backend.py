@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+from .routing import DeploymentLoad
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -37,3 +39,6 @@ class Backend(Protocol):
 
     async def stop(self) -> None:
         """Stop every replica. Safe to call twice."""
+
+    def load(self) -> dict[str, DeploymentLoad]:
+        """Deployment name -> how busy its replicas are now (the live page reads it)."""

@@ -210,6 +210,19 @@ def close_batchers(owner: Any) -> None:
     batchers.clear()
 
 
+def batch_limits(owner: Any) -> dict[str, dict[str, float]]:
+    """Method name -> the limits ``owner``'s batchers use now (for the live page)."""
+    batchers: dict[str, Batcher] = getattr(owner, _BATCHERS_ATTR, None) or _MODULE_BATCHERS.get(id(owner), {})
+    return {
+        name.rpartition(".")[2]: {
+            "max_batch_size": b.max_batch_size,
+            "batch_wait_timeout_s": b.batch_wait_timeout_s,
+            "max_concurrent_batches": b.max_concurrent_batches,
+        }
+        for name, b in batchers.items()
+    }
+
+
 def observe_batches(owner: Any, observer: BatchObserver) -> None:
     """Call ``observer(size)`` for every batch any batched method of ``owner`` sends."""
     existing = getattr(owner, _OBSERVERS_ATTR, None)

@@ -37,18 +37,20 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from graphserve.errors import DeploymentStartError, GraphError, RequestError
+from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError, RequestError
 from graphserve.plan import Plan
 
 from .encoding import JSONDecodeError, dumps, loads
+from .graph_page import GraphPage
 from .http_errors import Headers, error_body, request_error, retry_after
+from .live_stats import GraphView, LiveStats
 from .metrics import Labels, Metrics
 from .openapi import openapi_document
 from .running_graph import GraphRuntime
@@ -57,8 +59,14 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-#: ``render(plan, format)`` -> the drawing (bytes or str), e.g. ``graphserve.compiler.render``.
-Renderer = Callable[[Plan, str], bytes | str]
+
+
+class Renderer(Protocol):
+    """``render(plan, format, figures=False)`` -> the drawing (bytes or str), e.g.
+    ``graphserve.compiler.render.render``; ``figures``: room for the live page's figures."""
+
+    def __call__(self, plan: Plan, fmt: str, *, figures: bool = False) -> bytes | str: ...
+
 
 logger = logging.getLogger("graphserve.ingress")
 
@@ -158,6 +166,8 @@ class Ingress:
         self._max_in_flight = max_in_flight
         self._title, self._version = title, version
         self._refresh_openapi()
+        self.live = LiveStats(self.metrics)
+        self.page = GraphPage(self.live, self._views)
         self._ops = _with_request_id(self._ops_app())
         self._describe_metrics()
 
@@ -210,6 +220,7 @@ class Ingress:
         self.routes.remove(route)
         self._paths = {key: r for key, r in self._paths.items() if r is not route}
         self._refresh_openapi()
+        self.live.forget(name)
         await _stop_quietly(route.runtime)
 
     # -- ASGI ------------------------------------------------------------------------------
@@ -217,6 +228,9 @@ class Ingress:
         if scope["type"] == "http":
             route = self._paths.get(scope["path"])
             if route is not None:
+                if scope["method"] == "GET" and scope["path"] == "/" and _browser_visit(scope, route):
+                    await self._ops(scope, receive, send)  # the page, not a 422 for a missing body
+                    return
                 await self._serve_graph(route, scope, receive, send)
                 return
         elif scope["type"] == "lifespan":
@@ -260,8 +274,13 @@ class Ingress:
             raise
         self.ready = True
 
+    def begin_shutdown(self) -> None:
+        """The server stops accepting connections: end the page's event streams."""
+        self.page.close()
+
     async def shutdown(self) -> None:
         """Stop every graph (the server has already finished in-flight requests)."""
+        self.page.close()
         self.stopping = True
         self.ready = False
         for route in reversed(self.routes):
@@ -371,11 +390,11 @@ class Ingress:
                 result = await route.runtime.execute(request, deadline)
             except RequestError as exc:
                 status, payload, headers = request_error(exc)
-                if status >= 500 and status not in (503, 504):
-                    _log_failure(route, request_id, exc)
+                if status >= 500 and status != 503:
+                    self._failed(route, request_id, status, exc)
                 return status, payload, headers
             except Exception as exc:
-                _log_failure(route, request_id, exc)
+                self._failed(route, request_id, 500, exc)
                 return 500, error_body(500, f"graph {route.name!r} failed: {type(exc).__name__}", node=None), None
             except asyncio.CancelledError:
                 # only the server cancels a request task: its graceful-shutdown bound ran out
@@ -385,11 +404,21 @@ class Ingress:
             try:
                 return _encode_result(route, result)
             except TypeError as exc:
-                _log_failure(route, request_id, exc)
+                self._failed(route, request_id, 500, exc)
                 message_text = f"the output of graph {route.name!r} cannot be sent as JSON: {exc}"
                 return 500, error_body(500, message_text, node=route.plan.output), None
         finally:
             route.in_flight -= 1
+
+    def _failed(self, route: GraphRoute, request_id: bytes, status: int, exc: BaseException) -> None:
+        """A request failed on the server's side: log it (past deadlines are expected) and
+        keep it for the live page."""
+        if status != 504:
+            _log_failure(route, request_id, exc)
+        node = exc.node if isinstance(exc, NodeExecutionError) else None
+        deployment = exc.deployment if isinstance(exc, NodeExecutionError) else None
+        message = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+        self.live.record_error(route.plan, request_id.decode(), status, message, node, deployment)
 
     def _authorized(self, auth: bytes | None) -> bool:
         if auth is None or self.token is None:
@@ -404,14 +433,23 @@ class Ingress:
     def _ops_app(self) -> Starlette:
         return Starlette(
             routes=[
+                Route("/", self._root, methods=["GET"]),
                 Route("/-/healthz", self._healthz, methods=["GET"]),
                 Route("/-/ready", self._ready, methods=["GET"]),
                 Route("/-/metrics", self._metrics, methods=["GET"]),
                 Route("/-/graphs", self._graphs, methods=["GET"]),
                 Route("/-/graphs/{file}", self._graph_file, methods=["GET"]),
                 Route("/openapi.json", self._openapi_json, methods=["GET"]),
+                *self.page.routes(),
             ]
         )
+
+    async def _root(self, request: Request) -> Response:
+        """``GET /`` where no graph answers it: a browser goes to the page, others learn the routes."""
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/-/", status_code=307)
+        routes = {route.name: route.path for route in self.routes}
+        return _json_error(404, f"no graph at '/'; graphs: {routes}; the live page is at /-/")
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -439,16 +477,42 @@ class Ingress:
             return Response(dumps(_plan_data(route.plan)), media_type="application/json")
         if fmt not in _RENDER_TYPES:
             return _json_error(404, f"unknown format {fmt!r}: use .json or one of {sorted(_RENDER_TYPES)}")
-        if self.render is None:
+        render = self.render
+        if render is None:
             return _json_error(501, "this server was started without a graph renderer")
+        figures = fmt == "svg" and request.query_params.get("figures") == "1"
         try:
-            drawing = await asyncio.get_running_loop().run_in_executor(None, self.render, route.plan, fmt)
+            drawing = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: render(route.plan, fmt, figures=figures)
+            )
         except GraphError as exc:
             return _json_error(501, str(exc))
         return Response(drawing, media_type=_RENDER_TYPES[fmt])
 
     async def _openapi_json(self, request: Request) -> Response:
         return Response(self._openapi, media_type="application/json")
+
+    def _views(self) -> list[GraphView]:
+        """The served graphs as the live page sees them now."""
+        views = []
+        for route in self.routes:
+            backend = route.runtime.backend
+            try:
+                load = backend.load() if backend is not None and route.runtime.ready else {}
+            except Exception:  # a backend stopping under us: no reading this time
+                load = {}
+            views.append(
+                GraphView(
+                    name=route.name,
+                    path=route.path,
+                    plan=route.plan,
+                    ready=route.runtime.ready,
+                    in_flight=route.in_flight,
+                    load=load,
+                    batching={name: dep.batching for name, dep in load.items() if dep.batching},
+                )
+            )
+        return views
 
     # -- metrics -------------------------------------------------------------------------
     def _describe_metrics(self) -> None:
@@ -460,6 +524,7 @@ class Ingress:
         m.describe("graphserve_in_flight_requests", "Requests being answered, by graph")
         m.describe("graphserve_queue_depth", "Calls waiting for a replica, by graph and deployment")
         m.describe("graphserve_deployment_ongoing_requests", "Calls running on replicas, by graph and deployment")
+        m.describe("graphserve_node_errors_total", "Failed requests, by graph and the node that failed")
         m.gauge("graphserve_in_flight_requests", lambda: {r.labels: float(r.in_flight) for r in self.routes})
         m.gauge("graphserve_queue_depth", lambda: self._backend_gauge("queue_depth"))
         m.gauge("graphserve_deployment_ongoing_requests", lambda: self._backend_gauge("in_flight"))
@@ -484,6 +549,19 @@ def _route_path(plan: Plan) -> str:
     if not path.startswith("/"):
         path = "/" + path
     return path.rstrip("/") or "/"
+
+
+def _browser_visit(scope: Scope, route: GraphRoute) -> bool:
+    """A browser opening ``/`` (it accepts HTML and sends no body) on a graph that reads JSON."""
+    if route.plan.http_request:  # the ingress answers GET itself (Ray Serve style)
+        return False
+    accept = length = b""
+    for name, value in scope["headers"]:
+        if name == b"accept":
+            accept = value
+        elif name == b"content-length":
+            length = value
+    return b"text/html" in accept and length in (b"", b"0")
 
 
 def _starlette_request(scope: Scope, body: bytes) -> Request:

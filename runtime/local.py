@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import inspect
 import os
@@ -19,9 +20,9 @@ from typing import Any
 from graphserve.errors import DeploymentStartError
 from graphserve.plan import DeploymentPlan, Plan
 
-from .batcher import close_batchers, observe_batches
+from .batcher import batch_limits, close_batchers, observe_batches
 from .construction import build_args, construction_order, load_target
-from .routing import ReplicaRouter
+from .routing import DeploymentLoad, ReplicaRouter
 
 
 class Replica:
@@ -133,3 +134,12 @@ class LocalBackend:
 
     def in_flight(self) -> dict[str, int]:
         return {name: s.ongoing for name, s in self.sets.items()}
+
+    def load(self) -> dict[str, DeploymentLoad]:
+        loads = {}
+        for name, replica_set in self.sets.items():
+            load = replica_set.load()
+            if replica_set.replicas and self.plan.deployment(name).batching:
+                load = dataclasses.replace(load, batching=batch_limits(replica_set.replicas[0].instance))
+            loads[name] = load
+        return loads

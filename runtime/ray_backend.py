@@ -47,7 +47,7 @@ from graphserve.plan import DeploymentPlan, Plan
 
 from .construction import construction_order, load_target
 from .ray_resources import check_fits
-from .routing import ReplicaRouter
+from .routing import DeploymentLoad, ReplicaRouter
 
 _owned_connections = 0  # backends sharing the Ray instance one of them started or connected
 
@@ -411,6 +411,10 @@ class RayBackend:
 
     def in_flight(self) -> dict[str, int]:
         return {name: r.ongoing for name, r in self.routers.items()}
+
+    def load(self) -> dict[str, DeploymentLoad]:
+        """Replicas busy with the driver's calls, and its queue (batching limits live in the actors)."""
+        return {name: r.load() for name, r in self.routers.items()}
 
     def actors(self, deployment: str) -> list[Any]:
         """The actor handles of ``deployment``'s replicas, in replica order."""
