@@ -35,9 +35,9 @@ _DOT_TIMEOUT_S = 120.0
 #: Placeholder lines (as wide as the figures the live page writes there) ending each
 #: deployment node's label when drawn with ``figures=True``; the page replaces their text.
 FIGURE_LINES = (
-    "0000000 calls  0000.0 req/s",
-    "p50 000.00 ms  p99 000.00 ms",
-    "errors 00000  batch 000.0  queue 0000  busy 00/00",
+    "0000000 calls, 0000.0 req/s",
+    "p50 000.00 ms, p99 000.00 ms",
+    "errors 00000, batch 000.0, queue 0000, busy 00/00",
 )
 
 _STYLE: dict[str, dict[str, str]] = {
@@ -98,10 +98,11 @@ def to_dot(plan: Plan, figures: bool = False) -> str:
             if source not in known:
                 continue
             producer = plan.node(source)
-            attrs = {"label": label if label else producer.type, "id": edge_svg_id(source, node.id)}
+            attrs = {"label": label if label else producer.type}
             if producer.guard is not None or node.guard is not None:
                 attrs["style"] = "dashed"
                 attrs["class"] = "guarded"
+            attrs["id"] = edge_svg_id(source, node.id)
             lines.append(f"  {_q(source)} -> {_q(node.id)} [{_attrs(attrs)}];")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -134,11 +134,14 @@ class LiveStats:
     def _base(
         self, now: float, current: dict[tuple[str, Labels], _Reading]
     ) -> tuple[float, dict[tuple[str, Labels], _Reading]]:
-        """The oldest sample inside the window (after recording this one, at most every 0.5 s)."""
+        """The oldest earlier sample inside the window, or else the newest one before it (this
+        reading is kept as a sample too, at most every 0.5 s)."""
         samples = self._samples
         if now - samples[-1][0] >= _SAMPLE_EVERY_S:
             samples.append((now, current))
-        while len(samples) > 1 and now - samples[1][0] >= self.window_s:
+        while len(samples) > 1 and now - samples[1][0] > self.window_s:
+            samples.popleft()
+        if len(samples) > 1 and now - samples[0][0] > self.window_s and samples[1][0] < now:
             samples.popleft()
         return samples[0]
 
@@ -156,7 +159,7 @@ class LiveStats:
         batch_by_call: dict[tuple[str, str], dict[str, Any]] = {}
         for (metric, labels), reading in current.items():
             if metric == BATCH_SIZE and labels[0] == ("graph", name):
-                key = (labels[1][1], labels[2][1])  # (deployment, method)
+                key = (labels[1][1], labels[2][1].rpartition(".")[2])  # (deployment, method)
                 batch_by_call[key] = _mean(reading, base.get((metric, labels)))
         nodes: dict[str, Any] = {}
         for node in plan.nodes:

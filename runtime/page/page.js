@@ -109,9 +109,9 @@ function renderStats() {
     node.dataset.errors = figures.errors;
     const lines = node.querySelectorAll("text.figure");
     const values = [
-      `${figures.calls} calls  ${fmt(figures.rate)} req/s`,
-      `p50 ${ms(figures.p50_ms)}  p99 ${ms(figures.p99_ms)}`,
-      `errors ${figures.errors}  batch ${fmt(figures.batch_mean)}  queue ${dep ? dep.queued : "–"}  ` +
+      `${figures.calls} calls · ${fmt(figures.rate)} req/s`,
+      `p50 ${ms(figures.p50_ms)} · p99 ${ms(figures.p99_ms)}`,
+      `errors ${figures.errors} · batch ${fmt(figures.batch_mean)} · queue ${dep ? dep.queued : "–"} · ` +
         `busy ${dep ? dep.busy : "–"}/${dep ? dep.replicas : "–"}`,
     ];
     lines.forEach((line, i) => { line.textContent = values[i] || ""; });
@@ -183,7 +183,8 @@ function showNode(id) {
   const plan = state.plans[state.graph];
   const node = planNode(id);
   if (!node) { box.replaceChildren(); return; }
-  const rows = [["node", node.id], ["kind", node.function ? "glue" : node.kind], ["stage", node.stage]];
+  const kind = node.function ? "glue" : node.deployment ? "deployment call" : node.kind;
+  const rows = [["node", node.id], ["kind", kind], ["stage", node.stage]];
   const all = state.stats && state.stats.graphs[state.graph];
   const figures = all && all.nodes[id];
   if (node.deployment) {
