@@ -7,9 +7,12 @@ local backend runs replicas in this process; the Ray backend runs them as actors
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .routing import DeploymentLoad
+
+if TYPE_CHECKING:
+    from .tracing import NodeSpan
 
 
 @runtime_checkable
@@ -28,8 +31,17 @@ class Backend(Protocol):
     async def start(self) -> None:
         """Construct every replica; raise DeploymentStartError naming a failing deployment."""
 
-    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run ``method`` on one replica of ``deployment`` and return its result."""
+    async def call(
+        self,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: NodeSpan | None = None,
+    ) -> Any:
+        """Run ``method`` on one replica of ``deployment`` and return its result.
+
+        ``span`` (a traced request only) learns the replica that ran the call."""
 
     async def resolve(self, value: Any) -> Any:
         """A value the executor must look at itself (a switch selector, glue input).

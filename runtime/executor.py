@@ -12,6 +12,11 @@ backend. Every failure is turned into an error that names the node:
 :class:`NodeExecutionError` (500), :class:`RequestValidationError` for a request that
 lacks a field the graph selects (422), :class:`DeadlineExceededError` past the
 deadline (504), whose remaining work is cancelled.
+
+A traced request (``execute(..., trace=Trace(...))``, see ``tracing.py``) runs the same
+walk with the functions of ``_traced_fns``: a deployment call or glue gets a span from
+when its inputs are ready to when its value is, fused nodes are marked when they produce
+theirs. Untraced requests never touch that path.
 """
 
 from __future__ import annotations
@@ -35,19 +40,25 @@ from graphserve.plan import ConstValue, NodePlan, NodeRef, Plan
 from .backend import Backend
 from .construction import load_target
 from .metrics import Metrics
+from .tracing import CURRENT, Trace
 
 _MISSING = object()
 
 
+_EvalFn = Callable[["_Op", "_Run"], Awaitable[Any]]
+
+
 class _Run:
-    """The state of one request: computed values and in-flight shared nodes."""
+    """The state of one request: computed values, in-flight shared nodes, how nodes are evaluated."""
 
-    __slots__ = ("refs", "tasks", "values")
+    __slots__ = ("fns", "refs", "tasks", "trace", "values")
     refs: list[Any]  # the calls a remote backend started for this request (set only there)
+    trace: Trace  # set only on a traced request
 
-    def __init__(self, input_id: str, request: Any) -> None:
+    def __init__(self, input_id: str, request: Any, fns: dict[str, _EvalFn]) -> None:
         self.values: dict[str, Any] = {input_id: request}
         self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.fns = fns
 
 
 class _Op:
@@ -114,7 +125,7 @@ class GraphExecutor:
                 op.fn = operator.getitem if node.access == "item" else _getattr_or_item
                 op.from_input = op.args[0] == (True, plan.input)
             self.ops[node.id] = op
-        self._eval_fns: dict[str, Callable[[_Op, _Run], Awaitable[Any]]] = {
+        self._eval_fns: dict[str, _EvalFn] = {
             "call": self._call,
             "attr": self._attr,
             "switch": self._switch,
@@ -123,6 +134,8 @@ class GraphExecutor:
         if self._remote is not None:
             self._eval_fns["call"] = self._call_remote
             self._eval_fns["output"] = self._output_remote
+        self._traced_fns: dict[str, _EvalFn] = {kind: self._marked(fn) for kind, fn in self._eval_fns.items()}
+        self._traced_fns["call"] = self._call_traced
 
     # -- entry -------------------------------------------------------------------------
     def validate_request(self, request: Any) -> Any:
@@ -137,14 +150,19 @@ class GraphExecutor:
             detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(body)'}: {e['msg']}" for e in errors) or str(exc)
             raise RequestValidationError(f"request does not match {schema.__name__}: {detail}", errors) from None
 
-    async def execute(self, request: Any, timeout_s: float | None = None) -> Any:
+    async def execute(self, request: Any, timeout_s: float | None = None, trace: Trace | None = None) -> Any:
         """Run the graph for one request; raises a RequestError subclass on failure.
 
         A failed or late request cancels the work it started (tasks here, and on a remote
-        backend the calls it submitted)."""
+        backend the calls it submitted). ``trace`` records the nodes that ran."""
         if timeout_s is None:
             timeout_s = self.plan.timeout_s
-        run = _Run(self.input_id, self.validate_request(request))
+        if trace is None:
+            run = _Run(self.input_id, self.validate_request(request), self._eval_fns)
+        else:
+            run = _Run(self.input_id, self.validate_request(request), self._traced_fns)
+            run.trace = trace
+            trace.mark(self.input_id)
         remote = self._remote
         if remote is not None:
             run.refs = []
@@ -172,12 +190,12 @@ class GraphExecutor:
             return value
         op = self.ops[node_id]
         if not op.shared:
-            value = await self._eval_fns[op.node.kind](op, run)
+            value = await run.fns[op.node.kind](op, run)
             run.values[node_id] = value
             return value
         task = run.tasks.get(node_id)
         if task is None:
-            task = asyncio.ensure_future(self._eval_fns[op.node.kind](op, run))
+            task = asyncio.ensure_future(run.fns[op.node.kind](op, run))
             run.tasks[node_id] = task
         value = await task
         run.values[node_id] = value
@@ -249,6 +267,52 @@ class GraphExecutor:
         except Exception as exc:
             raise _node_error(op, exc) from exc
         run.refs.append(value)
+        return value
+
+    # -- traced requests -----------------------------------------------------------------
+    def _marked(self, fn: _EvalFn) -> _EvalFn:
+        """``fn`` (a fused node's evaluation), marking the node in the trace once it has its value."""
+
+        async def marked(op: _Op, run: _Run) -> Any:
+            value = await fn(op, run)
+            run.trace.mark(op.id)
+            return value
+
+        return marked
+
+    async def _call_traced(self, op: _Op, run: _Run) -> Any:
+        """``_call`` / ``_call_remote`` with a span from when the inputs are ready to when the value is."""
+        args, kwargs = await self._inputs(op, run)
+        span = run.trace.begin_node(op.id)
+        token = CURRENT.set(span)
+        try:
+            if op.fn is not None:  # glue, inline
+                if not self._local:
+                    args = [await self.backend.resolve(a) for a in args]
+                    kwargs = {k: await self.backend.resolve(v) for k, v in kwargs.items()}
+                value = op.fn(*args, **kwargs)
+            elif self._remote is not None:  # started; the actor's record of it comes with the trace
+                value = await self._remote.submit(op.id, op.deployment or "", op.method, tuple(args), kwargs, span)
+                run.refs.append(value)
+                return value
+            else:
+                with run.trace.current(span):
+                    value = await self.backend.call(op.deployment or "", op.method, tuple(args), kwargs, span)
+        except (RequestError, asyncio.CancelledError) as exc:
+            span.finish(exc)
+            raise
+        except Exception as exc:
+            span.finish(exc)
+            raise _node_error(op, exc) from exc
+        finally:
+            CURRENT.reset(token)
+        span.finish()
+        if self.metrics is not None and op.fn is None:
+            self.metrics.observe(
+                "graphserve_node_latency_seconds",
+                (span.end or span.start) - span.start,
+                (("graph", self.plan.name), ("node", op.id)),
+            )
         return value
 
     async def _attr(self, op: _Op, run: _Run) -> Any:

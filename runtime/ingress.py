@@ -53,7 +53,9 @@ from .http_errors import Headers, error_body, request_error, retry_after
 from .live_stats import GraphView, LiveStats
 from .metrics import Labels, Metrics
 from .openapi import openapi_document
+from .otel import OtelExporter, exporter_if_configured
 from .running_graph import GraphRuntime
+from .tracing import Trace
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -77,6 +79,7 @@ _RENDER_TYPES = {"svg": "image/svg+xml", "png": "image/png", "dot": "text/vnd.gr
 _OPS_PREFIX = "/-/"
 _GRAPH_METHODS = ("POST", "GET")  # GET with a body too, as Ray Serve's proxy and its docs do
 _TEXT = b"text/plain; charset=utf-8"
+_TRACE_HEADER = b"x-graphserve-trace"
 
 
 class GraphRoute:
@@ -166,6 +169,7 @@ class Ingress:
         self._max_in_flight = max_in_flight
         self._title, self._version = title, version
         self._refresh_openapi()
+        self.otel: OtelExporter | None = None  # set at startup when OpenTelemetry is configured
         self.live = LiveStats(self.metrics)
         self.page = GraphPage(self.live, self._views)
         self._ops = _with_request_id(self._ops_app())
@@ -257,6 +261,7 @@ class Ingress:
     async def startup(self) -> None:
         """Start every graph (its constructors run here); on failure stop those started."""
         self.loop = asyncio.get_running_loop()
+        self.otel = exporter_if_configured()
         started: list[GraphRuntime] = []
         try:
             for route in self.routes:
@@ -290,7 +295,7 @@ class Ingress:
     async def _serve_graph(self, route: GraphRoute, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         request_id: bytes | None = None
-        auth = length = timeout = None
+        auth = length = timeout = traced = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 request_id = value
@@ -300,9 +305,16 @@ class Ingress:
                 auth = value
             elif name == b"x-request-timeout-s":
                 timeout = value
+            elif name == _TRACE_HEADER:
+                traced = value
         if request_id is None or _REQUEST_ID.fullmatch(request_id) is None:
             request_id = os.urandom(12).hex().encode()
-        status, body, headers = await self._answer(route, scope, receive, request_id, auth, length, timeout)
+        trace = None
+        if traced is not None or self.otel is not None:
+            trace = Trace(route.plan, request_id.decode(), self.otel, route.runtime.backend_name)
+        status, body, headers = await self._answer(route, scope, receive, request_id, auth, length, timeout, trace)
+        if trace is not None:
+            body, headers = self._finish_trace(trace, traced, status, body, headers)
         if status:
             start_headers = [
                 (b"content-length", str(len(body)).encode()),
@@ -329,6 +341,7 @@ class Ingress:
         auth: bytes | None,
         length: bytes | None,
         timeout: bytes | None,
+        trace: Trace | None = None,
     ) -> tuple[int, bytes, Headers | None]:
         if scope["method"] not in _GRAPH_METHODS and not route.plan.http_request:
             text = f"graph {route.name!r} answers POST (or GET) with a JSON body"
@@ -387,7 +400,10 @@ class Ingress:
                 except JSONDecodeError as exc:
                     return 400, error_body(400, f"malformed JSON: {exc}"), None
             try:
-                result = await route.runtime.execute(request, deadline)
+                if trace is None:
+                    result = await route.runtime.execute(request, deadline)
+                else:
+                    result = await self._execute_traced(route, request, deadline, trace, scope)
             except RequestError as exc:
                 status, payload, headers = request_error(exc)
                 if status >= 500 and status != 503:
@@ -409,6 +425,47 @@ class Ingress:
                 return 500, error_body(500, message_text, node=route.plan.output), None
         finally:
             route.in_flight -= 1
+
+    # -- traced requests (X-Graphserve-Trace, OpenTelemetry) ----------------------------------
+    async def _execute_traced(
+        self, route: GraphRoute, request: Any, deadline: float | None, trace: Trace, scope: Scope
+    ) -> Any:
+        """Execute with ``trace`` recording (and, with OpenTelemetry, the request's span current)."""
+        if trace.exporter is not None:
+            headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+            trace.request_span = trace.exporter.start_request(trace, headers, route.path)
+        trace.started = True
+        try:
+            return await route.runtime.execute(request, deadline, trace)
+        except NodeExecutionError as exc:
+            trace.failed(exc.node, exc)
+            raise
+        except BaseException as exc:
+            trace.status = "error"
+            if isinstance(exc, Exception):
+                trace.error = f"{type(exc).__name__}: {exc}"[:300]
+            raise
+        finally:
+            await trace.settle()
+
+    def _finish_trace(
+        self, trace: Trace, asked: bytes | None, status: int, body: bytes, headers: Headers | None
+    ) -> tuple[bytes, Headers | None]:
+        """End the request's OpenTelemetry span; answer with the trace when the caller asked for it:
+        beside a JSON output (``{"output": ..., "trace": ...}``) or error (``{"error", ..., "trace"}``),
+        else (an output sent as it is) in the ``X-Graphserve-Trace`` header."""
+        if trace.request_span is not None and trace.exporter is not None:
+            trace.exporter.end_request(*trace.request_span, status)
+        if asked is None or asked.strip() in (b"", b"0") or not trace.started or not status:
+            return body, headers
+        data = dumps(trace.to_json())
+        if headers is not None and any(name == b"content-type" for name, _ in headers):
+            return body, [*headers, (_TRACE_HEADER, data)]
+        if status == 200:
+            return b'{"output":' + body + b',"trace":' + data + b"}", headers
+        if body.endswith(b"}"):
+            return body[:-1] + b',"trace":' + data + b"}", headers
+        return body, [*(headers or []), (_TRACE_HEADER, data)]
 
     def _failed(self, route: GraphRoute, request_id: bytes, status: int, exc: BaseException) -> None:
         """A request failed on the server's side: log it (past deadlines are expected) and

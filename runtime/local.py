@@ -23,6 +23,7 @@ from graphserve.plan import DeploymentPlan, Plan
 from .batcher import batch_limits, close_batchers, observe_batches
 from .construction import build_args, construction_order, load_target
 from .routing import DeploymentLoad, ReplicaRouter
+from .tracing import NodeSpan
 
 
 class Replica:
@@ -63,8 +64,12 @@ class Replica:
 class ReplicaSet(ReplicaRouter[Replica]):
     """The replicas of one deployment, with least-loaded routing and bounded queueing."""
 
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], span: NodeSpan | None = None
+    ) -> Any:
         replica = await self.acquire()
+        if span is not None:
+            span.replica = replica.index
         try:
             return await replica.invoke(method, args, kwargs)
         finally:
@@ -113,8 +118,15 @@ class LocalBackend:
             observe_batches(instance, lambda method, size: on_batch(name, method, size))
         return instance
 
-    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return await self.sets[deployment].call(method, args, kwargs)
+    async def call(
+        self,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: NodeSpan | None = None,
+    ) -> Any:
+        return await self.sets[deployment].call(method, args, kwargs, span)
 
     async def resolve(self, value: Any) -> Any:
         return value

@@ -24,7 +24,8 @@ Options (``gs.run(app, backend="ray", **options)``, ``serve(..., backend_options
 ``working_dir`` when workers cannot import the deployments' modules); ``num_cpus`` /
 ``num_gpus`` of a local instance started here; ``max_restarts`` (-1: always);
 ``start_timeout_s`` (replicas ready), ``connect_timeout_s`` (cluster answers);
-``metrics_interval_s`` (how often batch sizes are collected from the replicas).
+``metrics_interval_s`` (how often batch sizes and call latencies, measured in the actors,
+are collected from the replicas).
 
 Routing: least in-flight replica first; a replica holds at most
 ``max_ongoing_requests`` of the driver's calls, counted until their result exists;
@@ -48,6 +49,7 @@ from graphserve.plan import DeploymentPlan, Plan
 from .construction import construction_order, load_target
 from .ray_resources import check_fits
 from .routing import DeploymentLoad, ReplicaRouter
+from .tracing import NodeSpan
 
 _owned_connections = 0  # backends sharing the Ray instance one of them started or connected
 
@@ -112,6 +114,7 @@ class RayBackend:
         plan: Plan,
         on_batch: Callable[[str, str, int], None] | None = None,
         address: str | None = None,
+        on_latency: Callable[[str, float], None] | None = None,
         *,
         namespace: str | None = None,
         runtime_env: dict[str, Any] | None = None,
@@ -126,6 +129,7 @@ class RayBackend:
         self.address = address
         self.routers: dict[str, _Router] = {}
         self._on_batch = on_batch
+        self._on_latency = on_latency
         self._init_options: dict[str, Any] = {"namespace": namespace, "runtime_env": runtime_env}
         if address is None:
             self._init_options.update(num_cpus=num_cpus, num_gpus=num_gpus)
@@ -192,8 +196,9 @@ class RayBackend:
         except BaseException:
             await self.stop()
             raise
-        if self._on_batch is not None and any(d.batching for d in self.plan.deployments):
-            self._poller = self._loop.create_task(self._poll_batches(), name=f"graphserve-ray-batches:{self.plan.name}")
+        batching = self._on_batch is not None and any(d.batching for d in self.plan.deployments)
+        if self._on_latency is not None or batching:
+            self._poller = self._loop.create_task(self._poll_metrics(), name=f"graphserve-ray-metrics:{self.plan.name}")
 
     def _create_actors(self, ray: Any) -> None:
         from .ray_actor import ReplicaActor, ReplicaSpec
@@ -290,9 +295,17 @@ class RayBackend:
 
     # -- calls -------------------------------------------------------------------------
     async def submit(
-        self, node: str, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        node: str,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: NodeSpan | None = None,
     ) -> RayValue:
-        """Start ``node``'s call on a replica; returns its RayValue without waiting for the result."""
+        """Start ``node``'s call on a replica; returns its RayValue without waiting for the result.
+
+        ``span`` (a traced request): the actor also returns its record of the call (``span.record``)."""
         router = self.routers.get(deployment)
         if router is None or self._loop is None:
             raise GraphError(f"deployment {deployment!r} of graph {self.plan.name!r} is not running")
@@ -303,7 +316,12 @@ class RayBackend:
         if kwargs:
             kwargs = {k: _unwrap(v, parents) for k, v in kwargs.items()}
         try:
-            ref = replica.actor.call.remote(node, method, *args, **kwargs)
+            if span is None:
+                ref = replica.actor.call.remote(node, method, *args, **kwargs)
+            else:
+                span.replica = replica.index
+                carrier = span.trace.carrier(span)
+                ref, span.record = replica.actor.call_traced.remote(node, method, carrier, *args, **kwargs)
         except BaseException:
             router.release(replica)
             raise
@@ -318,9 +336,16 @@ class RayBackend:
         ref.future().add_done_callback(finished)
         return value
 
-    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def call(
+        self,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: NodeSpan | None = None,
+    ) -> Any:
         """One call and its result (what driver-side handles use)."""
-        value = await self.submit(f"{deployment}.{method}", deployment, method, args, kwargs)
+        value = await self.submit(f"{deployment}.{method}", deployment, method, args, kwargs, span)
         try:
             return await self.resolve(value)
         except asyncio.CancelledError:
@@ -380,28 +405,29 @@ class RayBackend:
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
 
-    # -- batching metrics --------------------------------------------------------------
-    async def _poll_batches(self) -> None:
+    # -- metrics measured in the actors ------------------------------------------------
+    async def _poll_metrics(self) -> None:
         while True:
             await asyncio.sleep(self._metrics_interval_s)
             await self.flush_batches()
 
     async def flush_batches(self) -> int:
-        """Report the batches replicas sent since the last flush to ``on_batch``; returns how many."""
-        if self._on_batch is None:
-            return 0
+        """Report the batches replicas sent (``on_batch``) and their calls' latencies (``on_latency``)
+        since the last flush; returns how many batches."""
         count = 0
         for name, router in list(self.routers.items()):
-            if not self.plan.deployment(name).batching:
-                continue
             for replica in router.replicas:
                 try:
                     async with asyncio.timeout(5):
-                        sizes = await replica.actor.drain_batches.remote()
+                        sizes, latencies = await replica.actor.drain_metrics.remote()
                 except Exception:  # a dead or busy replica: its numbers come next time
                     continue
-                for method, size in sizes:
-                    self._on_batch(name, method, size)
+                if self._on_batch is not None:
+                    for method, size in sizes:
+                        self._on_batch(name, method, size)
+                if self._on_latency is not None:
+                    for node, seconds in latencies:
+                        self._on_latency(node, seconds)
                 count += len(sizes)
         return count
 

@@ -18,6 +18,7 @@ from .backend import Backend
 from .executor import GraphExecutor
 from .handle import DeploymentHandle
 from .metrics import BATCH_BUCKETS, Metrics
+from .tracing import CURRENT, NodeSpan, Trace
 
 
 class GraphRuntime:
@@ -35,6 +36,12 @@ class GraphRuntime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = False
 
+    @property
+    def backend_name(self) -> str:
+        """``local``, ``ray``, or the class name of a backend passed in."""
+        spec = self._backend_spec
+        return spec if isinstance(spec, str) else type(spec).__name__
+
     def _make_backend(self) -> Backend:
         spec = self._backend_spec
         if not isinstance(spec, str):
@@ -46,7 +53,9 @@ class GraphRuntime:
         if spec == "ray":
             from .ray_backend import RayBackend  # optional extra: imported only when asked for
 
-            return RayBackend(self.plan, on_batch=self._on_batch, **self._backend_options)  # type: ignore[no-any-return]
+            return RayBackend(  # type: ignore[no-any-return]
+                self.plan, on_batch=self._on_batch, on_latency=self._on_latency, **self._backend_options
+            )
         raise GraphError(f"unknown backend {spec!r}: expected 'local' or 'ray'")
 
     def _on_batch(self, deployment: str, method: str, size: int) -> None:
@@ -57,6 +66,10 @@ class GraphRuntime:
             buckets=BATCH_BUCKETS,
         )
 
+    def _on_latency(self, node: str, seconds: float) -> None:
+        """A call's latency measured where it ran (Ray actors report theirs every metrics interval)."""
+        self.metrics.observe("graphserve_node_latency_seconds", seconds, (("graph", self.plan.name), ("node", node)))
+
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.backend = self._make_backend()
@@ -64,10 +77,10 @@ class GraphRuntime:
         self.executor = GraphExecutor(self.plan, self.backend, self.metrics)
         self.ready = True
 
-    async def execute(self, request: Any, timeout_s: float | None = None) -> Any:
+    async def execute(self, request: Any, timeout_s: float | None = None, trace: Trace | None = None) -> Any:
         if self.executor is None:
             raise GraphError(f"graph {self.plan.name!r} is not started")
-        return await self.executor.execute(request, timeout_s)
+        return await self.executor.execute(request, timeout_s, trace)
 
     async def stop(self) -> None:
         self.ready = False
@@ -83,9 +96,26 @@ class GraphRuntime:
     async def _handle_call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.backend is None:
             raise GraphError(f"graph {self.plan.name!r} is not started")
+        parent = CURRENT.get()
+        span = parent.child(f"{deployment}.{method}", deployment) if isinstance(parent, NodeSpan) else None
+        token = CURRENT.set(span) if span is not None else None
         try:
-            return await self.backend.call(deployment, method, args, kwargs)
-        except (RequestError, asyncio.CancelledError):
+            if span is None:
+                result = await self.backend.call(deployment, method, args, kwargs)
+            else:
+                with span.trace.current(span):
+                    result = await self.backend.call(deployment, method, args, kwargs, span)
+        except (RequestError, asyncio.CancelledError) as exc:
+            if span is not None:
+                span.finish(exc)
             raise
         except Exception as exc:
+            if span is not None:
+                span.finish(exc)
             raise NodeExecutionError(f"{deployment}.{method}", deployment, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if token is not None:
+                CURRENT.reset(token)
+        if span is not None:
+            span.finish()
+        return result
