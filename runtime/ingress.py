@@ -80,6 +80,7 @@ _OPS_PREFIX = "/-/"
 _GRAPH_METHODS = ("POST", "GET")  # GET with a body too, as Ray Serve's proxy and its docs do
 _TEXT = b"text/plain; charset=utf-8"
 _TRACE_HEADER = b"x-graphserve-trace"
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 class GraphRoute:
@@ -120,7 +121,8 @@ class Ingress:
 
     ``runtimes`` are not started yet (the lifespan starts them). They share one
     :class:`Metrics` registry (``metrics``, by default the first runtime's), so
-    ``/-/metrics`` is one exposition.
+    ``/-/metrics`` is one exposition. ``tracer_provider``: an OpenTelemetry tracer provider
+    to export request and node spans to (default: the one this process set, if any).
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class Ingress:
         title: str = "graphserve",
         version: str = "0.1.0",
         allow_empty: bool = False,
+        tracer_provider: Any = None,
     ) -> None:
         if not runtimes and not allow_empty:
             raise GraphError("the ingress needs at least one graph")
@@ -170,6 +173,7 @@ class Ingress:
         self._title, self._version = title, version
         self._refresh_openapi()
         self.otel: OtelExporter | None = None  # set at startup when OpenTelemetry is configured
+        self._tracer_provider = tracer_provider
         self.live = LiveStats(self.metrics)
         self.page = GraphPage(self.live, self._views)
         self._ops = _with_request_id(self._ops_app())
@@ -261,7 +265,7 @@ class Ingress:
     async def startup(self) -> None:
         """Start every graph (its constructors run here); on failure stop those started."""
         self.loop = asyncio.get_running_loop()
-        self.otel = exporter_if_configured()
+        self.otel = exporter_if_configured(self._tracer_provider)
         started: list[GraphRuntime] = []
         try:
             for route in self.routes:
@@ -490,7 +494,7 @@ class Ingress:
     def _ops_app(self) -> Starlette:
         return Starlette(
             routes=[
-                Route("/", self._root, methods=["GET"]),
+                Route("/", self._root, methods=_ANY_METHOD),  # only a browser GET goes to the page
                 Route("/-/healthz", self._healthz, methods=["GET"]),
                 Route("/-/ready", self._ready, methods=["GET"]),
                 Route("/-/metrics", self._metrics, methods=["GET"]),
@@ -503,7 +507,7 @@ class Ingress:
 
     async def _root(self, request: Request) -> Response:
         """``GET /`` where no graph answers it: a browser goes to the page, others learn the routes."""
-        if "text/html" in request.headers.get("accept", ""):
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
             return RedirectResponse("/-/", status_code=307)
         routes = {route.name: route.path for route in self.routes}
         return _json_error(404, f"no graph at '/'; graphs: {routes}; the live page is at /-/")

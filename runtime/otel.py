@@ -1,8 +1,9 @@
 """OpenTelemetry (optional extra ``graphserve[otel]``), imported only where it is already in use.
 
 When this process has configured a tracer provider (``trace.set_tracer_provider(...)``,
-or ``opentelemetry-instrument``) before the server starts, :func:`exporter_if_configured`
-returns an :class:`OtelExporter` and the ingress traces every request with it:
+or ``opentelemetry-instrument``) before the server starts, or the server was given one
+(``gs.serve(..., tracer_provider=...)``), :func:`exporter_if_configured` returns an
+:class:`OtelExporter` and the ingress traces every request with it:
 
 - a span per request (``graphserve <graph>``, kind SERVER), child of the caller's span
   when the request carries a W3C ``traceparent`` header;
@@ -33,8 +34,11 @@ from .tracing import NodeSpan, Trace
 _NS = 1_000_000_000
 
 
-def exporter_if_configured() -> OtelExporter | None:
-    """An exporter when this process set an OpenTelemetry tracer provider, else None."""
+def exporter_if_configured(provider: Any = None) -> OtelExporter | None:
+    """An exporter for ``provider`` or, without one, for the tracer provider this process set
+    (``trace.set_tracer_provider``); None when there is none."""
+    if provider is not None:
+        return OtelExporter(provider.get_tracer("graphserve"))
     if "opentelemetry.trace" not in sys.modules:
         return None
     from opentelemetry import trace
