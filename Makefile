@@ -40,6 +40,7 @@ demo: $(DEMO_STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	PYTHON=$(PY) scripts/lint_imports.sh
 
 typecheck: $(STAMP)
 	PYTHON=$(PY) scripts/typecheck.sh

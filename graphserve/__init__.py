@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from graphserve.api import GraphHandle, build, run, shutdown
     from graphserve.batching import batch
     from graphserve.compat import (
+        Deployment,
         delete,
+        deployment,
         get_app_handle,
         get_deployment,
         get_deployment_handle,
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
         list_deployments,
         start,
     )
-    from graphserve.dsl import App, Deployment, InputNode, cond, deployment, glue, graph, switch
+    from graphserve.dsl import App, InputNode, cond, glue, graph, switch
     from graphserve.errors import (
         DeadlineExceededError,
         DeploymentStartError,
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
         PlanError,
         RequestError,
         RequestValidationError,
+        RouteConflictError,
     )
     from graphserve.serving import serve
 
@@ -57,7 +60,9 @@ _EXPORTS = {
     "batch": "graphserve.batching",
     **dict.fromkeys(
         (
+            "Deployment",
             "delete",
+            "deployment",
             "get_app_handle",
             "get_deployment",
             "get_deployment_handle",
@@ -67,9 +72,7 @@ _EXPORTS = {
         ),
         "graphserve.compat",
     ),
-    **dict.fromkeys(
-        ("App", "Deployment", "InputNode", "cond", "deployment", "glue", "graph", "switch"), "graphserve.dsl"
-    ),
+    **dict.fromkeys(("App", "InputNode", "cond", "glue", "graph", "switch"), "graphserve.dsl"),
     **dict.fromkeys(
         (
             "DeadlineExceededError",
@@ -82,6 +85,7 @@ _EXPORTS = {
             "PlanError",
             "RequestError",
             "RequestValidationError",
+            "RouteConflictError",
         ),
         "graphserve.errors",
     ),
@@ -103,6 +107,7 @@ __all__ = [
     "PlanError",
     "RequestError",
     "RequestValidationError",
+    "RouteConflictError",
     "batch",
     "build",
     "cond",

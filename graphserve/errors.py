@@ -6,6 +6,7 @@ Every error a user can meet is one of these::
     ├── GraphValidationError         the graph is wrong; .diagnostics lists *every* problem
     ├── PlanError                    a valid graph cannot be planned or serialized
     ├── DeploymentStartError         a deployment's constructor failed (.deployment)
+    ├── RouteConflictError           two graphs on one server want the same route (.path)
     └── RequestError                 one request failed; the server maps each to a status
         ├── RequestValidationError   the request does not fit the input schema (HTTP 422)
         ├── OverloadedError          queues are full (HTTP 503)
@@ -97,6 +98,14 @@ class DeploymentStartError(GraphError):
     def __init__(self, deployment: str, message: str) -> None:
         self.deployment = deployment
         super().__init__(f"deployment {deployment!r} failed to start: {message}")
+
+
+class RouteConflictError(GraphError):
+    """Two graphs on one server want the same HTTP route (or a graph wants a reserved one)."""
+
+    def __init__(self, message: str, path: str) -> None:
+        self.path = path
+        super().__init__(message)
 
 
 class RequestError(GraphError):

@@ -35,6 +35,7 @@ class GraphRuntime:
         self.executor: GraphExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = False
+        self.stopping = False  # stop() was called: not ready again
 
     @property
     def backend_name(self) -> str:
@@ -83,6 +84,7 @@ class GraphRuntime:
         return await self.executor.execute(request, timeout_s, trace)
 
     async def stop(self) -> None:
+        self.stopping = True
         self.ready = False
         if self.backend is not None:
             await self.backend.stop()

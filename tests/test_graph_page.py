@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from graphserve.cli import _announce
 from graphserve.compiler.render import FIGURE_LINES
-from graphserve.serving import _announce, load_plans, serve
+from graphserve.serving import load_plans, serve
 from tests.graphs import ingress_graphs, page_graphs
 from tests.serving_utils import running_server
 
