@@ -45,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from graphserve.errors import DeploymentStartError, GraphError, RouteConflictError
 from graphserve.plan import Plan
 
+from . import http_defaults
 from .encoding import dumps
 from .graph_page import GraphPage
 from .graph_route import GraphRoute, RouteLimits, RouteObservers, valid_request_id
@@ -65,7 +66,6 @@ class Renderer(Protocol):
 
 logger = logging.getLogger("graphserve.ingress")
 
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 _RENDER_TYPES = {"svg": "image/svg+xml", "png": "image/png", "dot": "text/vnd.graphviz"}
 _OPS_PREFIX = "/-/"
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -85,7 +85,7 @@ class Ingress:
         runtimes: list[GraphRuntime],
         *,
         token: str | None = None,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: int = http_defaults.MAX_BODY_BYTES,
         max_in_flight: int | None = None,
         default_timeout_s: float | None = None,
         render: Renderer | None = None,
