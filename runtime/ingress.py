@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
@@ -54,6 +55,7 @@ from .live_stats import GraphView, LiveStats
 from .metrics import Labels, Metrics
 from .openapi import openapi_document
 from .otel import exporter_if_configured
+from .routing import DeploymentLoad
 from .running_graph import GraphRuntime
 
 
@@ -346,21 +348,15 @@ class Ingress:
         m.describe("graphserve_deployment_ongoing_requests", "Calls running on replicas, by graph and deployment")
         m.describe("graphserve_node_errors_total", "Failed requests, by graph and the node that failed")
         m.gauge("graphserve_in_flight_requests", lambda: {r.labels: float(r.in_flight) for r in self.routes})
-        m.gauge("graphserve_queue_depth", lambda: self._backend_gauge("queue_depth"))
-        m.gauge("graphserve_deployment_ongoing_requests", lambda: self._backend_gauge("in_flight"))
+        m.gauge("graphserve_queue_depth", lambda: self._load_gauge(lambda load: load.queued))
+        m.gauge("graphserve_deployment_ongoing_requests", lambda: self._load_gauge(lambda load: load.ongoing))
 
-    def _backend_gauge(self, reader: str) -> dict[Labels, float]:
+    def _load_gauge(self, figure: Callable[[DeploymentLoad], int]) -> dict[Labels, float]:
+        """One figure of every deployment's load, by graph and deployment."""
         values: dict[Labels, float] = {}
-        for route in self.routes:
-            read = getattr(route.runtime.backend, reader, None)
-            if read is None:
-                continue
-            try:
-                counts = read()
-            except Exception:  # a stopped or remote backend: no reading this time
-                continue
-            for deployment, count in counts.items():
-                values[(("graph", route.name), ("deployment", deployment))] = float(count)
+        for view in self._views():
+            for deployment, load in view.load.items():
+                values[(("graph", view.name), ("deployment", deployment))] = float(figure(load))
         return values
 
 

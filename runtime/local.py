@@ -141,12 +141,6 @@ class LocalBackend:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def queue_depth(self) -> dict[str, int]:
-        return {name: s.queued for name, s in self.sets.items()}
-
-    def in_flight(self) -> dict[str, int]:
-        return {name: s.ongoing for name, s in self.sets.items()}
-
     def load(self) -> dict[str, DeploymentLoad]:
         loads = {}
         for name, replica_set in self.sets.items():

@@ -432,12 +432,6 @@ class RayBackend:
         return count
 
     # -- introspection -----------------------------------------------------------------
-    def queue_depth(self) -> dict[str, int]:
-        return {name: r.queued for name, r in self.routers.items()}
-
-    def in_flight(self) -> dict[str, int]:
-        return {name: r.ongoing for name, r in self.routers.items()}
-
     def load(self) -> dict[str, DeploymentLoad]:
         """Replicas busy with the driver's calls, and its queue (batching limits live in the actors)."""
         return {name: r.load() for name, r in self.routers.items()}
