@@ -121,6 +121,9 @@ class NodePlan(_Data):
     guard: list[list[GuardTerm]] | None = None  # None: always runs; else any-of all-of terms
     fused: bool = False
     fused_reason: str | None = None
+    # the node's share of the graph's latency objective, when a planner set one; the live
+    # page (``/-/``) colours the node by how close its p99 latency comes to it
+    latency_budget_s: float | None = None
 
 
 class ReplicaPlan(_Data):

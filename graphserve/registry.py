@@ -195,12 +195,13 @@ def _new_server(http: dict[str, Any], explicit: bool) -> Server:
     server = Server(ingress, host, port)  # binds now: a busy port is a GraphError here
     server.start(timeout=SERVER_TIMEOUT_S)
     _STATE.server, _STATE.explicit = server, explicit
-    logger.info("graphserve: HTTP server at %s", server.url)
+    logger.info("graphserve: HTTP server at %s (live graph page at %s)", server.url, server.page_url)
     return server
 
 
-def default_render(plan: Plan, fmt: str) -> bytes | str:
-    """Draw ``plan`` with ``graphserve.compiler.render`` (graphviz), imported when first asked for.
+def default_render(plan: Plan, fmt: str, *, figures: bool = False) -> bytes | str:
+    """Draw ``plan`` with ``graphserve.compiler.render`` (graphviz), imported when first asked for;
+    ``figures``: with room for the live page's figures in each deployment node.
 
     What every server of this package draws ``/-/graphs/<name>.svg`` with.
     """
@@ -209,7 +210,7 @@ def default_render(plan: Plan, fmt: str) -> bytes | str:
     except ImportError as exc:
         raise GraphError(f"graph rendering is not available: {exc}") from exc
     try:
-        drawing: bytes | str = render(plan, fmt)
+        drawing: bytes | str = render(plan, fmt, figures=figures)
     except GraphError:
         raise
     except Exception as exc:  # graphviz missing, or its `dot` binary

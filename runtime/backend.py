@@ -19,7 +19,11 @@ implements the protocol to ``GraphRuntime(plan, backend=...)``.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .routing import DeploymentLoad
+    from .tracing import NodeSpan
 
 
 class Backend(Protocol):
@@ -30,26 +34,42 @@ class Backend(Protocol):
         ...
 
     async def submit(
-        self, node: str, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        node: str,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: NodeSpan | None = None,
     ) -> Any:
         """Run ``method`` of ``deployment`` for graph node ``node`` on one of its replicas.
 
         Returns the call's value (see the module docstring): the result, or a reference
         a remote backend returns once the call has started. ``args``/``kwargs`` may hold
         values of earlier calls. Raises OverloadedError when the deployment's queue is
-        full; a failure of the call itself names ``node`` (NodeExecutionError), here or
-        when its value is fetched."""
+        full; a failure of the call itself raises here or, on a remote backend, as a
+        NodeExecutionError naming ``node`` when its value is fetched. ``span`` (a traced
+        request only) learns the replica that ran the call (and on Ray gets the actor's
+        own record of it)."""
         ...
 
     async def fetch(self, values: list[Any]) -> list[Any]:
         """The results behind ``values`` (the local backend returns them as they are)."""
         ...
 
-    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def call(
+        self,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: NodeSpan | None = None,
+    ) -> Any:
         """One call and its result: what deployment handles use (submit, then fetch).
 
         A failure of the call is a NodeExecutionError naming ``deployment.method``
-        (RequestErrors such as OverloadedError pass as they are)."""
+        (RequestErrors such as OverloadedError pass as they are). ``span``: as for
+        :meth:`submit`."""
         ...
 
     def cancel(self, values: list[Any]) -> None:
@@ -59,12 +79,9 @@ class Backend(Protocol):
         backend has nothing more to do here."""
         ...
 
-    def queue_depth(self) -> dict[str, int]:
-        """Calls waiting for a replica, by deployment (empty once stopped)."""
-        ...
-
-    def in_flight(self) -> dict[str, int]:
-        """Calls running on replicas, by deployment (empty once stopped)."""
+    def load(self) -> dict[str, DeploymentLoad]:
+        """Deployment name -> how busy its replicas are now (queue, calls running; the
+        metrics' gauges and the live page read it). Empty once stopped."""
         ...
 
     async def stop(self) -> None:

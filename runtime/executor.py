@@ -19,6 +19,11 @@ Every failure is turned into an error that names the node:
 does not match the input schema or lacks a field the graph selects (422),
 :class:`DeadlineExceededError` past the deadline (504). A failed or late request
 cancels what it started: its tasks here, and the backend's calls (:meth:`~Backend.cancel`).
+
+A traced request (``execute(..., trace=Trace(...))``, see ``tracing.py``) walks the same
+path: a deployment call or glue gets a span from when its inputs are ready to when its
+value is (on Ray, the actor's own record of the call), fused nodes are marked when they
+produce theirs. An untraced request pays one ``trace is None`` check per node.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from graphserve.plan import ConstValue, NodePlan, NodeRef, Plan
 
 from .backend import Backend
 from .replica import load_target
+from .tracing import CURRENT, Trace
 
 Ref = tuple[bool, Any]  # (True, node id) or (False, a constant)
 Compute = Callable[["_Op", "_Run"], Awaitable[Any]]
@@ -50,12 +56,13 @@ Compute = Callable[["_Op", "_Run"], Awaitable[Any]]
 class _Run:
     """The state of one request: computed values, in-flight shared nodes, submitted calls."""
 
-    __slots__ = ("submitted", "tasks", "values")
+    __slots__ = ("submitted", "tasks", "trace", "values")
 
-    def __init__(self, input_id: str, request: Any) -> None:
+    def __init__(self, input_id: str, request: Any, trace: Trace | None) -> None:
         self.values: dict[str, Any] = {input_id: request}
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.submitted: list[Any] = []  # values of the backend calls this request started
+        self.trace = trace
 
 
 class _Op:
@@ -169,14 +176,16 @@ class GraphExecutor:
             detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(body)'}: {e['msg']}" for e in errors) or str(exc)
             raise RequestValidationError(f"request does not match {schema.__name__}: {detail}", errors) from None
 
-    async def execute(self, request: Any, timeout_s: float | None = None) -> Any:
+    async def execute(self, request: Any, timeout_s: float | None = None, trace: Trace | None = None) -> Any:
         """Run the graph for one request; raises a RequestError subclass on failure.
 
         A failed or late request cancels the work it started (tasks here, and the
-        backend's calls it submitted)."""
+        backend's calls it submitted). ``trace`` records the nodes that ran."""
         if timeout_s is None:
             timeout_s = self.plan.timeout_s
-        run = _Run(self.input_id, self.validate_request(request))
+        run = _Run(self.input_id, self.validate_request(request), trace)
+        if trace is not None:
+            trace.mark(self.input_id)
         try:
             if timeout_s is None:
                 return await self._eval(self.output_id, run)
@@ -240,6 +249,8 @@ class GraphExecutor:
         values = run.values
         args = op.positional(values)
         kwargs = {k: values[ref] if is_node else ref for k, (is_node, ref) in op.kwargs.items()} if op.kwargs else {}
+        if run.trace is not None:
+            return await self._call_traced(op, run, args, kwargs, run.trace)
         try:
             value = await self.backend.submit(op.id, op.deployment, op.method, args, kwargs)
         except (RequestError, asyncio.CancelledError):
@@ -249,20 +260,46 @@ class GraphExecutor:
         run.submitted.append(value)
         return value
 
+    async def _call_traced(
+        self, op: _Op, run: _Run, args: tuple[Any, ...], kwargs: dict[str, Any], trace: Trace
+    ) -> Any:
+        """:meth:`_call` with a span, current while the call runs (batchers and handles read it)."""
+        span = trace.begin_node(op.id)
+        token = CURRENT.set(span)
+        try:
+            with trace.current(span):
+                value = await self.backend.submit(op.id, op.deployment, op.method, args, kwargs, span)
+        except (RequestError, asyncio.CancelledError) as exc:
+            span.finish(exc)
+            raise
+        except Exception as exc:
+            span.finish(exc)
+            raise _node_error(op, exc) from exc
+        finally:
+            CURRENT.reset(token)
+        span.finish()
+        run.submitted.append(value)
+        return value
+
     async def _glue(self, op: _Op, run: _Run) -> Any:
         """Fused glue: run inline on fetched values."""
         pending = self._missing(op.needs, run) if op.needs else None
         if pending is not None:
             await pending
         values = run.values
-        fetched = await self.backend.fetch(
-            [*op.positional(values), *(values[r] if n else r for n, r in op.kwargs.values())]
-        )
+        span = run.trace.begin_node(op.id) if run.trace is not None else None
+        keywords = [values[ref] if is_node else ref for is_node, ref in op.kwargs.values()]
+        fetched = await self.backend.fetch([*op.positional(values), *keywords])
         count = len(fetched) - len(op.kwargs)
         try:
-            return op.fn(*fetched[:count], **dict(zip(op.kwargs, fetched[count:], strict=True)))
+            value = op.fn(*fetched[:count], **dict(zip(op.kwargs, fetched[count:], strict=True)))
         except Exception as exc:  # the user's function: named after its node
+            if span is not None:
+                span.finish(exc)
             raise _node_error(op, exc) from exc
+        if span is not None:
+            span.finish()
+        return value
 
     async def _attr(self, op: _Op, run: _Run) -> Any:
         pending = self._missing(op.needs, run)
@@ -271,7 +308,7 @@ class GraphExecutor:
         (source,) = await self.backend.fetch(list(op.positional(run.values)))
         key = op.key
         try:
-            return op.fn(source, key)
+            value = op.fn(source, key)
         except (KeyError, AttributeError, IndexError, TypeError) as exc:
             if op.from_input:
                 raise RequestValidationError(
@@ -279,6 +316,9 @@ class GraphExecutor:
                     [{"loc": ["body", str(key)], "msg": "Field required", "type": "missing"}],
                 ) from None
             raise _node_error(op, exc) from exc
+        if run.trace is not None:
+            run.trace.mark(op.id)
+        return value
 
     async def _switch(self, op: _Op, run: _Run) -> Any:
         values = run.values
@@ -301,9 +341,12 @@ class GraphExecutor:
                 op.id, None, f"selector value {selector!r} matches no branch ({arms}) and the switch has no default"
             )
         is_node, ref = chosen
-        if not is_node:
-            return ref
-        return values[ref] if ref in values else await self._eval(ref, run)
+        value = ref  # a constant arm
+        if is_node:
+            value = values[ref] if ref in values else await self._eval(ref, run)
+        if run.trace is not None:
+            run.trace.mark(op.id)
+        return value
 
     async def _output(self, op: _Op, run: _Run) -> Any:
         """The graph's output: every value fetched, in the plan's form."""
@@ -311,6 +354,8 @@ class GraphExecutor:
         if pending is not None:
             await pending
         fetched = await self.backend.fetch(list(op.positional(run.values)))
+        if run.trace is not None:
+            run.trace.mark(op.id)
         form = op.form
         if form == "single":
             return fetched[0]

@@ -7,12 +7,14 @@ once, the rest wait in a FIFO queue of at most ``max_queued_requests`` (then
 :class:`OverloadedError`) (``routing.py``). A call's value is its result, so
 :meth:`LocalBackend.fetch` has nothing to do and :meth:`LocalBackend.cancel` nothing
 to cancel (the executor cancels its own tasks, which stops the calls they await).
+A graph node's call is timed here and reported to ``on_latency``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -21,15 +23,16 @@ from typing import TYPE_CHECKING, Any
 from graphserve.errors import DeploymentStartError, NodeExecutionError, RequestError
 from graphserve.plan import Plan
 
-from .batcher import close_batchers, observe_batches
+from .batcher import batch_limits, close_batchers, observe_batches
 from .replica import HandleFactory, Replica, ReplicaStartError, construct, construction_order
-from .routing import ReplicaRouter
+from .routing import DeploymentLoad, ReplicaRouter
 
 if TYPE_CHECKING:
     from .backend import Backend
+    from .tracing import NodeSpan
 
-#: ``on_call(node, seconds)``: how long each call of a graph node took.
-CallObserver = Callable[[str, float], None]
+#: ``on_latency(node, seconds)``: how long each call of a graph node took.
+LatencyObserver = Callable[[str, float], None]
 #: ``on_batch(deployment, method, size)``: every batch a ``@gs.batch`` method sent.
 BatchObserver = Callable[[str, str, int], None]
 
@@ -42,13 +45,13 @@ class LocalBackend:
         plan: Plan,
         handle_factory: HandleFactory | None = None,
         on_batch: BatchObserver | None = None,
-        on_call: CallObserver | None = None,
+        on_latency: LatencyObserver | None = None,
     ) -> None:
         self.plan = plan
         self.routers: dict[str, ReplicaRouter[Replica]] = {}
         self._handle_factory: HandleFactory = handle_factory or (lambda name: None)
         self._on_batch = on_batch
-        self._on_call = on_call
+        self._on_latency = on_latency
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
@@ -64,33 +67,50 @@ class LocalBackend:
                     instance = construct(name, dep.kind, target, dep.init_args, dep.init_kwargs, self._handle_factory)
                 except ReplicaStartError as exc:
                     raise DeploymentStartError(exc.deployment, exc.message) from exc.__cause__
-                if dep.batching and self._on_batch is not None:
+                if dep.batching and dep.kind == "class" and self._on_batch is not None:
                     observe_batches(instance, _batch_observer(self._on_batch, name))
                 replicas.append(Replica(instance, index, pool))
             self.routers[name] = ReplicaRouter(dep, replicas)
 
     async def submit(
-        self, node: str, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        node: str,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: NodeSpan | None = None,
     ) -> Any:
         """Run the call on the least-loaded replica and return its result."""
         router = self.routers[deployment]
         replica = router.try_acquire() or await router.acquire()
-        on_call = self._on_call
-        start = time.perf_counter() if on_call is not None else 0.0
+        if span is not None:
+            span.replica = replica.index
+        on_latency = self._on_latency
+        start = time.perf_counter() if on_latency is not None else 0.0
         try:
             return await replica.invoke(method, args, kwargs)
         finally:
             router.release(replica)
-            if on_call is not None:
-                on_call(node, time.perf_counter() - start)
+            if on_latency is not None:
+                on_latency(node, time.perf_counter() - start)
 
     async def fetch(self, values: list[Any]) -> list[Any]:
         return values
 
-    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def call(
+        self,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: NodeSpan | None = None,
+    ) -> Any:
         """A handle's call (not a graph node: no node latency is observed)."""
         router = self.routers[deployment]
         replica = router.try_acquire() or await router.acquire()
+        if span is not None:
+            span.replica = replica.index
         try:
             return await replica.invoke(method, args, kwargs)
         except (RequestError, asyncio.CancelledError):
@@ -103,6 +123,15 @@ class LocalBackend:
     def cancel(self, values: list[Any]) -> None:
         return None
 
+    def load(self) -> dict[str, DeploymentLoad]:
+        loads = {}
+        for name, router in self.routers.items():
+            load = router.load()
+            if router.replicas and self.plan.deployment(name).batching:
+                load = dataclasses.replace(load, batching=batch_limits(router.replicas[0].instance))
+            loads[name] = load
+        return loads
+
     async def stop(self) -> None:
         for router in self.routers.values():
             router.close()
@@ -112,12 +141,6 @@ class LocalBackend:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-
-    def queue_depth(self) -> dict[str, int]:
-        return {name: router.queued for name, router in self.routers.items()}
-
-    def in_flight(self) -> dict[str, int]:
-        return {name: router.ongoing for name, router in self.routers.items()}
 
 
 def _batch_observer(on_batch: BatchObserver, deployment: str) -> Callable[[str, int], None]:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +38,9 @@ from graphserve.plan import ArgPlan
 
 from .batcher import observe_batches
 from .handle import DeploymentHandle
+from .otel import attached, inject
 from .replica import Replica, ReplicaStartError, construct
+from .tracing import CURRENT, ActorRecord
 
 
 class ReplicaCallError(Exception):
@@ -159,10 +163,20 @@ class RemoteHandles:
         counts = self._inflight[deployment]
         index = min(range(len(counts)), key=counts.__getitem__)
         node = f"{deployment}.{method}"
-        ref: Any = self._actors[deployment][index].call.remote(node, method, *args, **kwargs)
+        parent = CURRENT.get()
+        ref: Any
+        record: Any = None
+        if isinstance(parent, ActorRecord):  # a traced call: the target sends its record back too
+            actor = self._actors[deployment][index]
+            ref, record = actor.call_traced.remote(node, method, inject(), *args, **kwargs)
+        else:
+            ref = self._actors[deployment][index].call.remote(node, method, *args, **kwargs)
         counts[index] += 1
         try:
-            return await ref
+            value = await ref
+            if record is not None and isinstance(parent, ActorRecord):
+                parent.calls.append(await record)
+            return value
         except asyncio.CancelledError:
             ray.cancel(ref)
             raise
@@ -179,6 +193,7 @@ class ReplicaActor:
         self.spec = spec
         self._replica: Replica | None = None
         self._batches: list[tuple[str, int]] = []
+        self._latencies: deque[tuple[str, float]] = deque(maxlen=100_000)  # (node, seconds) until drained
 
     # -- construction ------------------------------------------------------------------
     async def ready(self) -> int:
@@ -214,6 +229,29 @@ class ReplicaActor:
     # -- calls -------------------------------------------------------------------------
     async def call(self, node: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run ``method`` for ``node``; Ray has already resolved reference arguments."""
+        start = time.perf_counter()
+        try:
+            return await self._run(node, method, args, kwargs)
+        finally:
+            self._latencies.append((node, time.perf_counter() - start))
+
+    @ray.method(num_returns=2)
+    async def call_traced(
+        self, node: str, method: str, carrier: dict[str, str] | None, /, *args: Any, **kwargs: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        """:meth:`call` for a traced request: the result, and this call's record (times in the
+        actor, batch size, the handle calls it made). ``carrier``: the caller's OpenTelemetry
+        context (W3C headers), current while the method runs."""
+        record = ActorRecord(node, self.spec.deployment, self.spec.index)
+        token = CURRENT.set(record)
+        try:
+            with attached(carrier):
+                value = await self.call(node, method, *args, **kwargs)
+        finally:
+            CURRENT.reset(token)
+        return value, record.to_json()
+
+    async def _run(self, node: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
             replica = self._replica or await self._ensure()
             return await replica.invoke(method, args, kwargs)
@@ -224,7 +262,9 @@ class ReplicaActor:
             raise ReplicaCallError.wrap(node, self.spec.deployment, exc) from None
 
     @ray.method(concurrency_group="control")  # never takes one of the max_ongoing_requests slots
-    async def drain_batches(self) -> list[tuple[str, int]]:
-        """The (method, size) of every batch sent since the last drain."""
-        out, self._batches = self._batches, []
-        return out
+    async def drain_metrics(self) -> tuple[list[tuple[str, int]], list[tuple[str, float]]]:
+        """The (method, size) of every batch sent and the (node, seconds) of every call since the last drain."""
+        batches, self._batches = self._batches, []
+        latencies = list(self._latencies)
+        self._latencies.clear()
+        return batches, latencies

@@ -18,8 +18,8 @@ the executor passes it on to the next call, so intermediate results move actor t
 actor and the driver fetches only what it must look at (switch selectors, glue inputs,
 fields, the output) with :meth:`RayBackend.fetch`, which also maps a failure back to
 the node where it happened. A request that fails or passes its deadline cancels its
-unfinished tasks (:meth:`RayBackend.cancel`). A graph node's latency is observed when
-its result exists in Ray (``on_call``).
+unfinished tasks (:meth:`RayBackend.cancel`). Call latencies are measured in the
+actors and collected every ``metrics_interval_s`` (``on_latency``).
 
 What a worker imports: a deployment's import path, so workers run the code in their
 own copy of the module. Only a deployment that has no import path (defined inside a
@@ -33,7 +33,8 @@ Options (``gs.run(app, backend="ray", **options)``, ``serve(..., backend_options
 ``working_dir`` when workers cannot import the deployments' modules); ``num_cpus`` /
 ``num_gpus`` of a local instance started here; ``max_restarts`` (-1: always);
 ``start_timeout_s`` (replicas ready), ``connect_timeout_s`` (cluster answers);
-``metrics_interval_s`` (how often batch sizes are collected from the replicas).
+``metrics_interval_s`` (how often batch sizes and call latencies, measured in the actors,
+are collected from the replicas).
 
 Routing: least in-flight replica first; a replica holds at most
 ``max_ongoing_requests`` of the driver's calls, counted until their result exists;
@@ -48,7 +49,6 @@ import contextlib
 import logging
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -58,14 +58,13 @@ from graphserve.plan import DeploymentPlan, Plan, has_import_path
 from graphserve.resources import Capacity, check_fits
 
 from .replica import ReplicaStartError, construction_order, load_target
-from .routing import ReplicaRouter
+from .routing import DeploymentLoad, ReplicaRouter
+from .tracing import NodeSpan
 
 if TYPE_CHECKING:
     from .backend import Backend
 
 logger = logging.getLogger("graphserve.ray")
-#: ``on_call(node, seconds)``: how long each call of a graph node took.
-CallObserver = Callable[[str, float], None]
 
 _owned_connections = 0  # backends sharing the Ray instance one of them started or connected
 
@@ -128,6 +127,7 @@ class RayBackend:
         plan: Plan,
         on_batch: Callable[[str, str, int], None] | None = None,
         address: str | None = None,
+        on_latency: Callable[[str, float], None] | None = None,
         *,
         namespace: str | None = None,
         runtime_env: dict[str, Any] | None = None,
@@ -137,13 +137,12 @@ class RayBackend:
         start_timeout_s: float = 300.0,
         connect_timeout_s: float = 120.0,
         metrics_interval_s: float = 1.0,
-        on_call: CallObserver | None = None,
     ) -> None:
         self.plan = plan
-        self._on_call = on_call
         self.address = address
         self.routers: dict[str, _Router] = {}
         self._on_batch = on_batch
+        self._on_latency = on_latency
         self._init_options: dict[str, Any] = {"namespace": namespace, "runtime_env": runtime_env}
         if address is None:
             self._init_options.update(num_cpus=num_cpus, num_gpus=num_gpus)
@@ -207,8 +206,9 @@ class RayBackend:
         except BaseException:
             await self.stop()
             raise
-        if self._on_batch is not None and any(d.batching for d in self.plan.deployments):
-            self._poller = self._loop.create_task(self._poll_batches(), name=f"graphserve-ray-batches:{self.plan.name}")
+        batching = self._on_batch is not None and any(d.batching for d in self.plan.deployments)
+        if self._on_latency is not None or batching:
+            self._poller = self._loop.create_task(self._poll_metrics(), name=f"graphserve-ray-metrics:{self.plan.name}")
 
     def _create_actors(self, ray: Any) -> None:
         from .ray_actor import ReplicaActor, ReplicaSpec
@@ -310,20 +310,17 @@ class RayBackend:
 
     # -- calls -------------------------------------------------------------------------
     async def submit(
-        self, node: str, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> RayValue:
-        """Start ``node``'s call on a replica; returns its RayValue without waiting for the result."""
-        return await self._start_call(node, deployment, method, args, kwargs, self._on_call)
-
-    async def _start_call(
         self,
         node: str,
         deployment: str,
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        on_call: CallObserver | None,
+        span: NodeSpan | None = None,
     ) -> RayValue:
+        """Start ``node``'s call on a replica; returns its RayValue without waiting for the result.
+
+        ``span`` (a traced request): the actor also returns its record of the call (``span.record``)."""
         router = self.routers.get(deployment)
         loop = self._loop
         if router is None or loop is None:
@@ -334,30 +331,36 @@ class RayBackend:
             args = tuple(_unwrap(a, parents) for a in args)
         if kwargs:
             kwargs = {k: _unwrap(v, parents) for k, v in kwargs.items()}
-        start = time.perf_counter()
         try:
-            ref = replica.actor.call.remote(node, method, *args, **kwargs)
+            if span is None:
+                ref = replica.actor.call.remote(node, method, *args, **kwargs)
+            else:
+                span.replica = replica.index
+                carrier = span.trace.carrier(span)
+                ref, span.record = replica.actor.call_traced.remote(node, method, carrier, *args, **kwargs)
         except BaseException:
             router.release(replica)
             raise
         value = RayValue(ref, node, deployment, replica, tuple(parents))
 
-        def on_loop() -> None:
-            router.release(replica)
-            if on_call is not None:
-                on_call(node, time.perf_counter() - start)
-
         def finished(_: Any) -> None:  # on a Ray thread
             value.done = True
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to release
-                loop.call_soon_threadsafe(on_loop)
+                loop.call_soon_threadsafe(router.release, replica)
 
         ref.future().add_done_callback(finished)
         return value
 
-    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """One call and its result (what driver-side handles use; not a graph node, so not timed)."""
-        value = await self._start_call(f"{deployment}.{method}", deployment, method, args, kwargs, None)
+    async def call(
+        self,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: NodeSpan | None = None,
+    ) -> Any:
+        """One call and its result (what driver-side handles use)."""
+        value = await self.submit(f"{deployment}.{method}", deployment, method, args, kwargs, span)
         try:
             (result,) = await self.fetch([value])
         except asyncio.CancelledError:
@@ -436,39 +439,38 @@ class RayBackend:
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
 
-    # -- batching metrics --------------------------------------------------------------
-    async def _poll_batches(self) -> None:
+    # -- metrics measured in the actors ------------------------------------------------
+    async def _poll_metrics(self) -> None:
         while True:
             await asyncio.sleep(self._metrics_interval_s)
             await self.flush_batches()
 
     async def flush_batches(self) -> int:
-        """Report the batches replicas sent since the last flush to ``on_batch``; returns how many."""
+        """Report the batches replicas sent (``on_batch``) and their calls' latencies (``on_latency``)
+        since the last flush; returns how many batches."""
         from ray.exceptions import RayError
 
-        if self._on_batch is None:
-            return 0
         count = 0
         for name, router in list(self.routers.items()):
-            if not self.plan.deployment(name).batching:
-                continue
             for replica in router.replicas:
                 try:
                     async with asyncio.timeout(5):
-                        sizes = await replica.actor.drain_batches.remote()
+                        sizes, latencies = await replica.actor.drain_metrics.remote()
                 except (TimeoutError, RayError):  # a dead or busy replica: its numbers come next time
                     continue
-                for method, size in sizes:
-                    self._on_batch(name, method, size)
+                if self._on_batch is not None:
+                    for method, size in sizes:
+                        self._on_batch(name, method, size)
+                if self._on_latency is not None:
+                    for node, seconds in latencies:
+                        self._on_latency(node, seconds)
                 count += len(sizes)
         return count
 
     # -- introspection -----------------------------------------------------------------
-    def queue_depth(self) -> dict[str, int]:
-        return {name: r.queued for name, r in self.routers.items()}
-
-    def in_flight(self) -> dict[str, int]:
-        return {name: r.ongoing for name, r in self.routers.items()}
+    def load(self) -> dict[str, DeploymentLoad]:
+        """Replicas busy with the driver's calls, and its queue (batching limits live in the actors)."""
+        return {name: r.load() for name, r in self.routers.items()}
 
     def actors(self, deployment: str) -> list[Any]:
         """The actor handles of ``deployment``'s replicas, in replica order."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from graphserve.errors import OverloadedError
@@ -23,6 +24,18 @@ class Routed(Protocol):
 
 
 R = TypeVar("R", bound=Routed)
+
+
+@dataclass(frozen=True)
+class DeploymentLoad:
+    """How busy one deployment is right now (the live page and the gauges read it)."""
+
+    replicas: int  # how many it has
+    busy: int  # how many are running at least one call
+    ongoing: int  # calls running on them
+    queued: int  # calls waiting for a free replica
+    # method -> the batching limits its batchers use now (where the backend can see them)
+    batching: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class ReplicaRouter(Generic[R]):
@@ -44,6 +57,15 @@ class ReplicaRouter(Generic[R]):
     @property
     def ongoing(self) -> int:
         return sum(r.ongoing for r in self.replicas)
+
+    def load(self) -> DeploymentLoad:
+        replicas = self.replicas
+        return DeploymentLoad(
+            replicas=len(replicas),
+            busy=sum(1 for r in replicas if r.ongoing > 0),
+            ongoing=sum(r.ongoing for r in replicas),
+            queued=len(self._waiters),
+        )
 
     def _pick(self) -> R | None:
         replicas = self.replicas

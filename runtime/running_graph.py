@@ -19,6 +19,7 @@ from .backend import Backend
 from .executor import GraphExecutor
 from .handle import DeploymentHandle
 from .metrics import BATCH_BUCKETS, Histogram, Metrics
+from .tracing import CURRENT, NodeSpan, Trace
 
 
 class GraphRuntime:
@@ -38,6 +39,12 @@ class GraphRuntime:
         self.stopping = False  # stop() was called: not ready again
         self._node_latency: dict[str, Histogram] = {}
 
+    @property
+    def backend_name(self) -> str:
+        """``local``, ``ray``, or the class name of a backend passed in."""
+        spec = self._backend_spec
+        return spec if isinstance(spec, str) else type(spec).__name__
+
     def _make_backend(self) -> Backend:
         spec = self._backend_spec
         if not isinstance(spec, str):
@@ -45,11 +52,13 @@ class GraphRuntime:
         if spec == "local":
             from .local import LocalBackend
 
-            return LocalBackend(self.plan, handle_factory=self.handle, on_batch=self._on_batch, on_call=self._on_call)
+            return LocalBackend(
+                self.plan, handle_factory=self.handle, on_batch=self._on_batch, on_latency=self._on_latency
+            )
         if spec == "ray":
             from .ray_backend import RayBackend  # optional extra: imported only when asked for
 
-            return RayBackend(self.plan, on_batch=self._on_batch, on_call=self._on_call, **self._backend_options)
+            return RayBackend(self.plan, on_batch=self._on_batch, on_latency=self._on_latency, **self._backend_options)
         raise GraphError(f"unknown backend {spec!r}: expected 'local' or 'ray'")
 
     def _on_batch(self, deployment: str, method: str, size: int) -> None:
@@ -60,8 +69,9 @@ class GraphRuntime:
             buckets=BATCH_BUCKETS,
         )
 
-    def _on_call(self, node: str, seconds: float) -> None:
-        """How long a deployment call of graph node ``node`` took (its latency histogram)."""
+    def _on_latency(self, node: str, seconds: float) -> None:
+        """A call's latency, measured by the backend where it ran (the local backend per call;
+        Ray actors report theirs every metrics interval)."""
         series = self._node_latency.get(node)
         if series is None:
             labels = (("graph", self.plan.name), ("node", node))
@@ -70,16 +80,16 @@ class GraphRuntime:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self._node_latency.clear()  # the metrics registry may have been replaced (one per server)
         self.backend = self._make_backend()
         await self.backend.start()
-        self._node_latency.clear()  # the metrics registry may have been replaced (one per server)
         self.executor = GraphExecutor(self.plan, self.backend)
         self.ready = True
 
-    async def execute(self, request: Any, timeout_s: float | None = None) -> Any:
+    async def execute(self, request: Any, timeout_s: float | None = None, trace: Trace | None = None) -> Any:
         if self.executor is None:
             raise GraphError(f"graph {self.plan.name!r} is not started")
-        return await self.executor.execute(request, timeout_s)
+        return await self.executor.execute(request, timeout_s, trace)
 
     async def stop(self) -> None:
         self.stopping = True
@@ -99,4 +109,25 @@ class GraphRuntime:
         """The backend's call for a handle (no coroutine of its own: one frame less per handle call)."""
         if self.backend is None:
             raise GraphError(f"graph {self.plan.name!r} is not started")
+        parent = CURRENT.get()
+        if isinstance(parent, NodeSpan):  # made while a traced request's node runs: a child span
+            return self._traced_handle_call(parent, deployment, method, args, kwargs)
         return self.backend.call(deployment, method, args, kwargs)
+
+    async def _traced_handle_call(
+        self, parent: NodeSpan, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if self.backend is None:
+            raise GraphError(f"graph {self.plan.name!r} is not started")
+        span = parent.child(f"{deployment}.{method}", deployment)
+        token = CURRENT.set(span)
+        try:
+            with span.trace.current(span):
+                result = await self.backend.call(deployment, method, args, kwargs, span)
+        except BaseException as exc:
+            span.finish(exc)
+            raise
+        finally:
+            CURRENT.reset(token)
+        span.finish()
+        return result

@@ -41,6 +41,7 @@ NOT_IN_RUNTIME = (
     "graphserve.targets",
     "graphserve.compiler",
     "rich",
+    "opentelemetry",  # optional, imported only where the process already uses it (runtime/otel.py)
 )
 NOT_IN_ACTOR = (*NOT_IN_RUNTIME, "starlette", "uvicorn", "graphserve.runtime.ingress", "graphserve.runtime.http_server")
 NOT_IN_COMPILER = ("graphserve.runtime", "ray", "starlette", "uvicorn", "torch", "mlflow", "graphviz")
