@@ -21,6 +21,8 @@ from typing import Any
 
 from graphserve.errors import GraphError
 
+from .tracing import CURRENT
+
 BatchObserver = Callable[[str, int], None]
 
 
@@ -34,6 +36,7 @@ class _Pending:
     kwargs: dict[str, Any]
     future: asyncio.Future[Any]
     enqueued: float
+    span: Any  # a traced call's span or actor record (learns the batch size), else None
 
 
 class Batcher:
@@ -67,7 +70,7 @@ class Batcher:
     async def submit(self, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Pending(args, kwargs, future, loop.time()))
+        self._queue.append(_Pending(args, kwargs, future, loop.time(), CURRENT.get()))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run(), name=f"batcher:{self.name}")
         if len(self._queue) == 1 or len(self._queue) >= self.max_batch_size:
@@ -139,6 +142,9 @@ class Batcher:
         try:
             for observe in self.observers:
                 observe(self.name, len(batch))
+            for pending in batch:
+                if pending.span is not None:
+                    pending.span.batch_size = len(batch)
             nargs = len(batch[0].args)
             args = [[p.args[i] if i < len(p.args) else None for p in batch] for i in range(nargs)]
             kwargs = {k: [p.kwargs.get(k) for p in batch] for k in batch[0].kwargs}
@@ -208,6 +214,19 @@ def close_batchers(owner: Any) -> None:
     for batcher in batchers.values():
         batcher.close()
     batchers.clear()
+
+
+def batch_limits(owner: Any) -> dict[str, dict[str, float]]:
+    """Method name -> the limits ``owner``'s batchers use now (for the live page)."""
+    batchers: dict[str, Batcher] = getattr(owner, _BATCHERS_ATTR, None) or _MODULE_BATCHERS.get(id(owner), {})
+    return {
+        name.rpartition(".")[2]: {
+            "max_batch_size": b.max_batch_size,
+            "batch_wait_timeout_s": b.batch_wait_timeout_s,
+            "max_concurrent_batches": b.max_concurrent_batches,
+        }
+        for name, b in batchers.items()
+    }
 
 
 def observe_batches(owner: Any, observer: BatchObserver) -> None:

@@ -7,7 +7,8 @@ A graph without a schema accepts any JSON; when it reads fields of the request
 (``inp["x"]``), those are listed, and the ones read on every path are required.
 Pydantic's ``$defs`` move to ``components/schemas``. The operations routes
 (``/-/healthz``, ``/-/ready``, ``/-/metrics``, ``/-/graphs``, ``/-/graphs/{file}``,
-``/openapi.json``) are listed with GET, the only method they serve.
+``/openapi.json``, and the live page's ``/-/``, ``/-/static/{file}``, ``/-/stats``,
+``/-/events``) are listed with GET, the only method they serve.
 """
 
 from __future__ import annotations
@@ -119,6 +120,10 @@ OPERATIONS = {
     "/-/graphs": ("graphs", "The plans of the graphs served", "application/json"),
     "/-/graphs/{file}": ("graph_file", "One plan (.json) or its drawing (.svg, .png, .dot)", "application/json"),
     "/openapi.json": ("openapi", "This document", "application/json"),
+    "/-/": ("page", "The live page", "text/html"),
+    "/-/static/{file}": ("page_file", "A file of the live page (script, style)", "text/plain"),
+    "/-/stats": ("stats", "The live page's figures", "application/json"),
+    "/-/events": ("events", "The live page's figures as server-sent events (a stream)", "text/event-stream"),
 }
 
 
@@ -129,9 +134,10 @@ def _operations_paths() -> dict[str, Any]:
         operation: dict[str, Any] = {"operationId": operation_id, "summary": summary, "responses": responses}
         if path == "/-/ready":
             responses["503"] = _error_response("Starting, stopping, or a backend that cannot serve")
-        if path == "/-/graphs/{file}":
+        if path.endswith("{file}"):
             operation["parameters"] = [{"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}]
-            responses["404"] = _error_response("No such graph or format")
+            responses["404"] = _error_response("No such file (graph, format)")
+        if path == "/-/graphs/{file}":
             responses["501"] = _error_response("Drawing needs Graphviz's dot, or the server has no renderer")
         paths[path] = {"get": operation}
     return paths

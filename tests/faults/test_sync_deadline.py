@@ -34,7 +34,7 @@ async def test_a_sync_call_past_its_deadline_keeps_its_place_on_ray(ray_cluster:
         with pytest.raises(DeadlineExceededError):
             await asyncio.wait_for(runtime.execute({"delay": 0.6}), 30)
         answered = time.perf_counter() - started
-        while backend.in_flight()["OneAtATime"]:  # the call's place, as the driver counts it
+        while backend.load()["OneAtATime"].ongoing:  # the call's place, as the driver counts it
             await asyncio.sleep(0.005)
         freed = time.perf_counter() - started
         assert answered < 0.5  # 504 at the 0.2 s deadline
