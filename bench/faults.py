@@ -225,44 +225,28 @@ async def post(port: int, path: str, body: bytes, headers: dict[str, str] | None
 
 
 async def slow_header_client(port: int, stop: asyncio.Event, interval_s: float, log: list[dict[str, Any]]) -> None:
-    """Opens a connection and sends a request's headers one byte every ``interval_s``; when the
-    server closes it, waits ``interval_s`` and opens another (as slowloris tools keep their
-    connections up), until ``stop``; logs how long each connection lasted."""
+    """Sends a request's headers one byte every ``interval_s`` (never the final blank line);
+    see :func:`_trickle`."""
     head = request_head("POST", HOST, port, "/", b"{}")
-    while not stop.is_set():
-        opened = time.perf_counter()
-        entry: dict[str, Any] = {"status": None}
-        try:
-            reader, writer = await asyncio.open_connection(HOST, port)
-        except OSError:
-            log.append({"status": "refused", "lasted_s": 0.0})
-            await _pause(stop, interval_s)
-            continue
-        try:
-            for i in range(len(head) - 2):  # never the final blank line
-                if stop.is_set() or reader.at_eof():
-                    break
-                writer.write(head[i : i + 1])
-                await writer.drain()
-                if await _closed_within(reader, interval_s, entry):
-                    break
-        except OSError:
-            entry["status"] = entry["status"] or "reset"
-        finally:
-            writer.close()
-        entry["lasted_s"] = time.perf_counter() - opened
-        if not stop.is_set():
-            log.append(entry)
-            await _pause(stop, interval_s)
+    await _trickle(port, [head[i : i + 1] for i in range(len(head) - 2)], stop, interval_s, log)
 
 
 async def slow_body_client(
     port: int, path: str, size: int, stop: asyncio.Event, interval_s: float, log: list[dict[str, Any]]
 ) -> None:
-    """Sends complete headers announcing ``size`` body bytes, then one byte every ``interval_s``;
-    after the server's answer, waits ``interval_s`` and starts again, until ``stop``; logs the
-    status the server answered and how long the connection lasted."""
+    """Sends complete headers announcing ``size`` body bytes, then the body one byte every
+    ``interval_s``; see :func:`_trickle`."""
     head = request_head("POST", HOST, port, path, b"x" * size)
+    await _trickle(port, [head + b"[", *([b" "] * (size - 1))], stop, interval_s, log)
+
+
+async def _trickle(
+    port: int, chunks: list[bytes], stop: asyncio.Event, interval_s: float, log: list[dict[str, Any]]
+) -> None:
+    """Opens a connection and sends ``chunks`` one every ``interval_s``; when the server answers
+    or closes it, logs the status it sent and how long the connection lasted, waits
+    ``interval_s`` and opens another (as slowloris tools keep their connections up), until
+    ``stop``."""
     while not stop.is_set():
         opened = time.perf_counter()
         entry: dict[str, Any] = {"status": None}
@@ -273,13 +257,13 @@ async def slow_body_client(
             await _pause(stop, interval_s)
             continue
         try:
-            writer.write(head + b"[")
-            await writer.drain()
-            for _ in range(size - 1):
-                if await _closed_within(reader, interval_s, entry) or stop.is_set():
+            for chunk in chunks:
+                if stop.is_set():
                     break
-                writer.write(b" ")
+                writer.write(chunk)
                 await writer.drain()
+                if await _closed_within(reader, interval_s, entry):
+                    break
         except OSError:
             entry["status"] = entry["status"] or "reset"
         finally:

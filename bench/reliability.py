@@ -250,6 +250,8 @@ def replica_kill(server: Deployed, clients: int = 6, call_s: float = 0.05, after
             killed["new_pid"] = restarted["pid"]
             deadline = time.perf_counter() + after_s
             wait_until(lambda: time.perf_counter() > deadline, after_s + 5, "the tail of the load")
+        except FaultError as exc:  # reported below, from the caller's thread
+            killed["error"] = exc
         finally:
             stop.set()
 
@@ -261,7 +263,7 @@ def replica_kill(server: Deployed, clients: int = 6, call_s: float = 0.05, after
 
     _run(main())
     if "recovered_at" not in killed:
-        raise FaultError(f"the killed replica did not come back: {killed}\n{server.log()[-3000:]}")
+        raise FaultError(f"the killed replica did not come back ({killed.get('error')}):\n{server.log()[-3000:]}")
     kill_at = killed["at"]
     failed = [r for r in records if r["status"] != 200]
     in_flight_at_kill = [r for r in records if r["start"] <= kill_at <= r["end"]]

@@ -419,7 +419,7 @@ class RayBackend:
         if replica.down or self._loop is None:
             return
         replica.down = True
-        from ray.exceptions import RayError
+        from ray.exceptions import ActorUnavailableError, RayError
 
         async def probe() -> None:
             while True:
@@ -428,6 +428,9 @@ class RayBackend:
                         await replica.actor.ready.remote()
                 except TimeoutError:
                     continue  # still restarting (Ray has no room for it yet?): keep asking
+                except ActorUnavailableError:  # between its death and Ray's restart: ask again shortly
+                    await asyncio.sleep(0.05)
+                    continue
                 except RayError as exc:
                     logger.error(
                         "replica %d of deployment %r did not come back and stays out of routing: %s",

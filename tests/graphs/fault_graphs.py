@@ -33,14 +33,8 @@ with gs.InputNode(schema=Nap) as nap:
     sleepy = gs.graph(Sleeper.bind().__call__.bind(nap.delay), name="sleepy")
 
 
-@gs.deployment(num_replicas=2, max_ongoing_requests=4)
-class Replicated:
-    """Two replicas (on Ray: two worker processes), four calls each at most."""
-
-    async def __call__(self, delay: float) -> dict[str, Any]:
-        await asyncio.sleep(delay)
-        return {"slept": delay, "pid": os.getpid()}
-
+# two replicas (on Ray: two worker processes), four calls each at most
+Replicated = Sleeper.options(name="Replicated", num_replicas=2, max_ongoing_requests=4)
 
 with gs.InputNode(schema=Nap) as req:
     replicated = gs.graph(Replicated.bind().__call__.bind(req.delay), name="replicated")
