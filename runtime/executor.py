@@ -83,6 +83,7 @@ class _Op:
         "method",
         "needs",
         "node",
+        "one",
         "positional",
         "selector",
         "shared",
@@ -99,6 +100,7 @@ class _Op:
         # the nodes this one reads before it runs (a switch reads its selector, then one arm)
         refs = [*args, *self.kwargs.values()]
         self.needs = tuple(dict.fromkeys(ref for is_node, ref in refs if is_node))
+        self.one = self.needs[0] if len(self.needs) == 1 else None  # the only node read (chains)
         self.shared = len(node.consumers) > 1
         self.deployment = node.deployment or ""
         self.method = node.method or "__call__"
@@ -257,10 +259,15 @@ class GraphExecutor:
 
     async def _call(self, op: _Op, run: _Run) -> Any:
         """A deployment call: submitted to the backend, its value passed on as it is."""
-        pending = self._missing(op.needs, run) if op.needs else None
-        if pending is not None:
-            await pending
         values = run.values
+        one = op.one
+        if one is not None:  # the common case, inline: a node with one node input
+            if one not in values:
+                await self._eval(one, run)
+        elif op.needs:
+            pending = self._missing(op.needs, run)
+            if pending is not None:
+                await pending
         args = op.positional(values)
         kwargs = {k: values[ref] if is_node else ref for k, (is_node, ref) in op.kwargs.items()} if op.kwargs else {}
         if run.trace is not None:
@@ -369,9 +376,14 @@ class GraphExecutor:
 
     async def _output(self, op: _Op, run: _Run) -> Any:
         """The graph's output: every value fetched, in the plan's form."""
-        pending = self._missing(op.needs, run) if op.needs else None
-        if pending is not None:
-            await pending
+        one = op.one
+        if one is not None:
+            if one not in run.values:
+                await self._eval(one, run)
+        elif op.needs:
+            pending = self._missing(op.needs, run)
+            if pending is not None:
+                await pending
         fetched = await self.backend.fetch(list(op.positional(run.values)))
         if run.trace is not None:
             run.trace.mark(op.id)
