@@ -44,9 +44,11 @@ if TYPE_CHECKING:
         NodeExecutionError,
         OverloadedError,
         PlanError,
+        ProfileError,
         RequestError,
         RequestValidationError,
     )
+    from graphserve.profiling import profile, simulate
     from graphserve.serving import serve
 
 __version__ = "0.1.0"
@@ -80,11 +82,13 @@ _EXPORTS = {
             "NodeExecutionError",
             "OverloadedError",
             "PlanError",
+            "ProfileError",
             "RequestError",
             "RequestValidationError",
         ),
         "graphserve.errors",
     ),
+    **dict.fromkeys(("profile", "simulate"), "graphserve.profiling"),
     "serve": "graphserve.serving",
 }
 
@@ -101,6 +105,7 @@ __all__ = [
     "NodeExecutionError",
     "OverloadedError",
     "PlanError",
+    "ProfileError",
     "RequestError",
     "RequestValidationError",
     "batch",
@@ -115,9 +120,11 @@ __all__ = [
     "graph",
     "ingress",
     "list_deployments",
+    "profile",
     "run",
     "serve",
     "shutdown",
+    "simulate",
     "start",
     "switch",
 ]

@@ -25,6 +25,16 @@ def batch_config(fn: Any) -> dict[str, Any] | None:
     return dict(config) if isinstance(config, dict) else None
 
 
+def unbatched(fn: Any) -> Callable[..., Any] | None:
+    """The list-in, list-out function under a ``@gs.batch`` wrapper (unbound), or None.
+
+    The profiler calls it directly with whole batches to measure the cost of each size."""
+    if batch_config(fn) is None:
+        return None
+    raw: Callable[..., Any] = fn.__wrapped__  # set by functools.wraps in batch()
+    return raw
+
+
 @overload
 def batch(_fn: F) -> F: ...
 

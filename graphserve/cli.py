@@ -1,12 +1,15 @@
-"""The ``graphserve`` command line: ``build``, ``render``, ``deploy`` and ``call``.
+"""The ``graphserve`` command line: ``build``, ``render``, ``deploy``, ``call``, ``profile`` and ``simulate``.
 
     graphserve build module:app [-o plan.json] [--render graph.svg] [--cluster cpus=8,gpus=2|detect|none]
     graphserve render module:app|plan.json -o graph.svg|png|dot
     graphserve deploy module:app|plan.json ... [--backend local|ray] [--port 8000]
     graphserve call URL|module:app '{"x": 1}'
+    graphserve profile module:app --requests requests.jsonl [-o profile.json]
+    graphserve simulate plan.json --profile profile.json --rate 100 [--json]
 
 ``build`` and ``render`` live here; ``deploy`` and ``call`` are in
-:mod:`graphserve.serving`, imported only when those commands run. Every handler returns
+:mod:`graphserve.serving`, ``profile`` and ``simulate`` in :mod:`graphserve.profile_cli`,
+imported only when those commands run. Every handler returns
 the exit status: 0 on success, 1 when the graph or the request failed (diagnostics are
 printed, never a traceback), 2 for bad command-line usage.
 """
@@ -84,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--header", action="append", default=[], help="'Name: value' (repeatable)")
     call.add_argument("--cluster", default="detect")
     call.set_defaults(handler=call_command)
+
+    from graphserve import profile_cli
+
+    profile_cli.add_commands(commands)
+    commands.choices["profile"].set_defaults(handler=profile_command)
+    commands.choices["simulate"].set_defaults(handler=simulate_command)
     return parser
 
 
@@ -110,6 +119,25 @@ def call_command(args: argparse.Namespace) -> int:
 
     status: int = serving.call_command(args)
     return status
+
+
+# -- profile / simulate (graphserve.profile_cli) ---------------------------------------
+def profile_command(args: argparse.Namespace) -> int:
+    plan = _load_plan(args.target, args.cluster)
+    if isinstance(plan, int):
+        return plan
+    from graphserve import profile_cli
+
+    return profile_cli.profile_command(plan, args)
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    plan = _load_plan(args.target, args.cluster)
+    if isinstance(plan, int):
+        return plan
+    from graphserve import profile_cli
+
+    return profile_cli.simulate_command(plan, args)
 
 
 # -- build / render --------------------------------------------------------------------

@@ -35,6 +35,7 @@ from graphserve.plan import ConstValue, NodePlan, NodeRef, Plan
 from .backend import Backend
 from .construction import load_target
 from .metrics import Metrics
+from .observer import ExecutionObserver
 
 _MISSING = object()
 
@@ -99,6 +100,7 @@ class GraphExecutor:
         self.plan = plan
         self.backend = backend
         self.metrics = metrics
+        self.observer: ExecutionObserver | None = None  # told about every call and switch (the profiler)
         self.input_id = plan.input
         self.output_id = plan.output
         self.ops: dict[str, _Op] = {}
@@ -221,20 +223,24 @@ class GraphExecutor:
                 return op.fn(*args, **kwargs)
             except Exception as exc:
                 raise _node_error(op, exc) from exc
-        metrics = self.metrics
-        start = time.perf_counter() if metrics is not None else 0.0
+        metrics, observer = self.metrics, self.observer
+        start = time.perf_counter() if metrics is not None or observer is not None else 0.0
         try:
             result = await self.backend.call(op.deployment or "", op.method, tuple(args), kwargs)
         except (RequestError, asyncio.CancelledError):
             raise
         except Exception as exc:
             raise _node_error(op, exc) from exc
-        if metrics is not None:
-            metrics.observe(
-                "graphserve_node_latency_seconds",
-                time.perf_counter() - start,
-                (("graph", self.plan.name), ("node", op.id)),
-            )
+        if metrics is not None or observer is not None:
+            finished = time.perf_counter()
+            if metrics is not None:
+                metrics.observe(
+                    "graphserve_node_latency_seconds",
+                    finished - start,
+                    (("graph", self.plan.name), ("node", op.id)),
+                )
+            if observer is not None:
+                observer.call_finished(op.id, tuple(args), kwargs, start, finished)
         return result
 
     async def _call_remote(self, op: _Op, run: _Run) -> Any:
@@ -271,12 +277,14 @@ class GraphExecutor:
         if not self._local:
             selector = await self.backend.resolve(selector)
         chosen: tuple[bool, Any] | None = None
+        arm = -1
         if op.truthy:
-            chosen = op.arms[0][1] if bool(selector) == op.arms[0][0] else op.arms[-1][1]
+            arm = 0 if bool(selector) == op.arms[0][0] else len(op.arms) - 1
+            chosen = op.arms[arm][1]
         else:
-            for value, ref in op.arms:
+            for index, (value, ref) in enumerate(op.arms):
                 if selector == value:
-                    chosen = ref
+                    chosen, arm = ref, index
                     break
             else:
                 chosen = op.default
@@ -285,6 +293,8 @@ class GraphExecutor:
             raise NodeExecutionError(
                 op.id, None, f"selector value {selector!r} matches no branch ({arms}) and the switch has no default"
             )
+        if self.observer is not None:
+            self.observer.switch_taken(op.id, arm)
         (value,) = await self._gather([chosen], run)
         return value
 
