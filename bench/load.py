@@ -152,19 +152,30 @@ def open_loop(
     duration_s: float,
     max_connections: int = 256,
     timeout_s: float = 10.0,
+    schedule: list[float] | None = None,
 ) -> dict:
-    """Send ``rate`` requests per second for ``duration_s``; latency from each intended send time."""
+    """Send ``rate`` requests per second for ``duration_s``; latency from each intended send time.
+
+    ``schedule`` (seconds from the start, sorted) replaces the even spacing: request ``i`` is
+    due at ``schedule[i]`` (e.g. Poisson arrivals); request ``i`` sends ``bodies[i % len(bodies)]``."""
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    return runner(_open_loop(url, bodies, rate, duration_s, max_connections, timeout_s))  # type: ignore[no-any-return]
+    coro = _open_loop(url, bodies, rate, duration_s, max_connections, timeout_s, schedule)
+    return runner(coro)  # type: ignore[no-any-return]
 
 
 async def _open_loop(
-    url: str, bodies: list[bytes], rate: float, duration_s: float, max_connections: int, timeout_s: float
+    url: str,
+    bodies: list[bytes],
+    rate: float,
+    duration_s: float,
+    max_connections: int,
+    timeout_s: float,
+    schedule: list[float] | None = None,
 ) -> dict:
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
@@ -175,7 +186,8 @@ async def _open_loop(
         ).encode()
         for b in bodies
     ]
-    total = max(1, int(rate * duration_s))
+    offsets = schedule if schedule is not None else [i / rate for i in range(max(1, int(rate * duration_s)))]
+    total = len(offsets)
     loop = asyncio.get_running_loop()
     idle: list[_Conn] = []
     opened = 0
@@ -219,7 +231,7 @@ async def _open_loop(
     wall0 = time.perf_counter()
     t0 = wall0 + 0.05
     for i in range(total):
-        due = t0 + i / rate
+        due = t0 + offsets[i]
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)

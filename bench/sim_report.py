@@ -1,0 +1,129 @@
+"""The README's simulator table, generated from ``bench/results/sim.json`` (never typed).
+
+    python -m bench.sim_report            # rewrite the README section between the markers
+    python -m bench.sim_report --check    # exit 1 if the README and the JSON disagree
+
+The section sits between ``<!-- bench:sim:start -->`` and ``<!-- bench:sim:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "sim.json"
+README = ROOT / "README.md"
+START = "<!-- bench:sim:start -->"
+END = "<!-- bench:sim:end -->"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:+.1f}%"
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The tables: predicted vs measured per graph and rate, capacity, and the simulator's speed."""
+    m = results.get("machine", {})
+    cfg = results.get("config", {})
+    lines = [
+        f"Run of {results.get('started', '?')} on {m.get('cpu', '?')}, {m.get('usable_cores', '?')} cores "
+        f"(load average {results.get('load', {}).get('before', ['?'])[0]} before, "
+        f"{results.get('load', {}).get('after', ['?'])[0]} after); {cfg.get('duration_s', '?')} s of Poisson "
+        f"arrivals per rate, profiles of {cfg.get('profile_s', '?')} s; predictions are the mean of "
+        f"{cfg.get('sim_seeds', '?')} simulator seeds on the same arrival trace.",
+        "",
+        "| graph | load | rate req/s | p50 ms predicted / measured | p99 ms predicted / measured (error) "
+        "| throughput predicted / measured (error) | pass |",
+        "|---|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for name, graph in results.get("graphs", {}).items():
+        if "error" in graph:
+            lines.append(f"| {name} | - | - | - | - | - | error: {graph['error'][:80]} |")
+            continue
+        for row in graph.get("rates", []):
+            p, g, e = row["predicted"], row.get("measured", {}), row.get("error", {})
+            lines.append(
+                f"| {name} | {row['fraction']:.0%} | {_num(row['rate'])} "
+                f"| {_num(p['p50_ms'], 2)} / {_num(g.get('p50_ms'), 2)} "
+                f"| {_num(p['p99_ms'], 2)} / {_num(g.get('p99_ms'), 2)} ({_pct(e.get('p99_ms'))}) "
+                f"| {_num(p['throughput_rps'])} / {_num(g.get('throughput_rps'))} ({_pct(e.get('throughput_rps'))}) "
+                f"| {'pass' if row.get('passed') else 'FAIL'} |"
+            )
+    lines += ["", "| graph | capacity measured (wrk, 32 connections) | capacity predicted |", "|---|---:|---:|"]
+    for name, graph in results.get("graphs", {}).items():
+        cap = graph.get("capacity")
+        if cap:
+            lines.append(f"| {name} | {_num(cap['measured_rps'])} req/s | {_num(cap['predicted_rps'])} req/s |")
+    speed = results.get("speed", {})
+    if speed:
+        target = cfg.get("speed_target_s", 5.0)
+        lines += [
+            "",
+            f"Simulator speed (target: {cfg.get('speed_requests', 100_000):,} requests in under {target:g} s "
+            "on one core):",
+            "",
+            "| graph | simulated requests | seconds |",
+            "|---|---:|---:|",
+        ]
+        for name, s in speed.items():
+            lines.append(f"| {name} | {s['requests']:,} | {s['seconds']:.2f} |")
+    targets = results.get("targets", {})
+    acc = targets.get("accuracy")
+    if acc:
+        lines += ["", f"Accuracy target met at {acc['passed']} of {acc['rows']} graph x rate points."]
+    return "\n".join(lines) + "\n"
+
+
+def section(results: dict[str, Any]) -> str:
+    return f"{START}\n{markdown(results)}{END}"
+
+
+def replace_section(readme: str, results: dict[str, Any]) -> str:
+    start, end = readme.find(START), readme.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README has no {START} ... {END} section")
+    return readme[:start] + section(results) + readme[end + len(END) :]
+
+
+def current_section(readme: str) -> str:
+    start, end = readme.find(START), readme.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README has no {START} ... {END} section")
+    return readme[start : end + len(END)]
+
+
+def load_results(path: Path = RESULTS) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads(path.read_bytes())
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check that the README matches the JSON")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--readme", type=Path, default=README)
+    args = parser.parse_args(argv)
+    results = load_results(args.results)
+    text = args.readme.read_text(encoding="utf-8")
+    updated = replace_section(text, results)
+    if args.check:
+        if updated != text:
+            print(f"{args.readme} is out of date: run python -m bench.sim_report", file=sys.stderr)
+            return 1
+        return 0
+    args.readme.write_text(updated, encoding="utf-8")
+    print(f"updated {args.readme} from {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
