@@ -19,7 +19,7 @@ from typing import Any
 from graphserve.errors import DeploymentStartError
 from graphserve.plan import DeploymentPlan, Plan
 
-from .batcher import close_batchers, observe_batches
+from .batcher import close_batchers, configure_batching, observe_batches
 from .construction import build_args, construction_order, load_target
 from .routing import ReplicaRouter
 
@@ -100,6 +100,7 @@ class LocalBackend:
     def _construct(self, dep: DeploymentPlan, index: int) -> Any:
         target = load_target(self.plan, dep.import_path, dep.name)
         if dep.kind == "function":
+            configure_batching(target, dep.batching)
             return target
         handle = self._handle_factory or (lambda n: None)
         args, kwargs = build_args(dep.init_args, dep.init_kwargs, handle)
@@ -107,6 +108,7 @@ class LocalBackend:
             instance = target(*args, **kwargs)
         except Exception as exc:
             raise DeploymentStartError(dep.name, f"constructor raised {type(exc).__name__}: {exc}") from exc
+        configure_batching(instance, dep.batching)
         if dep.batching and self._on_batch is not None:
             on_batch, name = self._on_batch, dep.name
             observe_batches(instance, lambda method, size: on_batch(name, method, size))

@@ -34,9 +34,9 @@ from ray import cloudpickle
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
 from graphserve.errors import NodeExecutionError, PlanError
-from graphserve.plan import ArgPlan, import_object
+from graphserve.plan import ArgPlan, BatchingPlan, import_object
 
-from .batcher import observe_batches
+from .batcher import configure_batching, observe_batches
 from .construction import build_args
 from .handle import DeploymentHandle
 
@@ -151,6 +151,7 @@ class ReplicaSpec:
     handles: dict[str, list[str]] = field(default_factory=dict)  # deployment -> its actors' names
     retries: dict[str, int] = field(default_factory=dict)  # deployment -> its max_retries
     batching: bool = False
+    batch_plans: list[BatchingPlan] = field(default_factory=list)  # the plan's batching values, applied
     threads: int = 32
 
 
@@ -223,6 +224,7 @@ class ReplicaActor:
             raise ReplicaStartError(spec.deployment, f"cannot load {spec.target!r}: {exc}") from None
         self._pool = concurrent.futures.ThreadPoolExecutor(spec.threads, thread_name_prefix=f"gs-{spec.deployment}")
         if spec.kind == "function":
+            configure_batching(target, spec.batch_plans)
             return target
         loop = asyncio.get_running_loop()
         handles = RemoteHandles(spec)
@@ -231,6 +233,7 @@ class ReplicaActor:
             instance = target(*args, **kwargs)
         except Exception as exc:
             raise ReplicaStartError(spec.deployment, f"constructor raised {type(exc).__name__}: {exc}") from None
+        configure_batching(instance, spec.batch_plans)
         if spec.batching:
             observe_batches(instance, lambda method, size: self._batches.append((method, size)))
         return instance

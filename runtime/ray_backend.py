@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError
-from graphserve.plan import DeploymentPlan, Plan
+from graphserve.plan import DeploymentPlan, Plan, ReplicaPlan
 
 from .construction import construction_order, load_target
 from .ray_resources import check_fits
@@ -53,6 +53,7 @@ _owned_connections = 0  # backends sharing the Ray instance one of them started 
 
 
 _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray puts a local cluster on 127.0.0.1
+NODE_RESOURCE_SHARE = 0.001  # how much of Ray's node:<address> resource a placed replica asks for
 
 
 def _import_ray(start_local: bool) -> Any:
@@ -218,11 +219,14 @@ class RayBackend:
                     handles=handles,
                     retries=retries,
                     batching=bool(dep.batching),
+                    batch_plans=list(dep.batching),
                     threads=max(1, min(dep.max_ongoing_requests, 32)),
                 )
+                replica = self._replica_plan(name, index)
                 actor = actor_class.options(
-                    num_cpus=dep.resources.num_cpus,
-                    num_gpus=dep.resources.num_gpus,
+                    num_cpus=replica.num_cpus if replica is not None else dep.resources.num_cpus,
+                    num_gpus=replica.num_gpus if replica is not None else dep.resources.num_gpus,
+                    resources=self._node_resources(replica),
                     max_concurrency=dep.max_ongoing_requests,
                     max_restarts=self._max_restarts,
                     max_task_retries=dep.max_retries,
@@ -230,6 +234,22 @@ class RayBackend:
                 ).remote(spec)
                 replicas.append(_Replica(actor, index))
             self.routers[name] = _Router(dep, replicas)
+
+    def _replica_plan(self, deployment: str, index: int) -> ReplicaPlan | None:
+        for replica in self.plan.replicas:
+            if replica.deployment == deployment and replica.index == index:
+                return replica
+        return None
+
+    def _node_resources(self, replica: ReplicaPlan | None) -> dict[str, float]:
+        """A replica planned on a cluster node with an address asks for Ray's ``node:<address>``
+        resource, so Ray starts it on that node (the SLO planner's placement)."""
+        if replica is None or self.plan.cluster is None:
+            return {}
+        for node in self.plan.cluster.nodes:
+            if node.name == replica.node and node.address:
+                return {f"node:{node.address}": NODE_RESOURCE_SHARE}
+        return {}
 
     def _actor_name(self, deployment: str, index: int) -> str:
         return f"graphserve:{self.plan.name}:{self._id}:{deployment}:{index}"
