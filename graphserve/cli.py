@@ -49,8 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--cluster",
         default="detect",
-        help="cluster to place replicas on: 'cpus=8,gpus=2', 'detect' (this machine; default) or 'none' (no check)",
+        help="cluster to place replicas on: 'cpus=8,gpus=2', 'nodes=FILE' (JSON list of nodes: name, cpus, gpus, "
+        "address, labels), 'detect' (this machine; default) or 'none' (no check)",
     )
+    build.add_argument("--slo-p99-ms", type=float, help="plan for this p99 latency (ms) at --rate")
+    build.add_argument("--rate", type=float, help="requests per second the SLO must hold at")
+    build.add_argument("--profile", help="profile.json from `graphserve profile` (else measured with --requests)")
+    build.add_argument("--requests", help="JSON Lines sample requests to profile with when no --profile is given")
     build.set_defaults(handler=build_command)
 
     render = commands.add_parser("render", help="draw a graph with graphviz")
@@ -165,12 +170,18 @@ def simulate_command(args: argparse.Namespace) -> int:
 # -- build / render --------------------------------------------------------------------
 def build_command(args: argparse.Namespace) -> int:
     """Validate and plan ``args.target``; print the summary; write ``-o`` / ``--render``."""
-    from graphserve.build_summary import console, print_summary
+    from graphserve.build_summary import console, print_slo, print_summary
 
     plan = _load_plan(args.target, args.cluster)
     if isinstance(plan, int):
         return plan
+    if args.slo_p99_ms is not None or args.rate is not None:
+        planned = _plan_slo(plan, args)
+        if isinstance(planned, int):
+            return planned
+        plan = planned
     print_summary(plan, console())
+    print_slo(plan, console())
     if args.output:
         from graphserve.compiler.codes import Code
 
@@ -190,6 +201,27 @@ def build_command(args: argparse.Namespace) -> int:
         if status:
             return status
     return 0
+
+
+def _plan_slo(plan: Plan, args: argparse.Namespace) -> Plan | int:
+    """``--slo-p99-ms``/``--rate``: the SLO planner's plan, or the exit status with the error reported."""
+    from graphserve.plan import SLOPlan
+    from graphserve.planning import batch_sizes, plan_for_slo
+
+    if args.slo_p99_ms is None or args.rate is None or not args.slo_p99_ms > 0 or not args.rate > 0:
+        print("error: --slo-p99-ms and --rate go together, both positive numbers", file=sys.stderr)
+        return 2
+    try:
+        slo = SLOPlan(p99_s=args.slo_p99_ms / 1000, rate_rps=args.rate)
+        profile: Any = args.profile
+        if profile is None and args.requests is not None:  # profile first
+            from graphserve.profiling import profile as measure
+
+            profile = measure(plan, args.requests, duration_s=10.0, batch_sizes=batch_sizes(plan))
+        return plan_for_slo(plan, slo, profile=profile)
+    except GraphError as exc:
+        report(exc)
+        return 1
 
 
 def render_command(args: argparse.Namespace) -> int:
