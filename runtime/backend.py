@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+BatchLimits = dict[str, float | int | bool | None]  # one batcher's current limits (Batcher.limits())
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -37,3 +39,17 @@ class Backend(Protocol):
 
     async def stop(self) -> None:
         """Stop every replica. Safe to call twice."""
+
+    # -- introspection, read by ``/-/metrics`` ---------------------------------------------
+    def queue_depth(self) -> dict[str, int]:
+        """Calls waiting for a replica, by deployment."""
+
+    def in_flight(self) -> dict[str, int]:
+        """Calls running on replicas, by deployment."""
+
+    def batch_limits(self) -> dict[tuple[str, int], dict[str, BatchLimits]]:
+        """The current limits of every batcher, by (deployment, replica index), then method.
+
+        Adaptive batchers move their size limit and wait under load (``runtime/adaptive.py``);
+        a remote backend may report the values it read last.
+        """

@@ -23,6 +23,7 @@ from graphserve.errors import GraphError
 from graphserve.plan import BatchingPlan
 
 from .adaptive import AdaptiveLimits
+from .backend import BatchLimits
 
 BatchObserver = Callable[[str, int], None]
 
@@ -96,7 +97,7 @@ class Batcher:
         """The batch wait now: the adaptive one, else ``batch_wait_timeout_s``."""
         return self.adaptive.wait_s if self.adaptive is not None else self.batch_wait_timeout_s
 
-    def limits(self) -> dict[str, float | int | bool | None]:
+    def limits(self) -> BatchLimits:
         """What ``/-/metrics`` shows of this batcher."""
         return {
             "adaptive": self.adaptive is not None,
@@ -253,7 +254,7 @@ def configure_batching(owner: Any, plans: list[BatchingPlan]) -> None:
         _set(owner, _CONFIG_ATTR, {b.method: b for b in plans})
 
 
-def batch_limits(owner: Any) -> dict[str, dict[str, float | int | bool | None]]:
+def batch_limits(owner: Any) -> dict[str, BatchLimits]:
     """The current limits of ``owner``'s batchers (``/-/metrics``)."""
     batchers: dict[str, Batcher] = getattr(owner, _BATCHERS_ATTR, None) or _MODULE_BATCHERS.get(id(owner), {})
     return {name: b.limits() for name, b in sorted(batchers.items())}

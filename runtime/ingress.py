@@ -45,6 +45,7 @@ from graphserve.errors import DeploymentStartError, GraphError, RouteConflictErr
 from graphserve.plan import Plan
 
 from . import http_defaults
+from .backend import Backend
 from .encoding import dumps
 from .graph_route import GraphRoute, RouteLimits, valid_request_id
 from .http_errors import error_body
@@ -283,22 +284,39 @@ class Ingress:
         m.describe("graphserve_in_flight_requests", "Requests being answered, by graph")
         m.describe("graphserve_queue_depth", "Calls waiting for a replica, by graph and deployment")
         m.describe("graphserve_deployment_ongoing_requests", "Calls running on replicas, by graph and deployment")
+        m.describe("graphserve_batch_size_limit", "The batch size limit now, by replica (adaptive batchers move it)")
+        m.describe("graphserve_batch_wait_seconds", "The batch wait now, by replica (adaptive batchers move it)")
+        m.describe("graphserve_batch_latency_budget_seconds", "An adaptive batcher's share of the SLO, by replica")
         m.gauge("graphserve_in_flight_requests", lambda: {r.labels: float(r.in_flight) for r in self.routes})
-        m.gauge("graphserve_queue_depth", lambda: self._backend_gauge("queue_depth"))
-        m.gauge("graphserve_deployment_ongoing_requests", lambda: self._backend_gauge("in_flight"))
+        m.gauge("graphserve_queue_depth", lambda: self._backend_gauge(lambda b: b.queue_depth()))
+        m.gauge("graphserve_deployment_ongoing_requests", lambda: self._backend_gauge(lambda b: b.in_flight()))
+        m.gauge("graphserve_batch_size_limit", lambda: self._batch_gauge("size_limit"))
+        m.gauge("graphserve_batch_wait_seconds", lambda: self._batch_gauge("wait_s"))
+        m.gauge("graphserve_batch_latency_budget_seconds", lambda: self._batch_gauge("latency_budget_s"))
 
-    def _backend_gauge(self, reader: str) -> dict[Labels, float]:
+    def _backend_gauge(self, read: Callable[[Backend], dict[str, int]]) -> dict[Labels, float]:
         values: dict[Labels, float] = {}
         for route in self.routes:
-            read = getattr(route.runtime.backend, reader, None)
-            if read is None:
+            backend = route.runtime.backend
+            if backend is None:  # not started yet
                 continue
-            try:
-                counts = read()
-            except Exception:  # a stopped or remote backend: no reading this time
-                continue
-            for deployment, count in counts.items():
+            for deployment, count in read(backend).items():
                 values[(("graph", route.name), ("deployment", deployment))] = float(count)
+        return values
+
+    def _batch_gauge(self, field: str) -> dict[Labels, float]:
+        values: dict[Labels, float] = {}
+        for route in self.routes:
+            backend = route.runtime.backend
+            if backend is None:
+                continue
+            for (deployment, replica), methods in backend.batch_limits().items():
+                for method, limits in methods.items():
+                    value = limits.get(field)
+                    if value is None:  # a budget only where the batcher adapts
+                        continue
+                    labels = (("graph", route.name), ("deployment", deployment), ("replica", str(replica)))
+                    values[(*labels, ("method", method))] = float(value)
         return values
 
 

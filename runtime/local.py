@@ -19,7 +19,8 @@ from typing import Any
 from graphserve.errors import DeploymentStartError
 from graphserve.plan import DeploymentPlan, Plan
 
-from .batcher import close_batchers, configure_batching, observe_batches
+from .backend import BatchLimits
+from .batcher import batch_limits, close_batchers, configure_batching, observe_batches
 from .construction import build_args, construction_order, load_target
 from .routing import ReplicaRouter
 
@@ -135,3 +136,17 @@ class LocalBackend:
 
     def in_flight(self) -> dict[str, int]:
         return {name: s.ongoing for name, s in self.sets.items()}
+
+    def batch_limits(self) -> dict[tuple[str, int], dict[str, BatchLimits]]:
+        """The current limits of every replica's batchers, by (deployment, replica index)."""
+        out: dict[tuple[str, int], dict[str, BatchLimits]] = {}
+        for name, replica_set in self.sets.items():
+            seen: set[int] = set()
+            for replica in replica_set.replicas:
+                if id(replica.instance) in seen:  # a function deployment: one object, one set of batchers
+                    continue
+                seen.add(id(replica.instance))
+                limits = batch_limits(replica.instance)
+                if limits:
+                    out[(name, replica.index)] = limits
+        return out

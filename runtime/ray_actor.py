@@ -36,7 +36,8 @@ from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 from graphserve.errors import NodeExecutionError, PlanError
 from graphserve.plan import ArgPlan, BatchingPlan, import_object
 
-from .batcher import configure_batching, observe_batches
+from .backend import BatchLimits
+from .batcher import batch_limits, configure_batching, observe_batches
 from .construction import build_args
 from .handle import DeploymentHandle
 
@@ -273,3 +274,8 @@ class ReplicaActor:
         """The (method, size) of every batch sent since the last drain."""
         out, self._batches = self._batches, []
         return out
+
+    @ray.method(concurrency_group="control")
+    async def batch_limits(self) -> dict[str, BatchLimits]:
+        """The current limits of this replica's batchers (empty before its first batch)."""
+        return batch_limits(self._instance) if self._instance is not None else {}

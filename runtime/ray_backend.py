@@ -45,6 +45,7 @@ from typing import Any
 from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError
 from graphserve.plan import DeploymentPlan, Plan, ReplicaPlan
 
+from .backend import BatchLimits
 from .construction import construction_order, load_target
 from .ray_resources import check_fits
 from .routing import ReplicaRouter
@@ -139,6 +140,7 @@ class RayBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
+        self._limits: dict[tuple[str, int], dict[str, BatchLimits]] = {}  # read at the last flush
         self._id = uuid.uuid4().hex[:12]  # actor names are unique per backend
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -418,8 +420,11 @@ class RayBackend:
                 try:
                     async with asyncio.timeout(5):
                         sizes = await replica.actor.drain_batches.remote()
+                        limits = await replica.actor.batch_limits.remote()
                 except Exception:  # a dead or busy replica: its numbers come next time
                     continue
+                if limits:
+                    self._limits[(name, replica.index)] = limits
                 for method, size in sizes:
                     self._on_batch(name, method, size)
                 count += len(sizes)
@@ -431,6 +436,10 @@ class RayBackend:
 
     def in_flight(self) -> dict[str, int]:
         return {name: r.ongoing for name, r in self.routers.items()}
+
+    def batch_limits(self) -> dict[tuple[str, int], dict[str, BatchLimits]]:
+        """Every replica's batch limits as read at the last flush (every ``metrics_interval_s``)."""
+        return dict(self._limits)
 
     def actors(self, deployment: str) -> list[Any]:
         """The actor handles of ``deployment``'s replicas, in replica order."""

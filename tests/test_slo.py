@@ -155,3 +155,42 @@ def test_the_adaptive_limits_follow_a_step_change_of_load():
     run(rate=200, slowdown=1.0, batches=80)
     assert limits.limit == 16  # recovered, and never above the planned maximum
     assert max(limit for limit, _ in history) == 16
+
+
+def test_the_current_adaptive_limits_are_in_the_metrics(pipeline):
+    """A planned graph served over HTTP: /-/metrics shows each replica's batch limits, and an
+    adaptive batcher whose budget every batch breaks shows its size limit cut below the plan's."""
+    import asyncio
+
+    import httpx
+
+    from tests.serving_utils import running_server
+    from tests.test_ingress import metric
+
+    plan, profile = pipeline
+    planned = plan_for_slo(plan, profile, _slo(80, 200), sim_requests=1000)
+    data = json.loads(planned.to_json())
+    for dep in data["deployments"]:
+        for batching in dep["batching"]:
+            if dep["name"] == "Detector":
+                batching.update(max_batch_size=8, adaptive=True, latency_budget_s=0.001)  # no batch can meet 1 ms
+    squeezed = Plan.model_validate(data)
+    with running_server(squeezed) as url:
+
+        async def load() -> None:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                for _ in range(4):  # rounds of concurrent requests: batches, each over budget
+                    answers = await asyncio.gather(*(client.post("/", json={"x": i / 16}) for i in range(16)))
+                    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+
+        asyncio.run(load())
+        text = httpx.get(url + "/-/metrics", timeout=30).text
+    labels = {"graph": "pipeline", "deployment": "Detector", "replica": "0", "method": "Detector.__call__"}
+    assert "# TYPE graphserve_batch_size_limit gauge" in text
+    limit = metric(text, "graphserve_batch_size_limit", **labels)
+    assert limit is not None and 1 <= limit < 8
+    assert metric(text, "graphserve_batch_latency_budget_seconds", **labels) == 0.001
+    wait = metric(text, "graphserve_batch_wait_seconds", **labels)
+    assert wait is not None and 0 <= wait <= squeezed.deployment("Detector").batching[0].batch_wait_timeout_s
+    cls = {**labels, "deployment": "Classifier", "method": "Classifier.__call__"}
+    assert metric(text, "graphserve_batch_size_limit", **cls) is not None  # every batched replica is shown
