@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     build = commands.add_parser("build", help="validate and plan a graph; print a summary")
-    build.add_argument("target", help="module:app or path/to/file.py:app")
+    build.add_argument(
+        "target", nargs="?", help="module:app or path/to/file.py:app (with --from-metrics: default the served plan)"
+    )
     build.add_argument("-o", "--output", help="write the plan as JSON to this file")
     build.add_argument("--render", metavar="FILE", help="also draw the graph (.svg, .png or .dot)")
     build.add_argument(
@@ -56,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--rate", type=float, help="requests per second the SLO must hold at")
     build.add_argument("--profile", help="profile.json from `graphserve profile` (else measured with --requests)")
     build.add_argument("--requests", help="JSON Lines sample requests to profile with when no --profile is given")
+    build.add_argument(
+        "--from-metrics",
+        metavar="URL",
+        help="re-plan for what the server at URL measured (its observed rate; its plan's SLO p99) "
+        "from --profile or --requests",
+    )
+    build.add_argument("--graph", help="with --from-metrics: the served graph to re-plan (default: the only one)")
     build.set_defaults(handler=build_command)
 
     render = commands.add_parser("render", help="draw a graph with graphviz")
@@ -82,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,  # the server's: one constant
         help=f"largest accepted request body (default {http_defaults.mib(http_defaults.MAX_BODY_BYTES)})",
+    )
+    deploy.add_argument(
+        "--drift-window-s",
+        type=float,
+        default=None,
+        help="how long a graph planned for an SLO must leave its planned rate or p99 to count as drift (default 30)",
     )
     deploy.add_argument(
         "--cluster",
@@ -172,10 +187,20 @@ def build_command(args: argparse.Namespace) -> int:
     """Validate and plan ``args.target``; print the summary; write ``-o`` / ``--render``."""
     from graphserve.build_summary import console, print_slo, print_summary
 
-    plan = _load_plan(args.target, args.cluster)
-    if isinstance(plan, int):
-        return plan
-    if args.slo_p99_ms is not None or args.rate is not None:
+    if args.from_metrics is not None:
+        replanned = _replan_from_metrics(args)
+        if isinstance(replanned, int):
+            return replanned
+        plan = replanned
+    elif args.target is None:
+        print("error: build needs a TARGET (or --from-metrics URL)", file=sys.stderr)
+        return 2
+    else:
+        loaded = _load_plan(args.target, args.cluster)
+        if isinstance(loaded, int):
+            return loaded
+        plan = loaded
+    if args.from_metrics is None and (args.slo_p99_ms is not None or args.rate is not None):
         planned = _plan_slo(plan, args)
         if isinstance(planned, int):
             return planned
@@ -201,6 +226,32 @@ def build_command(args: argparse.Namespace) -> int:
         if status:
             return status
     return 0
+
+
+def _replan_from_metrics(args: argparse.Namespace) -> Plan | int:
+    """``--from-metrics URL``: the SLO planner's plan for the rate the server measured."""
+    from graphserve.replan import read_server
+
+    try:
+        measured = read_server(args.from_metrics, args.graph)
+    except GraphError as exc:
+        report(exc)
+        return 1
+    plan = measured.plan
+    if args.target is not None:  # the graph's code as it is now, planned for what was measured
+        loaded = _load_plan(args.target, args.cluster)
+        if isinstance(loaded, int):
+            return loaded
+        plan = loaded
+    print(
+        f"measured at {args.from_metrics}: {measured.rate_rps:.1f} req/s, p99 {measured.p99_s * 1000:.1f} ms "
+        f"(planned for {measured.slo.rate_rps:g} req/s, p99 {measured.slo.p99_s * 1000:g} ms)"
+    )
+    if args.rate is None:
+        args.rate = round(measured.rate_rps, 3)
+    if args.slo_p99_ms is None:
+        args.slo_p99_ms = measured.slo.p99_s * 1000
+    return _plan_slo(plan, args)
 
 
 def _plan_slo(plan: Plan, args: argparse.Namespace) -> Plan | int:
@@ -258,7 +309,7 @@ def deploy_command(args: argparse.Namespace) -> int:
         "cluster": getattr(args, "cluster", None) or ("detect" if backend == "local" else None),
         "on_ready": _announce,
     }
-    for name in ("timeout_s", "max_body_bytes", "max_in_flight", "shutdown_timeout_s"):
+    for name in ("timeout_s", "max_body_bytes", "max_in_flight", "shutdown_timeout_s", "drift_window_s"):
         value = getattr(args, name, None)
         if value is not None:
             options[name] = value
