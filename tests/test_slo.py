@@ -194,3 +194,27 @@ def test_the_current_adaptive_limits_are_in_the_metrics(pipeline):
     assert wait is not None and 0 <= wait <= squeezed.deployment("Detector").batching[0].batch_wait_timeout_s
     cls = {**labels, "deployment": "Classifier", "method": "Classifier.__call__"}
     assert metric(text, "graphserve_batch_size_limit", **cls) is not None  # every batched replica is shown
+
+
+@pytest.mark.slow
+def test_end_to_end_profile_plan_deploy_and_load_at_the_target_rate(tmp_path):
+    """The real chain: gs.profile measures the pipeline, the planner plans it for a generous SLO,
+    a server on 127.0.0.1 runs the plan, and an open-loop Poisson load at the SLO's rate over HTTP
+    answers inside the SLO's p99."""
+    import graphserve as gs
+    from bench.load import open_loop
+    from graphserve.compiler.arrivals import poisson
+    from graphserve.planning import plan_for_slo as plan_with_profile
+    from tests.serving_utils import running_server
+
+    rate, p99_ms, seconds = 60.0, 150.0, 4.0
+    plan = compile_app(g.pipeline)
+    samples = [{"x": i / 20} for i in range(20)]
+    profile = gs.profile(plan, samples, duration_s=2.0, batch_sizes=[1, 2, 4, 8, 16])
+    planned = plan_with_profile(plan, SLOPlan(p99_s=p99_ms / 1000, rate_rps=rate), profile=profile)
+    assert planned.prediction is not None and planned.prediction.p99_s <= p99_ms / 1000
+    bodies = [json.dumps(s).encode() for s in samples]
+    with running_server(planned) as url:
+        result = open_loop(url + "/", bodies, rate, seconds, schedule=poisson(rate, seconds, seed=7))
+    assert result["error_count"] == 0 and result["statuses"] == {"200": result["requests"]}, result
+    assert result["latency_ms"]["p99"] <= p99_ms, (result["latency_ms"], planned.prediction)
