@@ -153,18 +153,20 @@ def open_loop(
     max_connections: int = 256,
     timeout_s: float = 10.0,
     schedule: list[float] | None = None,
+    within_s: float | None = None,
 ) -> dict:
     """Send ``rate`` requests per second for ``duration_s``; latency from each intended send time.
 
     ``schedule`` (seconds from the start, sorted) replaces the even spacing: request ``i`` is
-    due at ``schedule[i]`` (e.g. Poisson arrivals); request ``i`` sends ``bodies[i % len(bodies)]``."""
+    due at ``schedule[i]`` (e.g. Poisson arrivals); request ``i`` sends ``bodies[i % len(bodies)]``.
+    ``within_s``: also count the requests answered 200 within that many seconds (``within``)."""
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    coro = _open_loop(url, bodies, rate, duration_s, max_connections, timeout_s, schedule)
+    coro = _open_loop(url, bodies, rate, duration_s, max_connections, timeout_s, schedule, within_s)
     return runner(coro)  # type: ignore[no-any-return]
 
 
@@ -176,6 +178,7 @@ async def _open_loop(
     max_connections: int,
     timeout_s: float,
     schedule: list[float] | None = None,
+    within_s: float | None = None,
 ) -> dict:
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
@@ -196,9 +199,10 @@ async def _open_loop(
     statuses: dict[str, int] = {}
     errors = {"connect": 0, "read": 0, "timeout": 0, "status": 0}
     lag_max = 0.0
+    within = 0
 
     async def one(i: int, due: float) -> None:
-        nonlocal opened
+        nonlocal opened, within
         async with slots:
             conn = idle.pop() if idle else None
             try:
@@ -220,10 +224,13 @@ async def _open_loop(
                 errors["read"] += 1
                 conn.close()
                 return
-            latencies.append(time.perf_counter() - due)
+            latency = time.perf_counter() - due
+            latencies.append(latency)
             statuses[str(status)] = statuses.get(str(status), 0) + 1
             if status != 200:
                 errors["status"] += 1
+            elif within_s is not None and latency <= within_s:
+                within += 1
             idle.append(conn)
 
     tasks: list[asyncio.Task[None]] = []
@@ -259,6 +266,7 @@ async def _open_loop(
         "statuses": statuses,
         "errors": errors,
         "error_count": sum(errors.values()),
+        **({"within": within} if within_s is not None else {}),
     }
 
 

@@ -205,3 +205,24 @@ def test_quick_run_on_ray_and_ray_serve(tmp_path):
         assert w["closed"]["1"]["rps"] > 0 and w["open"]["20"]["completed"] == 20
     by_figure = {t["figure"]: t for t in results["targets"]}
     assert by_figure["W1 req/s, graphserve Ray / Ray Serve"]["measured"] > 0
+
+
+def test_w6_hand_setting_and_targets() -> None:
+    """W6's hand setting is the same batching everywhere with one replica each; its targets are
+    computed from the rows, not asserted."""
+    import graphserve as gs
+    from bench import w6, w6_workload
+
+    plan = gs.build(w6_workload.app, cluster="none")
+    hand = w6.hand_plan(plan, 8, 0.005)
+    assert {d.num_replicas for d in hand.deployments} == {1}
+    assert {(b.max_batch_size, b.batch_wait_timeout_s) for d in hand.deployments for b in d.batching} == {(8, 0.005)}
+    assert sum(json.loads(b)["x"] >= w6_workload.BRANCH_AT for b in w6_workload.BODIES) == 30  # the 30% branch
+    row = {"p99_ms": 40.0, "rejected_share": 0.0, "replicas": 4}
+    systems = {
+        "planned": {"rates": [{**row, "rate": 100, "feasible": True, "met": True, "p99_error": 0.1, "replicas": 2}]},
+        "hand": {"rates": [{**row, "rate": 100, "met": True}]},
+    }
+    t = w6.targets(systems)
+    assert t["replica_saving_where_both_meet"] == [0.5] and t["replica_saving_at_least_30pct"]
+    assert t["predicted_p99_within_20pct"] and not t["planned_meets_where_hand_misses"]
