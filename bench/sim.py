@@ -21,7 +21,7 @@ conditional, a batched GPU-like model):
 Target (issue 15): predicted p99 within 20% of measured and throughput within 5%, at
 every rate. The simulator's own speed is measured too: 100,000 simulated requests of each
 graph, target under 5 s on one core. Results go to ``bench/results/sim.json``; the README
-table is generated from it (``python -m bench.sim_report``).
+table is generated from it (``python -m bench.readme``).
 
 On a machine shared with other work, tail latencies measure that work as much as the
 server; the benchmark therefore runs itself and its servers at ``nice -10`` where it may

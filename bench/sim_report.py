@@ -1,25 +1,15 @@
-"""The README's simulator table, generated from ``bench/results/sim.json`` (never typed).
+"""The simulator benchmark's tables, from ``bench/results/sim.json`` (never typed).
 
-    python -m bench.sim_report            # rewrite the README section between the markers
-    python -m bench.sim_report --check    # exit 1 if the README and the JSON disagree
-
-The section sits between ``<!-- bench:sim:start -->`` and ``<!-- bench:sim:end -->``.
+``bench/readme.py`` registers :func:`markdown` as the README's generated section ``sim``
+(between ``<!-- bench:sim:start -->`` and ``<!-- bench:sim:end -->``):
+``python -m bench.readme`` rewrites it, ``--check`` compares.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
-import orjson
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "sim.json"
-README = ROOT / "README.md"
-START = "<!-- bench:sim:start -->"
-END = "<!-- bench:sim:end -->"
+RESULTS = "bench/results/sim.json"
 
 
 def _pct(value: float | None) -> str:
@@ -97,49 +87,3 @@ def markdown(results: dict[str, Any]) -> str:
             f"{acc['rows']} against the server's.",
         ]
     return "\n".join(lines) + "\n"
-
-
-def section(results: dict[str, Any]) -> str:
-    return f"{START}\n{markdown(results)}{END}"
-
-
-def replace_section(readme: str, results: dict[str, Any]) -> str:
-    start, end = readme.find(START), readme.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"README has no {START} ... {END} section")
-    return readme[:start] + section(results) + readme[end + len(END) :]
-
-
-def current_section(readme: str) -> str:
-    start, end = readme.find(START), readme.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"README has no {START} ... {END} section")
-    return readme[start : end + len(END)]
-
-
-def load_results(path: Path = RESULTS) -> dict[str, Any]:
-    data: dict[str, Any] = orjson.loads(path.read_bytes())
-    return data
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only check that the README matches the JSON")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--readme", type=Path, default=README)
-    args = parser.parse_args(argv)
-    results = load_results(args.results)
-    text = args.readme.read_text(encoding="utf-8")
-    updated = replace_section(text, results)
-    if args.check:
-        if updated != text:
-            print(f"{args.readme} is out of date: run python -m bench.sim_report", file=sys.stderr)
-            return 1
-        return 0
-    args.readme.write_text(updated, encoding="utf-8")
-    print(f"updated {args.readme} from {args.results}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from graphserve.api import GraphHandle, build, run, shutdown
     from graphserve.batching import batch
     from graphserve.compat import (
+        Deployment,
         delete,
+        deployment,
         get_app_handle,
         get_deployment,
         get_deployment_handle,
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
         list_deployments,
         start,
     )
-    from graphserve.dsl import App, Deployment, InputNode, cond, deployment, glue, graph, switch
+    from graphserve.dsl import App, InputNode, cond, glue, graph, switch
     from graphserve.errors import (
         DeadlineExceededError,
         DeploymentStartError,
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
         ProfileError,
         RequestError,
         RequestValidationError,
+        RouteConflictError,
     )
     from graphserve.profiling import profile, simulate
     from graphserve.serving import serve
@@ -59,7 +62,9 @@ _EXPORTS = {
     "batch": "graphserve.batching",
     **dict.fromkeys(
         (
+            "Deployment",
             "delete",
+            "deployment",
             "get_app_handle",
             "get_deployment",
             "get_deployment_handle",
@@ -69,9 +74,7 @@ _EXPORTS = {
         ),
         "graphserve.compat",
     ),
-    **dict.fromkeys(
-        ("App", "Deployment", "InputNode", "cond", "deployment", "glue", "graph", "switch"), "graphserve.dsl"
-    ),
+    **dict.fromkeys(("App", "InputNode", "cond", "glue", "graph", "switch"), "graphserve.dsl"),
     **dict.fromkeys(
         (
             "DeadlineExceededError",
@@ -85,6 +88,7 @@ _EXPORTS = {
             "ProfileError",
             "RequestError",
             "RequestValidationError",
+            "RouteConflictError",
         ),
         "graphserve.errors",
     ),
@@ -108,6 +112,7 @@ __all__ = [
     "ProfileError",
     "RequestError",
     "RequestValidationError",
+    "RouteConflictError",
     "batch",
     "build",
     "cond",

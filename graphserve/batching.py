@@ -14,15 +14,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
+from graphserve.dsl import BATCH_ATTR, batch_config
+
 F = TypeVar("F", bound=Callable[..., Any])
-
-BATCH_ATTR = "__gs_batch__"
-
-
-def batch_config(fn: Any) -> dict[str, Any] | None:
-    """The batching options of a ``@gs.batch`` function, or None."""
-    config = getattr(fn, BATCH_ATTR, None)
-    return dict(config) if isinstance(config, dict) else None
 
 
 def unbatched(fn: Any) -> Callable[..., Any] | None:

@@ -8,6 +8,7 @@ Every error a user can meet is one of these::
     ├── DeploymentStartError         a deployment's constructor failed (.deployment)
     ├── ProfileError                 a graph cannot be profiled or simulated (bad requests file,
     │                                a profile of another graph, bad arrivals)
+    ├── RouteConflictError           two graphs on one server want the same route (.path)
     └── RequestError                 one request failed; the server maps each to a status
         ├── RequestValidationError   the request does not fit the input schema (HTTP 422)
         ├── OverloadedError          queues are full (HTTP 503)
@@ -103,6 +104,14 @@ class DeploymentStartError(GraphError):
 
 class ProfileError(GraphError):
     """A graph cannot be profiled, or a profile cannot be read or used for this plan."""
+
+
+class RouteConflictError(GraphError):
+    """Two graphs on one server want the same HTTP route (or a graph wants a reserved one)."""
+
+    def __init__(self, message: str, path: str) -> None:
+        self.path = path
+        super().__init__(message)
 
 
 class RequestError(GraphError):

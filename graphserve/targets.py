@@ -1,5 +1,9 @@
-"""Command-line targets: the user's app named by ``module:app``, ``pkg.module:app`` or
-``path/to/file.py:app`` (like uvicorn), or a plan file written by ``graphserve build``."""
+"""Targets, as the command line and ``gs.serve`` name them: the user's app by ``module:app``,
+``pkg.module:app`` or ``path/to/file.py:app`` (like uvicorn), or a plan file written by
+``graphserve build``; :func:`load_plan` turns any of them (or an App, or a Plan) into a Plan.
+
+The one plan loader of ``graphserve build``/``render``/``deploy``/``call`` and ``gs.serve``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,14 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphserve.errors import GraphError
+
+if TYPE_CHECKING:
+    from graphserve.plan import Plan
+
+NO_CLUSTER = ("none", "off", "")
 
 
 def load_app(target: str) -> Any:
@@ -59,3 +68,54 @@ def _module_name_for(path: Path) -> str:
 
 def is_plan_file(target: str) -> bool:
     return target.endswith(".json") and ":" not in target
+
+
+def cluster_option(value: Any) -> Any:
+    """``--cluster`` / ``serve(cluster=...)``: None, ``"none"``, ``"off"`` or ``""`` -> None (no
+    check); ``"detect"``; ``"cpus=8,gpus=2"`` or a dict, checked here. Raises ValueError if malformed."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in NO_CLUSTER):
+        return None
+    if isinstance(value, str) and value.strip() == "detect":
+        return "detect"
+    from graphserve.compiler import parse_cluster
+
+    parse_cluster(value)  # raises ValueError for a malformed description
+    return value
+
+
+def load_plan(target: Any, cluster: Any = "detect") -> Plan:
+    """The Plan of ``target``: a Plan, an App (or a bound node), a ``module:app`` /
+    ``file.py:app`` string, or a ``plan.json`` path. Apps are validated and planned against
+    ``cluster`` (see :func:`cluster_option`). Raises GraphError (GraphValidationError with
+    every diagnostic for an invalid graph)."""
+    from graphserve.plan import Plan
+
+    if isinstance(target, Plan):
+        return target
+    if isinstance(target, (str, Path)):
+        text = str(target)
+        if is_plan_file(text):
+            return _read_plan(text)
+        target = load_app(text)
+    from graphserve.compiler import compile_app
+
+    try:
+        cluster = cluster_option(cluster)
+    except ValueError as exc:
+        raise GraphError(f"bad cluster {cluster!r}: {exc} (expected 'cpus=8,gpus=1', 'detect' or 'none')") from exc
+    return compile_app(target, cluster=cluster)
+
+
+def _read_plan(path: str) -> Plan:
+    from graphserve.plan import Plan
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GraphError(f"cannot read plan {path!r}: {exc}") from exc
+    try:
+        return Plan.from_json(text)
+    except GraphError:
+        raise
+    except ValueError as exc:  # not JSON, or pydantic's ValidationError: a JSON file that is not a plan
+        raise GraphError(f"{path} is not a graphserve plan: {exc}") from exc

@@ -1,23 +1,23 @@
-"""The simulator benchmark's harness (bench/sim.py, bench/sim_report.py): the README's table
-is the one generated from bench/results/sim.json, and the pieces the benchmark runs work."""
+"""The simulator benchmark's harness (bench/sim.py, bench/sim_report.py): its results hold
+every graph and rate, its tables render them, and the graphs it measures work.
+(tests/test_readme.py checks that the README's ``sim`` section is the one generated.)"""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 import graphserve as gs
-from bench import sim, sim_report, sim_workloads
+from bench import readme, sim, sim_report, sim_workloads
 
 
-def test_the_readme_table_is_generated_from_the_results():
-    results = sim_report.load_results()
-    readme = sim_report.README.read_text(encoding="utf-8")
-    assert sim_report.current_section(readme) == sim_report.section(results)
-    assert sim_report.main(["--check"]) == 0
+@pytest.fixture(scope="module")
+def results():
+    return readme.load(readme.SECTIONS["sim"].source)
 
 
-def test_the_results_hold_every_graph_and_rate():
-    results = sim_report.load_results()
+def test_the_results_hold_every_graph_and_rate(results):
     assert list(results["graphs"]) == list(sim_workloads.APPS)
     for graph in results["graphs"].values():
         assert [row["fraction"] for row in graph["rates"]] == list(sim.FRACTIONS)
@@ -26,14 +26,14 @@ def test_the_results_hold_every_graph_and_rate():
     assert set(results["speed"]) == set(sim_workloads.APPS)
 
 
-def test_replacing_the_section_keeps_the_rest(tmp_path):
-    results = {"graphs": {}, "speed": {"g": {"requests": 10, "seconds": 0.5}}}
-    text = f"before\n{sim_report.START}\nold\n{sim_report.END}\nafter\n"
-    updated = sim_report.replace_section(text, results)
-    assert updated.startswith("before\n") and updated.endswith("\nafter\n") and "old" not in updated
-    assert "| g | 10 | 0.50 |" in updated
-    with pytest.raises(ValueError, match="no <!-- bench:sim:start -->"):
-        sim_report.replace_section("no markers", results)
+def test_the_tables_show_each_row_and_change_with_the_results(results):
+    text = sim_report.markdown(results)
+    rows = sum(len(g["rates"]) for g in results["graphs"].values())
+    assert text.count("| chain3 |") == 5  # three rates, the capacity and the speed
+    assert len([line for line in text.splitlines() if line.endswith(("pass |", "FAIL |"))]) == rows
+    changed = json.loads(json.dumps(results))
+    changed["speed"]["chain3"]["seconds"] = 4.321
+    assert "| chain3 | 100,000 | 4.32 |" in sim_report.markdown(changed)
 
 
 @pytest.mark.parametrize("name", list(sim_workloads.APPS))
