@@ -193,6 +193,14 @@ def performance(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@section("sim", "bench/results/sim.json")
+def simulator(results: dict[str, Any]) -> str:
+    """The simulator's predictions against the runtime, from bench/results/sim.json (``bench/sim.py``)."""
+    from .sim_report import markdown
+
+    return markdown(results)
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else ms(value)
 

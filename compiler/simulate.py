@@ -14,7 +14,8 @@ It follows the runtime's semantics, not a queueing-theory idealisation:
   of switch arms) drawn from the profile's measured paths, so a 10% branch runs for 10%
   of requests and correlated switches stay correlated.
 - **Routing** (``runtime/routing.py``): each call goes to the replica with the fewest
-  calls in flight (first such replica on ties); at most ``max_ongoing_requests`` per
+  calls in flight (first such replica on ties; ``routing="power_of_two"``: the less loaded
+  of two drawn at random, the least loaded of all when both are full); at most ``max_ongoing_requests`` per
   replica; the rest wait in one FIFO per deployment of at most ``max_queued_requests``
   (-1: unbounded); past that the request fails with 503 (``rejected``).
 - **Batching** (``runtime/batcher.py``): per replica and method, a batch leaves when it
@@ -61,6 +62,9 @@ from . import arrivals as arrival_times
 from .profile import QUANTILES, BatchPoint, NodeProfile, Profile
 
 CPU_SHARE_MIN = 0.05  # calls with less CPU than this share of their time are modelled as waiting only
+Routing = Literal["least_loaded", "power_of_two"]
+#: the replica choice of ``runtime/routing.py`` (keep the two in step)
+ROUTING: Routing = "least_loaded"
 _LAST_Q = QUANTILES - 1
 
 # event kinds
@@ -210,10 +214,13 @@ class _Template:
 class Simulator:
     """A plan compiled against a profile; :meth:`run` simulates it (see the module docstring)."""
 
-    def __init__(self, plan: Plan, profile: Profile) -> None:
+    def __init__(self, plan: Plan, profile: Profile, routing: Routing = ROUTING) -> None:
         profile.check_fits(plan)
+        if routing not in ("least_loaded", "power_of_two"):
+            raise ProfileError(f"unknown routing {routing!r}: expected least_loaded or power_of_two")
         self.plan = plan
         self.profile = profile
+        self.routing = routing
         self.settings: dict[str, DeploymentSettings] = {
             d.name: DeploymentSettings(
                 num_replicas=d.num_replicas,
@@ -481,10 +488,11 @@ class _Replica:
 
 
 class _Router:
-    __slots__ = ("limit", "live", "max_queued", "name", "queue", "replicas", "settings")
+    __slots__ = ("limit", "live", "max_queued", "name", "queue", "random", "replicas", "settings")
 
-    def __init__(self, name: str, settings: DeploymentSettings) -> None:
+    def __init__(self, name: str, settings: DeploymentSettings, rng: random.Random | None) -> None:
         self.name = name
+        self.random = rng  # power of two choices draws with it; None: least loaded
         self.settings = settings
         self.limit = settings.max_ongoing_requests
         self.max_queued = settings.max_queued_requests
@@ -496,6 +504,13 @@ class _Router:
         replicas = self.replicas
         best = replicas[0]
         if len(replicas) > 1:
+            if self.random is not None:
+                first = self.random.randrange(len(replicas))
+                second = self.random.randrange(len(replicas) - 1)
+                a, b = replicas[first], replicas[second if second < first else second + 1]
+                best = a if a.ongoing <= b.ongoing else b
+                if best.ongoing < self.limit:
+                    return best
             for r in replicas:
                 if r.ongoing < best.ongoing:
                     best = r
@@ -571,7 +586,8 @@ class _Run:
         self.heap: list[tuple[float, int, int, Any]] = []
         self.seq = itertools.count()
         self.cpu = _Cpu()
-        self.routers = {name: _Router(name, s) for name, s in sim.settings.items()}
+        draws = self.rng if sim.routing == "power_of_two" else None
+        self.routers = {name: _Router(name, s, draws) for name, s in sim.settings.items()}
         self.node_latency: list[list[float]] = [[] for _ in sim.models]
         self.node_wait: list[list[float]] = [[] for _ in sim.models]
         self.e2e: list[float] = []

@@ -59,6 +59,17 @@ def test_open_loop_sends_at_the_rate_and_measures_every_request(starlette_server
     json.dumps(result)
 
 
+def test_open_loop_follows_a_schedule_and_records_when_it_sent(starlette_server):
+    schedule = [0.0, 0.05, 0.06, 0.2]
+    result = load.open_loop(
+        starlette_server.url("W1"), [costs.BODY], rate=1, duration_s=1, schedule=schedule, record_sends=True
+    )
+    assert result["requests"] == result["completed"] == 4 and result["error_count"] == 0
+    sent = [s for s, *_ in result["sends"]]
+    assert sent == pytest.approx(schedule, abs=0.03)
+    assert all(0 < latency < 1 and server is None for _, latency, server in result["sends"])
+
+
 def test_open_loop_counts_error_statuses(starlette_server):
     url = starlette_server.url("W1").replace("/w1", "/missing")
     result = load.open_loop(url, [costs.BODY], rate=50, duration_s=0.2)
