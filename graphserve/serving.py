@@ -43,7 +43,8 @@ _INGRESS_OPTIONS = {
     "timeout_s": "deadline for graphs that set no timeout_s of their own (504 past it)",
     "drift_window_s": "how long a graph planned for an SLO must differ from its plan's rate or p99 before it "
     "counts as drift (logged, in /-/metrics; default 30)",
-    "render": "render(plan, format) -> bytes for /-/graphs/<name>.svg (default: graphserve.compiler.render)",
+    "render": "render(plan, format, figures=False) -> bytes for /-/graphs/<name>.svg (default: graphviz)",
+    "tracer_provider": "OpenTelemetry tracer provider for request and node spans (default: the process's, if set)",
 }
 _OPTIONS = {
     **_SERVER_OPTIONS,
