@@ -23,7 +23,7 @@ It follows the runtime's semantics, not a queueing-theory idealisation:
   only while fewer than ``max_concurrent_batches`` run; a freed slot takes what queued
   meanwhile. Items hold their replica slot (``max_ongoing_requests``) from routing until
   their batch ends.
-- **Service times** are drawn from the profile's measured distributions (101 quantiles;
+- **Service times** are drawn from the profile's measured distributions (119 quantiles;
   batches by size, linear between measured sizes).
 - **CPU**: on the local runtime every replica lives in one process, so CPU work shares one
   core (the GIL). A call whose profiled ``cpu_share`` is at least ``CPU_SHARE_MIN`` first
@@ -59,13 +59,12 @@ from graphserve.errors import ProfileError
 from graphserve.plan import ConstValue, NodePlan, NodeRef, Plan
 
 from . import arrivals as arrival_times
-from .profile import QUANTILES, BatchPoint, NodeProfile, Profile
+from .profile import BatchPoint, NodeProfile, Profile, draw
 
 CPU_SHARE_MIN = 0.05  # calls with less CPU than this share of their time are modelled as waiting only
 Routing = Literal["least_loaded", "power_of_two"]
 #: the replica choice of ``runtime/routing.py`` (keep the two in step)
 ROUTING: Routing = "least_loaded"
-_LAST_Q = QUANTILES - 1
 
 # event kinds
 _DONE, _BATCH_DONE, _BATCH_TIMER, _CPU = range(4)
@@ -709,9 +708,13 @@ class _Run:
         call.started = now
         replica.level(now, 1)
         q = model.quantiles
-        x = self.rng.random() * _LAST_Q
-        k = int(x)
-        service = q[k] + (q[k + 1] - q[k]) * (x - k)
+        u = self.rng.random()
+        if u < 0.99:  # draw(), inlined for the common case
+            x = u * 100.0
+            k = int(x)
+            service = q[k] + (q[k + 1] - q[k]) * (x - k)
+        else:
+            service = draw(q, u)
         if model.cpu:
             work = service * model.cpu
             call.wait = service - work
@@ -802,11 +805,9 @@ class _Run:
             assert replica is not None
             replica.level(now, 1)
             qlo, qhi, w = b.curve[len(batch)]
-            x = self.rng.random() * _LAST_Q
-            k = int(x)
-            f = x - k
-            lo = qlo[k] + (qlo[k + 1] - qlo[k]) * f
-            service = lo if w == 0.0 else max(0.0, lo + ((qhi[k] + (qhi[k + 1] - qhi[k]) * f) - lo) * w)
+            u = self.rng.random()
+            lo = draw(qlo, u)
+            service = lo if w == 0.0 else max(0.0, lo + (draw(qhi, u) - lo) * w)
             model = batch[0].model
             if model.cpu:
                 work = service * model.cpu
