@@ -5,7 +5,8 @@ conditional, a batched GPU-like model):
 
 1. profile it in this process (``gs.profile`` with the 100 sample requests);
 2. serve it on the local runtime (a subprocess, ``bench.sim_server``) and measure its
-   capacity: the closed-loop peak (``wrk``, 32 connections);
+   capacity: the closed-loop peak (``wrk``, 32 connections); and, to tell the runtime from
+   HTTP, the peak of 32 closed-loop callers on the runtime in this process;
 3. at 30%, 60% and 85% of that capacity, draw one Poisson arrival trace (seeded) and send
    it over HTTP with the open-loop client (each request's body drawn at random from the
    samples), and simulate the times the requests really left the client with the profile
@@ -109,6 +110,41 @@ def _error(predicted: float, measured: float) -> float | None:
     return round((predicted - measured) / measured, 4) if measured else None
 
 
+def in_process_capacity(plan: Any, seconds: float, callers: int = 32) -> float:
+    """Requests/s of ``callers`` closed-loop callers on the runtime in this process (no HTTP)."""
+    import asyncio
+
+    from graphserve.runtime.background_loop import BackgroundLoop
+    from graphserve.runtime.running_graph import GraphRuntime
+
+    bodies = [orjson.loads(b) for b in sim_workloads.BODIES]
+
+    async def drive(runtime: GraphRuntime) -> float:
+        done = 0
+        end = time.perf_counter() + seconds
+
+        async def caller(k: int) -> None:
+            nonlocal done
+            i = k
+            while time.perf_counter() < end:
+                await runtime.execute(bodies[i % len(bodies)])
+                i += callers
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(k) for k in range(callers)))
+        return done / (time.perf_counter() - started)
+
+    loop = BackgroundLoop(name="bench-sim")
+    runtime = GraphRuntime(plan)
+    try:
+        loop.run(runtime.start())
+        return loop.run(drive(runtime))
+    finally:
+        loop.run(runtime.stop())
+        loop.close()
+
+
 def measure_graph(name: str, args: Any, log_dir: Path) -> dict[str, Any]:
     import graphserve as gs
     from graphserve.compiler.simulate import Simulator
@@ -147,8 +183,16 @@ def measure_graph(name: str, args: Any, log_dir: Path) -> dict[str, Any]:
         closed = load.closed_loop(url, sim_workloads.BODIES, 32, args.capacity_s)
         capacity = closed["rps"]
         predicted_capacity = sim.run(rate=2 * capacity, arrivals="uniform", duration_s=args.capacity_s).throughput_rps
-        out["capacity"] = {"measured_rps": capacity, "predicted_rps": round(predicted_capacity, 1)}
-        _log(f"{name}: capacity {capacity:.0f} req/s measured, {predicted_capacity:.0f} predicted")
+        in_process = in_process_capacity(plan, args.capacity_s)
+        out["capacity"] = {
+            "measured_rps": capacity,
+            "in_process_rps": round(in_process, 1),
+            "predicted_rps": round(predicted_capacity, 1),
+        }
+        _log(
+            f"{name}: capacity {capacity:.0f} req/s measured over HTTP, {in_process:.0f} in process, "
+            f"{predicted_capacity:.0f} predicted"
+        )
         for i, fraction in enumerate(FRACTIONS):
             rate = fraction * capacity
             from graphserve.compiler.arrivals import poisson

@@ -59,11 +59,18 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {_num(p['throughput_rps'])} / {_num(g.get('throughput_rps'))} ({_pct(e.get('throughput_rps'))}) "
                 f"| {_ok(row.get('passed'))} / {_ok(row.get('passed_server'))} |"
             )
-    lines += ["", "| graph | capacity measured (wrk, 32 connections) | capacity predicted |", "|---|---:|---:|"]
+    lines += [
+        "",
+        "| graph | capacity over HTTP (wrk, 32 connections) | in process (32 callers, no HTTP) | predicted |",
+        "|---|---:|---:|---:|",
+    ]
     for name, graph in results.get("graphs", {}).items():
         cap = graph.get("capacity")
         if cap:
-            lines.append(f"| {name} | {_num(cap['measured_rps'])} req/s | {_num(cap['predicted_rps'])} req/s |")
+            lines.append(
+                f"| {name} | {_num(cap['measured_rps'])} req/s | {_num(cap.get('in_process_rps'))} req/s "
+                f"| {_num(cap['predicted_rps'])} req/s |"
+            )
     speed = results.get("speed", {})
     if speed:
         target = cfg.get("speed_target_s", 5.0)
