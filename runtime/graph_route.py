@@ -42,6 +42,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphserve.errors import NodeExecutionError, RequestError
 
+from .drift import DriftMonitor
 from .encoding import JSONDecodeError, dumps, loads
 from .http_errors import Answer, error_answer, request_error, retry_after
 from .live_stats import LiveStats
@@ -147,6 +148,7 @@ class GraphRoute:
     """One graph at one path: its admission counter, metric labels and request path."""
 
     __slots__ = (
+        "drift",
         "in_flight",
         "labels",
         "limits",
@@ -174,6 +176,7 @@ class GraphRoute:
         self.in_flight = 0
         self.labels: Labels = (("graph", self.name),)
         self.status_labels: dict[int, Labels] = {}
+        self.drift: DriftMonitor | None = None  # set by the ingress for a graph planned for an SLO
 
     # -- the request path ----------------------------------------------------------------
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -191,7 +194,10 @@ class GraphRoute:
         else:
             status = await self.serve_traced(scope, receive, send, head)
         self.metrics.inc("graphserve_requests_total", self.status(status))
-        self.metrics.observe("graphserve_request_duration_seconds", time.perf_counter() - start, self.labels)
+        now = time.perf_counter()
+        self.metrics.observe("graphserve_request_duration_seconds", now - start, self.labels)
+        if self.drift is not None:
+            self.drift.request(now, now - start)
 
     async def answer(self, scope: Scope, receive: Receive, head: RequestHead, trace: Trace | None = None) -> Answer:
         """What to send for one request; raises ClientLeft when nobody is left to answer."""

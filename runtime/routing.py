@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from graphserve.errors import OverloadedError
 from graphserve.plan import DeploymentPlan
+
+if TYPE_CHECKING:
+    from .backend import BatchLimits
 
 
 class Routed(Protocol):
@@ -35,7 +38,7 @@ class DeploymentLoad:
     ongoing: int  # calls running on them
     queued: int  # calls waiting for a free replica
     # method -> the batching limits its batchers use now (where the backend can see them)
-    batching: dict[str, dict[str, float]] = field(default_factory=dict)
+    batching: dict[str, BatchLimits] = field(default_factory=dict)
 
 
 class ReplicaRouter(Generic[R]):

@@ -220,7 +220,10 @@ async def test_batch_sizes_reach_the_driver_metrics() -> None:
             "graphserve_batch_size",
             (("graph", runtime.plan.name), ("deployment", "Batched"), ("method", "Batched.__call__")),
         )
+        limits = runtime.backend.batch_limits()  # type: ignore[union-attr]  # read from the replica at the flush
     assert histogram is not None and histogram.sum == 8 and histogram.count == batches < 8
+    batched = limits[("Batched", 0)]["Batched.__call__"]
+    assert batched["size_limit"] == batched["max_batch_size"] and batched["adaptive"] is False
 
 
 async def test_a_plan_read_from_json_runs_by_import_path() -> None:
