@@ -9,9 +9,9 @@
   happened before, and its latency is measured from that intended send time, so a stall
   shows up in the latency of every request it delayed (no coordinated omission). asyncio
   (uvloop) over raw keep-alive sockets; a new connection is opened when all are busy, up
-  to ``max_connections``. Latencies
-  are also given per status, from the intended send time and from the actual write
-  (``service_ms_by_status``: the server's answer time, the client's own lag left out).
+  to ``max_connections``. Latencies are also given per status, from the intended send
+  time and from the actual write (``service_ms_by_status``: the server's answer time,
+  the client's own lag left out).
 * :class:`Connection`: one keep-alive HTTP/1.1 connection, used by the open loop and by
   the fault scenarios (``bench/faults.py``).
 """
@@ -117,14 +117,17 @@ def closed_loop(url: str, bodies: list[bytes], connections: int, duration_s: flo
 
 # -- fixed-rate open loop ---------------------------------------------------------------
 class Connection:
-    """One keep-alive HTTP/1.1 connection over asyncio streams (no client library in the way);
-    ``reusable`` turns False once the server said ``Connection: close``."""
+    """One keep-alive HTTP/1.1 connection over asyncio streams (no client library in the way).
 
-    __slots__ = ("reader", "reusable", "writer")
+    After each answer: ``server_s`` (a ``Server-Timing: app;dur=<ms>`` header's time, or None)
+    and ``reusable`` (False once the server said ``Connection: close``)."""
+
+    __slots__ = ("reader", "reusable", "server_s", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.server_s: float | None = None
         self.reusable = True
 
     @classmethod
@@ -133,6 +136,7 @@ class Connection:
         return cls(reader, writer)
 
     async def request(self, head: bytes, body: bytes) -> int:
+        """Send one request; its status."""
         status, _, _ = await self.exchange(head, body)
         return status
 
@@ -146,6 +150,8 @@ class Connection:
             name, _, value = header.partition(b":")
             if name:
                 headers[name.strip().lower()] = value.strip()
+        timing = headers.get(b"server-timing", b"")
+        self.server_s = float(timing.split(b"dur=", 1)[1].split(b";")[0]) / 1000 if b"dur=" in timing else None
         if headers.get(b"connection", b"").lower() == b"close":
             self.reusable = False
         if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
@@ -158,10 +164,6 @@ class Connection:
             return status, headers, b"".join(chunks)
         length = int(headers.get(b"content-length", b"0"))
         return status, headers, (await self.reader.readexactly(length)) if length else b""
-
-    def dropped(self) -> bool:
-        """The server closed it while it sat idle (checked before reuse, as urllib3 does)."""
-        return self.reader.at_eof() or self.writer.is_closing()
 
     def close(self) -> None:
         self.writer.close()
@@ -185,24 +187,45 @@ def open_loop(
     duration_s: float,
     max_connections: int = 256,
     timeout_s: float = 10.0,
+    schedule: list[float] | None = None,
+    record_sends: bool = False,
+    within_s: float | None = None,
 ) -> dict:
-    """Send ``rate`` requests per second for ``duration_s``; latency from each intended send time."""
+    """Send ``rate`` requests per second for ``duration_s``; latency from each intended send time.
+
+    ``schedule`` (seconds from the start, sorted) replaces the even spacing: request ``i`` is
+    due at ``schedule[i]`` (e.g. Poisson arrivals); request ``i`` sends ``bodies[i % len(bodies)]``.
+    ``record_sends`` adds ``sends``: (when it was really sent, seconds from the start; its
+    latency from that moment; the server's own time from a ``Server-Timing`` header, or None)
+    for each answered request. A request whose reused keep-alive
+    connection was closed by the server is sent again once on a new connection.
+    ``within_s``: also count the requests answered 200 within that many seconds (``within``)."""
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    return runner(open_loop_async(url, bodies, rate, duration_s, max_connections, timeout_s))  # type: ignore[no-any-return]
+    coro = open_loop_async(url, bodies, rate, duration_s, max_connections, timeout_s, schedule, record_sends, within_s)
+    return runner(coro)  # type: ignore[no-any-return]
 
 
 async def open_loop_async(
-    url: str, bodies: list[bytes], rate: float, duration_s: float, max_connections: int, timeout_s: float
+    url: str,
+    bodies: list[bytes],
+    rate: float,
+    duration_s: float,
+    max_connections: int,
+    timeout_s: float,
+    schedule: list[float] | None = None,
+    record_sends: bool = False,
+    within_s: float | None = None,
 ) -> dict:
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
     heads = [request_head("POST", host, port, path, b) for b in bodies]
-    total = max(1, int(rate * duration_s))
+    offsets = schedule if schedule is not None else [i / rate for i in range(max(1, int(rate * duration_s)))]
+    total = len(offsets)
     loop = asyncio.get_running_loop()
     idle: list[Connection] = []
     opened = 0
@@ -213,40 +236,48 @@ async def open_loop_async(
     statuses: dict[str, int] = {}
     errors = {"connect": 0, "read": 0, "timeout": 0, "status": 0}
     lag_max = 0.0
+    sends: list[tuple[float, float, float | None]] | None = [] if record_sends else None
+    within = 0
 
     async def one(i: int, due: float) -> None:
-        nonlocal opened
+        nonlocal opened, within
         async with slots:
-            conn = idle.pop() if idle else None
-            while conn is not None and conn.dropped():
-                conn.close()
-                conn = idle.pop() if idle else None
-            try:
-                if conn is None:
-                    conn = await Connection.open(host, port)
-                    opened += 1
-            except OSError:
-                errors["connect"] += 1
-                return
             k = i % len(bodies)
-            sent = time.perf_counter()
-            try:
-                status = await asyncio.wait_for(conn.request(heads[k], bodies[k]), timeout_s)
-            except TimeoutError:
-                errors["timeout"] += 1
-                conn.close()
-                return
-            except (OSError, asyncio.IncompleteReadError, ValueError):
-                errors["read"] += 1
-                conn.close()
-                return
-            now = time.perf_counter()
-            latencies.append(now - due)
+            for attempt in (0, 1):
+                conn = idle.pop() if idle and not attempt else None
+                reused = conn is not None
+                try:
+                    if conn is None:
+                        conn = await Connection.open(host, port)
+                        opened += 1
+                except OSError:
+                    errors["connect"] += 1
+                    return
+                sent = time.perf_counter()
+                try:
+                    status = await asyncio.wait_for(conn.request(heads[k], bodies[k]), timeout_s)
+                    break
+                except TimeoutError:
+                    errors["timeout"] += 1
+                    conn.close()
+                    return
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    conn.close()
+                    if reused and not attempt:  # the server closed an idle keep-alive connection: resend once
+                        continue
+                    errors["read"] += 1
+                    return
+            answered = time.perf_counter()
+            latencies.append(answered - due)
+            if sends is not None:
+                sends.append((sent - t0, answered - sent, conn.server_s))
             statuses[str(status)] = statuses.get(str(status), 0) + 1
-            by_status.setdefault(str(status), []).append(now - due)
-            service_by_status.setdefault(str(status), []).append(now - sent)
+            by_status.setdefault(str(status), []).append(answered - due)
+            service_by_status.setdefault(str(status), []).append(answered - sent)
             if status != 200:
                 errors["status"] += 1
+            elif within_s is not None and answered - due <= within_s:
+                within += 1
             if conn.reusable:
                 idle.append(conn)
             else:
@@ -257,7 +288,7 @@ async def open_loop_async(
     wall0 = time.perf_counter()
     t0 = wall0 + 0.05
     for i in range(total):
-        due = t0 + i / rate
+        due = t0 + offsets[i]
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -287,6 +318,8 @@ async def open_loop_async(
         "statuses": statuses,
         "errors": errors,
         "error_count": sum(errors.values()),
+        **({"sends": sorted(sends)} if sends is not None else {}),
+        **({"within": within} if within_s is not None else {}),
     }
 
 

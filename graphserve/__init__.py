@@ -36,7 +36,7 @@ if TYPE_CHECKING:
         list_deployments,
         start,
     )
-    from graphserve.dsl import App, InputNode, cond, glue, graph, switch
+    from graphserve.dsl import SLO, App, InputNode, cond, glue, graph, switch
     from graphserve.errors import (
         DeadlineExceededError,
         DeploymentStartError,
@@ -46,10 +46,12 @@ if TYPE_CHECKING:
         NodeExecutionError,
         OverloadedError,
         PlanError,
+        ProfileError,
         RequestError,
         RequestValidationError,
         RouteConflictError,
     )
+    from graphserve.profiling import profile, simulate
     from graphserve.serving import serve
 
 __version__ = "0.1.0"
@@ -72,7 +74,7 @@ _EXPORTS = {
         ),
         "graphserve.compat",
     ),
-    **dict.fromkeys(("App", "InputNode", "cond", "glue", "graph", "switch"), "graphserve.dsl"),
+    **dict.fromkeys(("App", "InputNode", "SLO", "cond", "glue", "graph", "switch"), "graphserve.dsl"),
     **dict.fromkeys(
         (
             "DeadlineExceededError",
@@ -83,16 +85,19 @@ _EXPORTS = {
             "NodeExecutionError",
             "OverloadedError",
             "PlanError",
+            "ProfileError",
             "RequestError",
             "RequestValidationError",
             "RouteConflictError",
         ),
         "graphserve.errors",
     ),
+    **dict.fromkeys(("profile", "simulate"), "graphserve.profiling"),
     "serve": "graphserve.serving",
 }
 
 __all__ = [
+    "SLO",
     "App",
     "DeadlineExceededError",
     "Deployment",
@@ -105,6 +110,7 @@ __all__ = [
     "NodeExecutionError",
     "OverloadedError",
     "PlanError",
+    "ProfileError",
     "RequestError",
     "RequestValidationError",
     "RouteConflictError",
@@ -120,9 +126,11 @@ __all__ = [
     "graph",
     "ingress",
     "list_deployments",
+    "profile",
     "run",
     "serve",
     "shutdown",
+    "simulate",
     "start",
     "switch",
 ]

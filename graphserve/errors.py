@@ -6,6 +6,8 @@ Every error a user can meet is one of these::
     ├── GraphValidationError         the graph is wrong; .diagnostics lists *every* problem
     ├── PlanError                    a valid graph cannot be planned or serialized
     ├── DeploymentStartError         a deployment's constructor failed (.deployment)
+    ├── ProfileError                 a graph cannot be profiled or simulated (bad requests file,
+    │                                a profile of another graph, bad arrivals)
     ├── RouteConflictError           two graphs on one server want the same route (.path)
     └── RequestError                 one request failed; the server maps each to a status
         ├── RequestValidationError   the request does not fit the input schema (HTTP 422)
@@ -98,6 +100,10 @@ class DeploymentStartError(GraphError):
     def __init__(self, deployment: str, message: str) -> None:
         self.deployment = deployment
         super().__init__(f"deployment {deployment!r} failed to start: {message}")
+
+
+class ProfileError(GraphError):
+    """A graph cannot be profiled, or a profile cannot be read or used for this plan."""
 
 
 class RouteConflictError(GraphError):

@@ -56,6 +56,8 @@ _INGRESS_OPTIONS = {
     "max_in_flight": "requests one graph runs at once (bodies read) before answering 503 (default unbounded)",
     "body_timeout_s": f"time for a request's body to arrive (408 and closed past it; default {BODY_TIMEOUT_S:g})",
     "timeout_s": "deadline for graphs that set no timeout_s of their own (504 past it)",
+    "drift_window_s": "how long a graph planned for an SLO must differ from its plan's rate or p99 before it "
+    "counts as drift (logged, in /-/metrics; default 30)",
     "render": "render(plan, format, figures=False) -> bytes for /-/graphs/<name>.svg (default: graphviz)",
     "tracer_provider": "OpenTelemetry tracer provider for request and node spans (default: the process's, if set)",
 }

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .routing import DeploymentLoad
     from .tracing import NodeSpan
 
+BatchLimits = dict[str, float | int | bool | None]  # one batcher's current limits (Batcher.limits())
+
 
 class Backend(Protocol):
     """Start a Plan's deployments, call them, stop them; see the module docstring."""
@@ -84,9 +86,18 @@ class Backend(Protocol):
         metrics' gauges and the live page read it). Empty once stopped."""
         ...
 
+    def batch_limits(self) -> dict[tuple[str, int], dict[str, BatchLimits]]:
+        """The current limits of every batcher, by (deployment, replica index), then the
+        batched function's name (``/-/metrics``' batch limit gauges).
+
+        Adaptive batchers move their size limit and wait under load (``adaptive.py``); a
+        remote backend reports the values it read last from its replicas."""
+        ...
+
     async def health(self) -> str | None:
         """None when every deployment can take calls; else why not (for ``/-/ready``: Ray's
         cluster gone, a deployment without any live replica, stopped)."""
+        ...
 
     async def stop(self) -> None:
         """Stop every replica. Safe to call twice."""

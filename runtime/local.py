@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from graphserve.errors import DeploymentStartError, NodeExecutionError, RequestError
 from graphserve.plan import Plan
 
-from .batcher import batch_limits, close_batchers, observe_batches
+from .backend import BatchLimits
+from .batcher import batch_limits, close_batchers, configure_batching, limits_by_method, observe_batches
 from .replica import HandleFactory, Replica, ReplicaStartError, construct, construction_order, threads
 from .routing import DeploymentLoad, ReplicaRouter
 
@@ -65,6 +66,7 @@ class LocalBackend:
                     instance = construct(name, dep.kind, target, dep.init_args, dep.init_kwargs, self._handle_factory)
                 except ReplicaStartError as exc:
                     raise DeploymentStartError(exc.deployment, exc.message) from exc.__cause__
+                configure_batching(instance, dep.batching)  # the plan's batching values (a function's too)
                 if dep.batching and dep.kind == "class" and self._on_batch is not None:
                     observe_batches(instance, _batch_observer(self._on_batch, name))
                 replicas.append(Replica(instance, index, threads(dep.max_ongoing_requests, f"gs-{name}-{index}")))
@@ -124,9 +126,23 @@ class LocalBackend:
         for name, router in self.routers.items():
             load = router.load()
             if router.replicas and self.plan.deployment(name).batching:
-                load = dataclasses.replace(load, batching=batch_limits(router.replicas[0].instance))
+                load = dataclasses.replace(load, batching=limits_by_method(batch_limits(router.replicas[0].instance)))
             loads[name] = load
         return loads
+
+    def batch_limits(self) -> dict[tuple[str, int], dict[str, BatchLimits]]:
+        """The current limits of every replica's batchers, by (deployment, replica index)."""
+        out: dict[tuple[str, int], dict[str, BatchLimits]] = {}
+        for name, router in self.routers.items():
+            seen: set[int] = set()
+            for replica in router.replicas:
+                if id(replica.instance) in seen:  # a function deployment: one object, one set of batchers
+                    continue
+                seen.add(id(replica.instance))
+                limits = batch_limits(replica.instance)
+                if limits:
+                    out[(name, replica.index)] = limits
+        return out
 
     async def health(self) -> str | None:
         return None if self._running else f"the deployments of graph {self.plan.name!r} are not running"

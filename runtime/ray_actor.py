@@ -38,9 +38,10 @@ from ray import cloudpickle
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
 from graphserve.errors import NodeExecutionError, PlanError
-from graphserve.plan import ArgPlan
+from graphserve.plan import ArgPlan, BatchingPlan
 
-from .batcher import observe_batches
+from .backend import BatchLimits
+from .batcher import batch_limits, configure_batching, observe_batches
 from .handle import DeploymentHandle
 from .otel import attached, inject
 from .replica import Replica, ReplicaStartError, construct, threads
@@ -154,6 +155,7 @@ class ReplicaSpec:
     handles: dict[str, list[str]] = field(default_factory=dict)  # deployment -> its actors' names
     retries: dict[str, int] = field(default_factory=dict)  # deployment -> its max_retries
     batching: bool = False
+    batch_plans: list[BatchingPlan] = field(default_factory=list)  # the plan's batching values, applied
     threads: int = 1  # the deployment's max_ongoing_requests: one thread per place
 
 
@@ -234,6 +236,7 @@ class ReplicaActor:
             )
         except ReplicaStartError as exc:  # its cause may not pickle: the message says it
             raise ReplicaStartError(exc.deployment, exc.message) from None
+        configure_batching(instance, spec.batch_plans)  # the plan's batching values (a function's too)
         if spec.batching and spec.kind == "class":
             observe_batches(instance, lambda method, size: self._batches.append((method, size)))
         return Replica(instance, spec.index, threads(spec.threads, f"gs-{spec.deployment}"))
@@ -293,3 +296,8 @@ class ReplicaActor:
         latencies = list(self._latencies)
         self._latencies.clear()
         return batches, latencies
+
+    @ray.method(concurrency_group="control")
+    async def batch_limits(self) -> dict[str, BatchLimits]:
+        """The current limits of this replica's batchers (empty before its first batch)."""
+        return batch_limits(self._replica.instance) if self._replica is not None else {}

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -57,9 +58,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError, PlanError
-from graphserve.plan import DeploymentPlan, Plan, has_import_path
+from graphserve.plan import DeploymentPlan, Plan, ReplicaPlan, has_import_path
 from graphserve.resources import Capacity, check_fits
 
+from .backend import BatchLimits
+from .batcher import limits_by_method
 from .replica import ReplicaStartError, construction_order, load_target
 from .routing import DeploymentLoad, ReplicaRouter
 from .tracing import NodeSpan
@@ -73,6 +76,7 @@ _owned_connections = 0  # backends sharing the Ray instance one of them started 
 
 
 _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray puts a local cluster on 127.0.0.1
+NODE_RESOURCE_SHARE = 0.001  # how much of Ray's node:<address> resource a placed replica asks for
 
 
 def _import_ray(start_local: bool) -> Any:
@@ -160,6 +164,7 @@ class RayBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
+        self._limits: dict[tuple[str, int], dict[str, BatchLimits]] = {}  # read at the last flush
         self._id = uuid.uuid4().hex[:12]  # actor names are unique per backend
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -238,11 +243,14 @@ class RayBackend:
                     handles=handles,
                     retries=retries,
                     batching=bool(dep.batching),
+                    batch_plans=list(dep.batching),
                     threads=dep.max_ongoing_requests,
                 )
+                replica = self._replica_plan(name, index)
                 actor = actor_class.options(
-                    num_cpus=dep.resources.num_cpus,
-                    num_gpus=dep.resources.num_gpus,
+                    num_cpus=replica.num_cpus if replica is not None else dep.resources.num_cpus,
+                    num_gpus=replica.num_gpus if replica is not None else dep.resources.num_gpus,
+                    resources=self._node_resources(replica),
                     max_concurrency=dep.max_ongoing_requests,
                     max_restarts=self._max_restarts,
                     max_task_retries=dep.max_retries,
@@ -250,6 +258,22 @@ class RayBackend:
                 ).remote(spec)
                 replicas.append(_Replica(actor, index))
             self.routers[name] = _Router(dep, replicas)
+
+    def _replica_plan(self, deployment: str, index: int) -> ReplicaPlan | None:
+        for replica in self.plan.replicas:
+            if replica.deployment == deployment and replica.index == index:
+                return replica
+        return None
+
+    def _node_resources(self, replica: ReplicaPlan | None) -> dict[str, float]:
+        """A replica planned on a cluster node with an address asks for Ray's ``node:<address>``
+        resource, so Ray starts it on that node (the SLO planner's placement)."""
+        if replica is None or self.plan.cluster is None:
+            return {}
+        for node in self.plan.cluster.nodes:
+            if node.name == replica.node and node.address:
+                return {f"node:{node.address}": NODE_RESOURCE_SHARE}
+        return {}
 
     def _actor_name(self, deployment: str, index: int) -> str:
         return f"graphserve:{self.plan.name}:{self._id}:{deployment}:{index}"
@@ -482,17 +506,21 @@ class RayBackend:
 
     async def flush_batches(self) -> int:
         """Report the batches replicas sent (``on_batch``) and their calls' latencies (``on_latency``)
-        since the last flush; returns how many batches."""
+        since the last flush, and read their batchers' current limits; returns how many batches."""
         from ray.exceptions import RayError
 
         count = 0
         for name, router in list(self.routers.items()):
+            batching = bool(self.plan.deployment(name).batching)
             for replica in router.replicas:
                 try:
                     async with asyncio.timeout(5):
                         sizes, latencies = await replica.actor.drain_metrics.remote()
+                        limits = await replica.actor.batch_limits.remote() if batching else {}
                 except (TimeoutError, RayError):  # a dead or busy replica: its numbers come next time
                     continue
+                if limits:
+                    self._limits[(name, replica.index)] = limits
                 if self._on_batch is not None:
                     for method, size in sizes:
                         self._on_batch(name, method, size)
@@ -504,8 +532,20 @@ class RayBackend:
 
     # -- introspection -----------------------------------------------------------------
     def load(self) -> dict[str, DeploymentLoad]:
-        """Replicas busy with the driver's calls, and its queue (batching limits live in the actors)."""
-        return {name: r.load() for name, r in self.routers.items()}
+        """Replicas busy with the driver's calls, and its queue; batching limits as the first
+        replica's batchers reported them at the last flush."""
+        loads = {}
+        for name, router in self.routers.items():
+            load = router.load()
+            limits = self._limits.get((name, 0))
+            if limits:
+                load = dataclasses.replace(load, batching=limits_by_method(limits))
+            loads[name] = load
+        return loads
+
+    def batch_limits(self) -> dict[tuple[str, int], dict[str, BatchLimits]]:
+        """Every replica's batch limits as read at the last flush (every ``metrics_interval_s``)."""
+        return dict(self._limits)
 
     def actors(self, deployment: str) -> list[Any]:
         """The actor handles of ``deployment``'s replicas, in replica order."""
