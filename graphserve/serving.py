@@ -47,6 +47,7 @@ _SERVER_OPTIONS = {
 }
 _CONNECTION_OPTIONS = {
     "header_timeout_s": f"time for a request's line and headers (408 and closed past it; default {HEADER_TIMEOUT_S:g})",
+    "body_timeout_s": f"time for a request's body to arrive (408 and closed past it; default {BODY_TIMEOUT_S:g})",
     "keep_alive_s": f"an idle keep-alive connection is closed after this (default {KEEP_ALIVE_S:g})",
     "max_connections": "open connections at most; past it the longest-idle one is closed (default: half the fd limit)",
     "max_header_bytes": f"largest request line and headers (431 above; default {MAX_HEADER_BYTES // 1024} KiB)",
@@ -54,7 +55,6 @@ _CONNECTION_OPTIONS = {
 _INGRESS_OPTIONS = {
     "max_body_bytes": f"largest accepted request body (413 above; default {mib(MAX_BODY_BYTES)})",
     "max_in_flight": "requests one graph runs at once (bodies read) before answering 503 (default unbounded)",
-    "body_timeout_s": f"time for a request's body to arrive (408 and closed past it; default {BODY_TIMEOUT_S:g})",
     "timeout_s": "deadline for graphs that set no timeout_s of their own (504 past it)",
     "drift_window_s": "how long a graph planned for an SLO must differ from its plan's rate or p99 before it "
     "counts as drift (logged, in /-/metrics; default 30)",

@@ -6,6 +6,9 @@ adds what uvicorn lacks:
 * **header timeout**: from the moment a connection opens, or finishes a response, the
   next request's line and headers must be complete within ``header_timeout_s``; else
   the connection gets a 408 and is closed (closed silently when it sent nothing);
+* **body timeout**: once a request's headers are in, its whole body must arrive within
+  ``body_timeout_s``; else 408 and closed (the graph route waiting for it counts the 408).
+  A body that came with the headers, as most do, arms no timer at all;
 * **header size**: at most ``max_header_bytes`` of request line and headers (431, closed);
 * **keep-alive**: an idle connection is closed after ``keep_alive_s`` (uvicorn's timer);
 * **a cap on open connections** (``max_connections``, by default half the process's
@@ -23,7 +26,6 @@ adds what uvicorn lacks:
   requests;
 * uvicorn's own 400 for a request it cannot parse has a JSON body with ``error``.
 
-The body's time limit belongs to the ingress, which reads bodies (``body_timeout_s``).
 Answers given here reach no graph: they are counted as
 ``graphserve_requests_total{graph="",status}``; closes as
 ``graphserve_connections_closed_total{reason}``; ``graphserve_open_connections`` is a gauge.
@@ -41,6 +43,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from graphserve.errors import GraphError
 
 from . import http_defaults
+from .http_defaults import BODY_TIMED_OUT
 from .http_errors import error_body
 from .metrics import NO_GRAPH, Metrics
 
@@ -64,12 +67,13 @@ class ConnectionLimits:
     """The limits above; ``max_connections=None`` takes :func:`default_max_connections`."""
 
     header_timeout_s: float = http_defaults.HEADER_TIMEOUT_S
+    body_timeout_s: float = http_defaults.BODY_TIMEOUT_S
     keep_alive_s: float = http_defaults.KEEP_ALIVE_S
     max_connections: int | None = None
     max_header_bytes: int = http_defaults.MAX_HEADER_BYTES
 
     def __post_init__(self) -> None:
-        for name in ("header_timeout_s", "keep_alive_s"):
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
             value = getattr(self, name)
             if not value > 0:
                 raise GraphError(f"{name} must be > 0 seconds, got {value!r}")
@@ -157,7 +161,7 @@ class LimitedHTTPProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._header_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._busy = False
         self._answered = 0  # requests answered on this connection
@@ -183,7 +187,7 @@ class LimitedHTTPProtocol(HttpToolsProtocol):
             self._answer_and_close(431, text, "header_too_large")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
+        self._cancel_timer()
         self.registry.remove(self)
         super().connection_lost(exc)
 
@@ -199,50 +203,66 @@ class LimitedHTTPProtocol(HttpToolsProtocol):
     # -- limits -------------------------------------------------------------------------
     def evict(self) -> None:
         """Closed to make room for a new connection (it had no request in progress)."""
-        self._cancel_header_timer()
+        self._cancel_timer()
         self.registry.remove(self)
         self.registry.closed("evicted")
         self.transport.close()
 
     def _follow_cycle(self) -> None:
-        """Track whether a request is in progress: the header timer runs only while none is."""
+        """Track whether a request is in progress: the header timer runs while none is, the
+        body timer while one is whose body has not all arrived (never, when it came with the
+        headers: the common case costs no timer)."""
         cycle = self.cycle
         busy = cycle is not None and not cycle.response_complete
-        if busy == self._busy:
-            return
-        self._busy = busy
-        if busy:
-            self._cancel_header_timer()
+        if busy != self._busy:
+            self._busy = busy
+            if not busy:
+                self._answered += 1
+                self._wait_for_headers()
+                return
+            self._cancel_timer()
             self.registry.busy(self)
-        else:
-            self._answered += 1
-            self._wait_for_headers()
+        if busy:
+            if cycle.more_body and self._timer is None and not cycle.response_started:
+                self._timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timeout, cycle)
+            elif not cycle.more_body and self._timer is not None:
+                self._cancel_timer()
+
+    def _body_timeout(self, cycle: Any) -> None:
+        """The body did not arrive in time: 408 and closed; the graph route that waits for it
+        learns why from the scope's state (and counts the 408)."""
+        self._timer = None
+        if cycle is not self.cycle or not cycle.more_body or cycle.response_started or self.transport.is_closing():
+            return
+        cycle.scope["state"][BODY_TIMED_OUT] = self.limits.body_timeout_s
+        text = f"the request body did not arrive within {self.limits.body_timeout_s:g}s"
+        self._answer_and_close(408, text, "body_timeout", counted=False)
 
     def _wait_for_headers(self, probation_s: float | None = None) -> None:
         """Start waiting for the next request's headers: ``header_timeout_s``, or for a connection
         let in past the cap, ``probation_s`` (then 503 and closed, unless it sent a request)."""
         self._header_bytes = 0
         self.registry.idle(self, self.loop.time(), used=self._answered > 0)
-        self._cancel_header_timer()
+        self._cancel_timer()
         if probation_s is None:
-            self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
+            self._timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
         else:
-            self._header_timer = self.loop.call_later(probation_s, self._probation_over)
+            self._timer = self.loop.call_later(probation_s, self._probation_over)
 
     def _probation_over(self) -> None:
-        self._header_timer = None
+        self._timer = None
         if self._busy or self._answered or self.transport.is_closing():
             return
         if self.registry.count > self.registry.limit:
             self._refuse()
         else:  # others closed meanwhile: it stays, as any connection
-            self._header_timer = self.loop.call_later(self.limits.header_timeout_s - NEW_GRACE_S, self._header_timeout)
+            self._timer = self.loop.call_later(self.limits.header_timeout_s - NEW_GRACE_S, self._header_timeout)
 
     def _refuse(self) -> None:
         self._answer_and_close(503, "the server has too many open connections; retry later", "over_limit")
 
     def _header_timeout(self) -> None:
-        self._header_timer = None
+        self._timer = None
         if self._busy or self.transport.is_closing():
             return
         if self._header_bytes:
@@ -253,15 +273,16 @@ class LimitedHTTPProtocol(HttpToolsProtocol):
             self.registry.closed("idle")
             self.transport.close()
 
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _answer_and_close(self, status: int, message: str, reason: str) -> None:
-        self._cancel_header_timer()
+    def _answer_and_close(self, status: int, message: str, reason: str, counted: bool = True) -> None:
+        """Write the answer and close; ``counted``: as a request no graph saw (else its route counts it)."""
+        self._cancel_timer()
         self.registry.remove(self)
-        self.registry.closed(reason, status)
+        self.registry.closed(reason, status if counted else None)
         body = error_body(status, message)
         headers = [
             b"content-type: application/json\r\n",

@@ -6,8 +6,8 @@ objects, no middleware) in these steps, each a method or function below::
     read_head      the headers it needs, in one pass (request id, auth, length, timeout, trace)
     admit          method, bearer token, graph ready, declared length
     deadline       the graph's timeout_s, shortened by X-Request-Timeout-S
-    read_body      the body, at most max_body_bytes, within body_timeout_s (408 past it);
-                   a client that leaves raises ClientLeft
+    read_body      the body, at most max_body_bytes (a client that leaves raises ClientLeft;
+                   one whose body did not arrive within the server's body_timeout_s got 408)
     admit_run      the in-flight bound (max_in_flight): checked once the body is here
     request_value  the body as JSON, or a Starlette Request for a graph that takes it
     execute        await runtime.execute(request, deadline)
@@ -20,7 +20,7 @@ to answer (counted as status 499 in the metrics, as nginx logs it). Every reques
 counted in ``graphserve_requests_total`` with the status it got, a bug's 500 included.
 
 Admission comes after the body: a client that sends its body slowly holds a connection
-(bounded by the server's connection cap and by ``body_timeout_s``), never one of the
+(bounded by the server's connection cap and its ``body_timeout_s``), never one of the
 graph's ``max_in_flight`` places, so slow uploads cannot starve the requests that have
 arrived. Bodies being read are shown as ``graphserve_reading_requests``.
 
@@ -52,9 +52,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphserve.errors import NodeExecutionError, RequestError
 
-from . import http_defaults
 from .drift import DriftMonitor
 from .encoding import JSONDecodeError, JSONLimitError, dumps, loads
+from .http_defaults import BODY_TIMED_OUT
 from .http_errors import Answer, error_answer, request_error, retry_after
 from .live_stats import LiveStats
 from .metrics import Labels, Metrics
@@ -89,21 +89,15 @@ class ClientLeft(Exception):
 class RouteLimits:
     """What every graph route of one server enforces (the ingress's options)."""
 
-    __slots__ = ("body_timeout_s", "default_timeout_s", "max_body_bytes", "max_in_flight", "token")
+    __slots__ = ("default_timeout_s", "max_body_bytes", "max_in_flight", "token")
 
     def __init__(
-        self,
-        token: bytes | None,
-        max_body_bytes: int,
-        max_in_flight: int | None,
-        default_timeout_s: float | None,
-        body_timeout_s: float = http_defaults.BODY_TIMEOUT_S,
+        self, token: bytes | None, max_body_bytes: int, max_in_flight: int | None, default_timeout_s: float | None
     ) -> None:
         self.token = token
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.default_timeout_s = default_timeout_s
-        self.body_timeout_s = body_timeout_s
 
 
 class RouteObservers:
@@ -232,7 +226,7 @@ class GraphRoute:
             deadline = self.deadline(head.timeout)
             self.reading += 1
             try:
-                body = await read_body(receive, self.limits.max_body_bytes, self.limits.body_timeout_s)
+                body = await read_body(scope, receive, self.limits.max_body_bytes)
             finally:
                 self.reading -= 1
             self.admit_run()
@@ -400,27 +394,27 @@ class GraphRoute:
         )
 
 
-async def read_body(receive: Receive, max_bytes: int, timeout_s: float) -> bytes:
-    """The whole request body: Refused with 413 above ``max_bytes``, with 408 when it has not
-    all arrived within ``timeout_s``; ClientLeft on a disconnect."""
-    try:
-        async with asyncio.timeout(timeout_s):
+async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
+    """The whole request body: Refused with 413 above ``max_bytes``; ClientLeft on a
+    disconnect, or Refused with 408 when the server cut a body that did not arrive in time
+    (``connections.py`` answered it; the 408 is what the metrics count)."""
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if message.get("more_body", False):
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
             message = await receive()
-            body: bytes = message.get("body", b"")
-            if message.get("more_body", False):
-                chunks = [body]
-                size = len(body)
-                while message.get("more_body", False):
-                    message = await receive()
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise Refused(too_large(max_bytes))
-                    chunks.append(chunk)
-                body = b"".join(chunks)
-    except TimeoutError:
-        raise Refused(error_answer(408, f"the request body did not arrive within {timeout_s:g}s", [_CLOSE])) from None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > max_bytes:
+                raise Refused(too_large(max_bytes))
+            chunks.append(chunk)
+        body = b"".join(chunks)
     if message["type"] == "http.disconnect":
+        timed_out = scope.get("state", {}).get(BODY_TIMED_OUT)
+        if timed_out is not None:
+            raise Refused(error_answer(408, f"the request body did not arrive within {timed_out:g}s", [_CLOSE]))
         raise ClientLeft
     if len(body) > max_bytes:
         raise Refused(too_large(max_bytes))

@@ -16,6 +16,10 @@ BODY_TIMEOUT_S = 30.0  # a request's body must arrive within this (408 and close
 KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers (431 above)
 
+#: The key in an ASGI scope's ``state`` set when the server cut a body that did not arrive within
+#: ``BODY_TIMEOUT_S`` (its value: the timeout); the graph route counts the request as a 408.
+BODY_TIMED_OUT = "graphserve.body_timed_out_s"
+
 
 def mib(size: int) -> str:
     """``size`` bytes for a help text: ``16 MiB``."""

@@ -94,7 +94,6 @@ class Ingress:
         max_body_bytes: int = http_defaults.MAX_BODY_BYTES,
         max_in_flight: int | None = None,
         default_timeout_s: float | None = None,
-        body_timeout_s: float = http_defaults.BODY_TIMEOUT_S,
         render: Renderer | None = None,
         metrics: Metrics | None = None,
         title: str = "graphserve",
@@ -109,14 +108,12 @@ class Ingress:
             raise GraphError(f"max_body_bytes must be > 0, got {max_body_bytes}")
         if max_in_flight is not None and max_in_flight <= 0:
             raise GraphError(f"max_in_flight must be > 0, got {max_in_flight}")
-        if not body_timeout_s > 0:
-            raise GraphError(f"body_timeout_s must be > 0 seconds, got {body_timeout_s!r}")
         self.metrics = metrics if metrics is not None else (runtimes[0].metrics if runtimes else Metrics())
         for runtime in runtimes:
             runtime.metrics = self.metrics  # one registry: read by the executor made in start()
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
-        self.limits = RouteLimits(self.token, max_body_bytes, max_in_flight, default_timeout_s, body_timeout_s)
+        self.limits = RouteLimits(self.token, max_body_bytes, max_in_flight, default_timeout_s)
         if not drift_window_s > 0:
             raise GraphError(f"drift_window_s must be > 0, got {drift_window_s}")
         self.drift_window_s = drift_window_s

@@ -86,6 +86,24 @@ def test_headers_that_do_not_arrive_in_time_get_408_and_the_connection_closes() 
         assert metric(url, 'graphserve_requests_total{graph="",status="408"}') == 1
 
 
+def test_a_body_that_does_not_arrive_in_time_gets_408_counted_on_its_graph() -> None:
+    with running(body_timeout_s=0.3) as started:
+        sock = connect(started.port)
+        started_at = time.monotonic()
+        sock.sendall(b'POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"x": ')  # and no more
+        status, body = status_and_json(read_until_closed(sock))
+        assert status == 408 and "body did not arrive within 0.3s" in str(body["error"])
+        assert 0.25 < time.monotonic() - started_at < 5
+        metrics = started.metrics
+        wait_for(
+            lambda: metrics.counter_value("graphserve_requests_total", (("graph", "echo"), ("status", "408"))) == 1,
+            "the 408 counted",
+        )
+        assert metrics.counter_value("graphserve_connections_closed_total", (("reason", "body_timeout"),)) == 1
+        assert metrics.counter_value("graphserve_requests_total", (("graph", ""), ("status", "408"))) == 0
+        assert started.ingress.graphs["echo"].reading == 0
+
+
 def test_a_connection_that_sends_nothing_is_closed_without_an_answer() -> None:
     with server(header_timeout_s=0.3) as (url, port):
         sock = connect(port)
