@@ -24,8 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from .coldstart import process_tree
@@ -293,27 +292,3 @@ async def _closed_within(reader: asyncio.StreamReader, seconds: float, entry: di
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-
-
-def percentile_ms(values_s: list[float], p: float) -> float | None:
-    """The ``p``-th percentile of ``values_s`` (seconds) in ms, nearest rank; None when empty."""
-    if not values_s:
-        return None
-    ordered = sorted(values_s)
-    rank = min(len(ordered) - 1, max(0, int(-(-p * len(ordered) // 100)) - 1))
-    return round(ordered[rank] * 1000, 3)
-
-
-@contextlib.contextmanager
-def deployed(targets: list[str], *flags: str, **options: Any) -> Iterator[Deployed]:
-    server = Deployed(targets, *flags, **options)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-def log_dir() -> Path:
-    path = ROOT / "bench" / "results" / "logs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
