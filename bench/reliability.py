@@ -3,7 +3,7 @@
 ``bench/results/reliability.json`` (the README's "Reliability" section is generated
 from it by ``python -m bench.readme``).
 
-    python -m bench.reliability                 # every scenario (~2-3 minutes on 2 cores)
+    python -m bench.reliability                 # every scenario (1-3 minutes on 2 cores)
     python -m bench.reliability --only fuzz,overload --out /tmp/r.json
 
 Scenarios (each returns plain figures; ``tests/faults/`` runs the same functions and
