@@ -187,7 +187,8 @@ class _Validator:
         if config is None:
             return
         where = f"{dep.name}.{name}" if not dep.is_function else dep.name
-        if not inspect.iscoroutinefunction(inspect.unwrap(member)):
+        original = inspect.unwrap(member)
+        if not (inspect.iscoroutinefunction(original) or inspect.isasyncgenfunction(original)):
             self.problem(
                 Code.BATCH_NOT_ASYNC,
                 f"@gs.batch method {where} is not async",

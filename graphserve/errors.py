@@ -6,11 +6,20 @@ Every error a user can meet is one of these::
     ├── GraphValidationError         the graph is wrong; .diagnostics lists *every* problem
     ├── PlanError                    a valid graph cannot be planned or serialized
     ├── DeploymentStartError         a deployment's constructor failed (.deployment)
+    ├── BatchOptionError             ``@gs.batch`` got a bad option value (also a ValueError)
+    ├── BatchOptionTypeError         ``@gs.batch`` got an option of the wrong type, or a
+    │                                function that is not ``async def`` (also a TypeError)
+    ├── BatchOutputError             a batched function broke list in, list out
     └── RequestError                 one request failed; the server maps each to a status
         ├── RequestValidationError   the request does not fit the input schema (HTTP 422)
+        ├── BatchItemTooLargeError   one item alone exceeds ``max_batch_size`` as measured by
+        │                            ``batch_size_fn`` (HTTP 413; also a RuntimeError)
         ├── OverloadedError          queues are full (HTTP 503)
         ├── DeadlineExceededError    the request passed its deadline (HTTP 504)
         └── NodeExecutionError       a node raised (.node, .deployment; HTTP 500)
+
+The exceptions that double as builtins (``ValueError``, ``TypeError``, ``RuntimeError``) are
+the ones Ray Serve raises as those builtins, so code written against Ray Serve catches them.
 
 User mistakes are always one of these exceptions with a message, never an ``assert``.
 Compiler warnings a user should see (e.g. GS117, a Ray Serve option that is accepted but
@@ -99,6 +108,18 @@ class DeploymentStartError(GraphError):
         super().__init__(f"deployment {deployment!r} failed to start: {message}")
 
 
+class BatchOptionError(GraphError, ValueError):
+    """``@gs.batch`` got an option value it cannot use (``max_batch_size=0``, a negative wait)."""
+
+
+class BatchOptionTypeError(GraphError, TypeError):
+    """``@gs.batch`` got an option of the wrong type, or decorates a function that is not ``async def``."""
+
+
+class BatchOutputError(GraphError):
+    """A batched function broke the list-in, list-out contract (one result per input)."""
+
+
 class RequestError(GraphError):
     """One request failed. ``status`` is the HTTP status the ingress answers with."""
 
@@ -113,6 +134,12 @@ class RequestValidationError(RequestError):
     def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
         self.errors = errors or []
         super().__init__(message)
+
+
+class BatchItemTooLargeError(RequestError, RuntimeError):
+    """One request's item alone is larger than ``max_batch_size`` as ``batch_size_fn`` measures it."""
+
+    status = 413
 
 
 class OverloadedError(RequestError):
