@@ -128,6 +128,7 @@ class GraphIR:
     route_prefix: str | None = None
     location: Location | None = None
     raw_ingress: bool = False  # app without an InputNode: the ingress gets the request itself
+    ingress: str | None = None  # on such an app, the id of the ingress call node
 
     def node(self, node_id: str) -> IRNode:
         data: IRNode = self.dag.nodes[node_id]["ir"]

@@ -269,6 +269,9 @@ class _Validator:
         dep = self.ir.deployments.get(node.deployment or "")
         if fn is None and dep is not None:
             methods = sorted(n for n, m in inspect.getmembers(dep.target, callable) if not n.startswith("_"))
+            if node.id == self.ir.ingress and methods:  # Ray Serve: an app reached through its handle's methods
+                self.types[node.id] = edgetypes.ANY
+                return
             self.problem(
                 Code.UNKNOWN_METHOD,
                 f"deployment {dep.name} ({_qual(dep.target)}) has no method {node.method!r}",

@@ -154,9 +154,11 @@ def ingress_deployment(plan: Any) -> str | None:
     """The deployment that takes the request on an app without an InputNode, else None."""
     if not plan.raw_ingress:
         return None
-    for node in plan.nodes:
-        if node.kind == "call" and node.deployment and any(getattr(a, "node", None) == plan.input for a in node.args):
-            return str(node.deployment)
+    nodes = {node.id: node for node in plan.nodes}
+    for arg in nodes[plan.output].args:  # such an app's output is its ingress call
+        source = nodes.get(getattr(arg, "node", None) or "")
+        if source is not None and source.kind == "call" and source.deployment:
+            return str(source.deployment)
     return None
 
 
