@@ -26,6 +26,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	PYTHON=$(PY) scripts/lint_imports.sh
 
 typecheck: $(STAMP)
 	PYTHON=$(PY) scripts/typecheck.sh

@@ -1,44 +1,76 @@
 """The graphserve compiler: DSL graph -> IR -> diagnostics -> Plan.
 
-It imports neither the runtime nor ray, starlette, uvicorn or torch (a test enforces it).
+It imports neither the runtime nor ray, starlette, uvicorn or torch (the import-linter
+contracts in pyproject.toml enforce it).
 
     ir, problems = lower(app)           # bind objects -> GraphIR (structural problems)
     diagnostics, types = validate(ir)   # every check, all at once
     warnings = check(ir, problems + diagnostics)   # raises GraphValidationError
     plan = planner.plan(ir, types, warnings, cluster)
+
+Names are imported when first used (PEP 562 ``__getattr__``): ``graphserve.compiler.render``
+or ``Code`` do not load the passes (and networkx) that ``compile_app`` needs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from graphserve.dsl import App, as_app
-from graphserve.plan import PLAN_VERSION, Plan
+if TYPE_CHECKING:
+    from graphserve.plan import PLAN_VERSION, Plan
 
-from .codes import Code
-from .ir import GraphIR
-from .lower import lower
-from .planner import Cluster, detect_cluster, parse_cluster
-from .planner import plan as make_plan
-from .validate import check, validate
+    from .codes import Code
+    from .ir import GraphIR
+    from .planner import Cluster, detect_cluster, parse_cluster
 
 __all__ = [
     "PLAN_VERSION",
+    "Cluster",
     "Code",
     "GraphIR",
     "Plan",
     "compile_app",
     "detect_cluster",
-    "lower",
     "parse_cluster",
-    "validate",
 ]
 
+# public name -> the module that defines it
+_EXPORTS = {
+    "PLAN_VERSION": "graphserve.plan",
+    "Plan": "graphserve.plan",
+    "Code": "graphserve.compiler.codes",
+    "GraphIR": "graphserve.compiler.ir",
+    "Cluster": "graphserve.compiler.planner",
+    "detect_cluster": "graphserve.compiler.planner",
+    "parse_cluster": "graphserve.compiler.planner",
+}
 
-def compile_app(app: App | Any, cluster: Cluster | str = None) -> Plan:
+
+def compile_app(app: Any, cluster: Cluster | str | None = None) -> Plan:
     """Validate and plan an app (or a bare node). Raises GraphValidationError listing every problem."""
-    app = as_app(app)
-    ir, problems = lower(app)
+    from graphserve.dsl import as_app
+
+    from .lower import lower
+    from .planner import plan
+    from .validate import check, validate
+
+    ir, problems = lower(as_app(app))
     diagnostics, types = validate(ir)
     warnings = check(ir, problems + diagnostics)
-    return make_plan(ir, types, warnings, cluster)
+    return plan(ir, types, warnings, cluster)
+
+
+if not TYPE_CHECKING:  # mypy sees the imports above; a typo stays an error
+
+    def __getattr__(name: str) -> Any:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'graphserve.compiler' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

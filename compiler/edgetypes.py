@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from graphserve.batching import batch_config
+from graphserve.dsl import batch_config
 
 ANY: Any = Any
 

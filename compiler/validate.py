@@ -16,7 +16,7 @@ from typing import Any
 
 import networkx as nx
 
-from graphserve.batching import batch_config
+from graphserve.dsl import batch_config
 from graphserve.errors import Diagnostic, GraphValidationError
 
 from . import edgetypes

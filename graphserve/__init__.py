@@ -11,37 +11,86 @@ with gs.InputNode() as inp:
     app = gs.graph(Model.bind().__call__.bind(inp["x"]))
 handle = gs.run(app)
 handle.call({"x": 1.5})  # 3.0
+
+Every public name is imported when first used (PEP 562 ``__getattr__``), so
+``import graphserve`` costs nothing and a Ray actor that imports ``graphserve.runtime``
+never loads the DSL, the compiler or the HTTP entry points.
 """
 
 from __future__ import annotations
 
-from graphserve.api import GraphHandle, build, run, shutdown
-from graphserve.batching import batch
-from graphserve.compat import (
-    delete,
-    get_app_handle,
-    get_deployment,
-    get_deployment_handle,
-    ingress,
-    list_deployments,
-    start,
-)
-from graphserve.dsl import App, Deployment, InputNode, cond, deployment, glue, graph, switch
-from graphserve.errors import (
-    DeadlineExceededError,
-    DeploymentStartError,
-    GraphError,
-    GraphValidationError,
-    GraphWarning,
-    NodeExecutionError,
-    OverloadedError,
-    PlanError,
-    RequestError,
-    RequestValidationError,
-)
-from graphserve.serving import serve
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from graphserve.api import GraphHandle, build, run, shutdown
+    from graphserve.batching import batch
+    from graphserve.compat import (
+        Deployment,
+        delete,
+        deployment,
+        get_app_handle,
+        get_deployment,
+        get_deployment_handle,
+        ingress,
+        list_deployments,
+        start,
+    )
+    from graphserve.dsl import App, InputNode, cond, glue, graph, switch
+    from graphserve.errors import (
+        DeadlineExceededError,
+        DeploymentStartError,
+        GraphError,
+        GraphValidationError,
+        GraphWarning,
+        NodeExecutionError,
+        OverloadedError,
+        PlanError,
+        RequestError,
+        RequestValidationError,
+        RouteConflictError,
+    )
+    from graphserve.serving import serve
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    **dict.fromkeys(("GraphHandle", "build", "run", "shutdown"), "graphserve.api"),
+    "batch": "graphserve.batching",
+    **dict.fromkeys(
+        (
+            "Deployment",
+            "delete",
+            "deployment",
+            "get_app_handle",
+            "get_deployment",
+            "get_deployment_handle",
+            "ingress",
+            "list_deployments",
+            "start",
+        ),
+        "graphserve.compat",
+    ),
+    **dict.fromkeys(("App", "InputNode", "cond", "glue", "graph", "switch"), "graphserve.dsl"),
+    **dict.fromkeys(
+        (
+            "DeadlineExceededError",
+            "DeploymentStartError",
+            "GraphError",
+            "GraphValidationError",
+            "GraphWarning",
+            "NodeExecutionError",
+            "OverloadedError",
+            "PlanError",
+            "RequestError",
+            "RequestValidationError",
+            "RouteConflictError",
+        ),
+        "graphserve.errors",
+    ),
+    "serve": "graphserve.serving",
+}
 
 __all__ = [
     "App",
@@ -58,6 +107,7 @@ __all__ = [
     "PlanError",
     "RequestError",
     "RequestValidationError",
+    "RouteConflictError",
     "batch",
     "build",
     "cond",
@@ -76,3 +126,17 @@ __all__ = [
     "start",
     "switch",
 ]
+
+if not TYPE_CHECKING:  # mypy sees the imports above; a typo stays an error
+
+    def __getattr__(name: str) -> Any:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'graphserve' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,16 +1,23 @@
 """The user-facing entry points that tie the DSL, the compiler and the runtime together:
-``gs.build(app)`` -> Plan, ``gs.run(app)`` -> a running graph with a handle."""
+``gs.build(app)`` -> Plan, ``gs.run(app)`` -> a running graph with a handle,
+``gs.shutdown()`` stops everything.
+
+What runs in this process (apps, the HTTP server ``gs.run`` serves on, warnings shown)
+is kept by :mod:`graphserve.registry`; this module builds on it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
+import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from graphserve import registry
 from graphserve.dsl import App, as_app
-from graphserve.errors import GraphError
-
-_RUNNING: list[GraphHandle] = []
+from graphserve.errors import GraphError, GraphWarning
 
 
 def build(app: Any, cluster: Any = None) -> Any:
@@ -76,7 +83,7 @@ class GraphHandle:
         self._loop = loop
         self._stop = stop
         self._stopped = False
-        _RUNNING.append(self)
+        registry.track(self)
 
     # -- Ray Serve's handle API ----------------------------------------------------------------
     def remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -134,8 +141,7 @@ class GraphHandle:
         return self.runtime.handle(name, method)
 
     def shutdown(self) -> None:
-        if self in _RUNNING:
-            _RUNNING.remove(self)
+        registry.untrack(self)
         if not self._stopped:
             self._stopped = True
             self._stop()
@@ -198,27 +204,51 @@ def run(
     (this machine is not the Ray cluster): the Ray backend checks the Ray cluster's own
     resources before any actor starts.
     """
-    from graphserve import compat
-
     if backend == "ray" and cluster == "detect":
         cluster = None
     plan = build(as_app(app), cluster=cluster)
     if name is not None:
         plan.name = name
-    compat.announce_warnings(plan, logging_config=logging_config)
+    announce_warnings(plan, logging_config=logging_config)
     if http and not _local_testing_mode:
-        handle = compat.deploy_plan(plan, route_prefix, backend, backend_options)
+        handle = registry.serve_plan(plan, route_prefix, backend, backend_options, GraphHandle.attach)
     else:
         handle = GraphHandle(plan, backend=backend, **backend_options)
     if blocking:
-        compat.block_until_interrupted()
+        block_until_interrupted()
     return handle
 
 
 def shutdown() -> None:
     """Stop every graph started with :func:`run` (or ``.deploy()``) and this process's HTTP server."""
-    from graphserve import compat
+    registry.stop_everything()
 
-    for handle in list(_RUNNING):
-        handle.shutdown()
-    compat.stop_server()
+
+def announce_warnings(plan: Any, logging_config: Any = None, stacklevel: int = 3) -> None:
+    """Show each of the plan's warnings once per process (GraphWarning), so none goes unseen."""
+    items = [(w.code, w.node, w.message, w.location) for w in plan.warnings]
+    if logging_config is not None:
+        items.append(("GS117", None, "logging_config is accepted but ignored: use Python's logging", None))
+    for code, node, message, location in items:
+        if not registry.first_time((code, node, message)):
+            continue
+        where = f" ({location})" if location else ""
+        subject = f"[{node}] " if node else ""
+        warnings.warn(f"{code}: {subject}{message}{where}", GraphWarning, stacklevel=stacklevel)
+
+
+def block_until_interrupted() -> None:
+    """``run(..., blocking=True)``: serve until Ctrl-C or SIGTERM, then shut everything down."""
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        shutdown()

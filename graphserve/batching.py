@@ -32,11 +32,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+from graphserve.dsl import BATCH_ATTR
 from graphserve.errors import BatchOptionError, BatchOptionTypeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-BATCH_ATTR = "__gs_batch__"
 SETTINGS_ATTR = "__gs_batch_settings__"
 
 
@@ -59,12 +59,6 @@ class BatchSettings:
             "batch_wait_timeout_s": self.batch_wait_timeout_s,
             "max_concurrent_batches": self.max_concurrent_batches,
         }
-
-
-def batch_config(fn: Any) -> dict[str, Any] | None:
-    """The batching options of a ``@gs.batch`` function, or None."""
-    config = getattr(fn, BATCH_ATTR, None)
-    return dict(config) if isinstance(config, dict) else None
 
 
 def _max_batch_size(value: Any) -> int:

@@ -5,29 +5,32 @@
     graphserve deploy module:app|plan.json ... [--backend local|ray] [--port 8000]
     graphserve call URL|module:app '{"x": 1}'
 
-``build`` and ``render`` live here; ``deploy`` and ``call`` are in
-:mod:`graphserve.serving`, imported only when those commands run. Every handler returns
-the exit status: 0 on success, 1 when the graph or the request failed (diagnostics are
-printed, never a traceback), 2 for bad command-line usage.
+Every command reads its target with the one plan loader (:func:`graphserve.targets.load_plan`)
+and reports a failure with the one error printer (:func:`report`): every diagnostic of an
+invalid graph with its file:line, else ``error: <message>``, never a traceback. Every
+handler returns the exit status: 0 on success, 1 when the graph or the request failed,
+2 for bad command-line usage. What a command needs (the compiler, the runtime, rich) is
+imported when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from graphserve.errors import GraphError, GraphValidationError
+from graphserve.errors import GraphError, GraphValidationError, RequestError
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from graphserve.plan import Plan
+    from graphserve.runtime.http_server import Server
 
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 RENDER_FORMATS = ("svg", "png", "dot")
 
 
@@ -64,11 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--port", type=int, default=8000)
     deploy.add_argument(
         "--token",
-        default=os.environ.get("GRAPHSERVE_TOKEN"),
+        default=None,
         help="require 'Authorization: Bearer TOKEN' (default: $GRAPHSERVE_TOKEN)",
     )
     deploy.add_argument("--timeout-s", type=float, default=None, help="deadline for graphs that set none")
-    deploy.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    deploy.add_argument(
+        "--max-body-bytes", type=int, default=None, help="largest accepted request body (default: the server's, 16 MiB)"
+    )
     deploy.add_argument(
         "--cluster",
         default=None,
@@ -97,28 +102,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-# -- deploy / call (graphserve.serving) ------------------------------------------------
-def deploy_command(args: argparse.Namespace) -> int:
-    from graphserve import serving
+# -- the error printer and the plan loader every command shares --------------------------
+def report(exc: GraphError) -> None:
+    """Print ``exc`` on stderr: every diagnostic (with its file:line) of an invalid graph, else
+    ``error: <message>``; never a traceback."""
+    if isinstance(exc, GraphValidationError):
+        count = len(exc.diagnostics)
+        head = f"graph {exc.graph!r} is invalid" if exc.graph else "graph is invalid"
+        print(f"{head}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+        for diagnostic in exc.diagnostics:
+            print(diagnostic.format(), file=sys.stderr)
+    else:
+        print(f"error: {exc}", file=sys.stderr)
 
-    status: int = serving.deploy_command(args)
-    return status
 
+def _load_plan(target: str, cluster: str | None) -> Plan | int:
+    """The plan of ``target`` (an app, validated and planned, or a plan file); else the exit
+    status, with the error reported."""
+    from graphserve.targets import cluster_option, load_plan
 
-def call_command(args: argparse.Namespace) -> int:
-    from graphserve import serving
-
-    status: int = serving.call_command(args)
-    return status
+    try:
+        cluster_option(cluster)
+    except ValueError as exc:
+        print(f"error: --cluster {cluster!r}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return load_plan(target, cluster)
+    except GraphError as exc:
+        report(exc)
+        return 1
 
 
 # -- build / render --------------------------------------------------------------------
 def build_command(args: argparse.Namespace) -> int:
     """Validate and plan ``args.target``; print the summary; write ``-o`` / ``--render``."""
+    from graphserve.build_summary import console, print_summary
+
     plan = _load_plan(args.target, args.cluster)
     if isinstance(plan, int):
         return plan
-    print_summary(plan, _console())
+    print_summary(plan, console())
     if args.output:
         from graphserve.compiler.codes import Code
 
@@ -148,178 +171,147 @@ def render_command(args: argparse.Namespace) -> int:
     return _render_to(plan, args.output, args.format)
 
 
-def _load_plan(target: str, cluster_arg: str | None) -> Plan | int:
-    """The plan of an app (validated and planned) or of a plan file; else the exit status,
-    with every diagnostic or the error printed."""
-    from graphserve.loading import is_plan_file
-
-    try:
-        if is_plan_file(target):
-            from graphserve.plan import Plan
-
-            try:
-                text = Path(target).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise GraphError(f"cannot read plan {target!r}: {exc}") from exc
-            return Plan.from_json(text)
-        try:
-            cluster = _cluster_arg(cluster_arg)
-        except ValueError as exc:
-            print(f"error: --cluster {cluster_arg!r}: {exc}", file=sys.stderr)
-            return 2
-        return _compile(target, cluster)
-    except GraphValidationError as exc:
-        _print_diagnostics(exc)
-        return 1
-    except GraphError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # pydantic's ValidationError: a JSON file that is not a plan
-        print(f"error: {target} is not a graphserve plan: {exc}", file=sys.stderr)
-        return 1
-
-
-def _cluster_arg(value: str | None) -> Any:
-    """``--cluster``: 'detect', 'none' (no check) or 'cpus=8,gpus=2' (checked here, not at planning)."""
-    if value is None or value.strip().lower() in ("none", "off", ""):
-        return None
-    if value.strip() == "detect":
-        return "detect"
-    from graphserve.compiler import parse_cluster
-
-    parse_cluster(value)  # raises ValueError for a malformed description
-    return value
-
-
-def _compile(target: str, cluster: Any) -> Plan:
-    from graphserve.compiler import compile_app
-    from graphserve.loading import load_app
-
-    return compile_app(load_app(target), cluster=cluster)
-
-
 def _render_to(plan: Plan, output: str, fmt: str | None) -> int:
     from graphserve.compiler.render import render_to_file
 
     try:
         path = render_to_file(plan, output, fmt)
     except GraphError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         return 1
     print(f"graph drawn to {path}")
     return 0
 
 
-def _print_diagnostics(exc: GraphValidationError) -> None:
-    """Every diagnostic, one per line (with its file:line), on stderr; no traceback."""
-    count = len(exc.diagnostics)
-    head = f"graph {exc.graph!r} is invalid" if exc.graph else "graph is invalid"
-    print(f"{head}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
-    for diagnostic in exc.diagnostics:
-        print(diagnostic.format(), file=sys.stderr)
+# -- deploy ------------------------------------------------------------------------------
+def deploy_command(args: argparse.Namespace) -> int:
+    """``graphserve deploy targets... [--backend] [--address] [--host] [--port] [--token] ...``:
+    ``gs.serve`` until SIGTERM/SIGINT."""
+    from graphserve.serving import serve
 
-
-def _console() -> Console:
-    from rich.console import Console
-
-    # Wide enough for the tables when stdout is a pipe or a file (rich assumes 80 columns).
-    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
-    return Console(file=sys.stdout, width=width, highlight=False, soft_wrap=False)
-
-
-def print_summary(plan: Plan, console: Console) -> None:
-    """The readable summary of ``graphserve build``: nodes, stages, deployments, warnings."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    calls = [n for n in plan.nodes if n.kind == "call" and n.deployment]
-    console.print(
-        f"[bold]graph {escape(plan.name)}[/bold]: {len(plan.nodes)} nodes, {len(calls)} deployment calls, "
-        f"{len(plan.stages)} stages, {len(plan.deployments)} deployments, {len(plan.replicas)} replicas"
-        + (f", route {escape(plan.route_prefix)}" if plan.route_prefix else "")
-        + (f", timeout {plan.timeout_s:g}s" if plan.timeout_s is not None else "")
-    )
-    if plan.cluster is not None:
-        console.print(f"cluster ({plan.cluster.source}): {plan.cluster.cpus:g} cpus, {plan.cluster.gpus:g} gpus")
-    else:
-        console.print("cluster: not checked")
-
-    nodes = Table(title="nodes", title_justify="left")
-    for column in ("stage", "node", "kind", "runs", "type", "runs when", "fused"):
-        nodes.add_column(column)
-    for node in sorted(plan.nodes, key=lambda n: (n.stage, plan.nodes.index(n))):
-        nodes.add_row(
-            str(node.stage),
-            escape(node.id),
-            _kind(node),
-            escape(_target(node)),
-            escape(node.type),
-            escape(guard_text(plan, node.guard)),
-            escape(node.fused_reason or "") if node.fused else "",
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    backend = getattr(args, "backend", None) or "local"
+    # On Ray the backend checks the plan against the Ray cluster itself, not this machine.
+    options: dict[str, Any] = {
+        "cluster": getattr(args, "cluster", None) or ("detect" if backend == "local" else None),
+        "on_ready": _announce,
+    }
+    for name in ("timeout_s", "max_body_bytes", "max_in_flight", "shutdown_timeout_s"):
+        value = getattr(args, name, None)
+        if value is not None:
+            options[name] = value
+    address = getattr(args, "address", None)
+    if address:
+        options["backend_options"] = {"address": address}
+    port = getattr(args, "port", None)
+    try:
+        serve(
+            getattr(args, "targets", None) or getattr(args, "target", None),
+            host=getattr(args, "host", None) or "127.0.0.1",
+            port=8000 if port is None else int(port),
+            backend=backend,
+            token=getattr(args, "token", None),
+            **options,
         )
-    console.print(nodes)
-
-    stages = Table(title="stages", title_justify="left")
-    stages.add_column("stage")
-    stages.add_column("nodes (run concurrently)")
-    for index, wave in enumerate(plan.stages):
-        stages.add_row(str(index), escape(", ".join(wave)))
-    console.print(stages)
-
-    deployments = Table(title="deployments", title_justify="left")
-    for column in ("deployment", "import path", "replicas", "cpus", "gpus", "max ongoing", "batching"):
-        deployments.add_column(column)
-    for dep in plan.deployments:
-        deployments.add_row(
-            escape(dep.name),
-            escape(dep.import_path),
-            str(dep.num_replicas),
-            f"{dep.resources.num_cpus:g}",
-            f"{dep.resources.num_gpus:g}",
-            str(dep.max_ongoing_requests),
-            escape(
-                "; ".join(
-                    f"{b.method}: max {b.max_batch_size}, wait {b.batch_wait_timeout_s:g}s, "
-                    f"{b.max_concurrent_batches} concurrent"
-                    for b in dep.batching
-                )
-                or "-"
-            ),
-        )
-    console.print(deployments)
-
-    if plan.warnings:
-        console.print(f"[yellow]{len(plan.warnings)} warning{'s' if len(plan.warnings) != 1 else ''}:[/yellow]")
-        for w in plan.warnings:
-            where = f"{w.location}: " if w.location else ""
-            about = f"[{w.node}] " if w.node else ""
-            console.print(escape(f"  {where}{w.severity} {w.code}: {about}{w.message}"), soft_wrap=True)
-            if w.hint:
-                console.print(escape(f"      hint: {w.hint}"), soft_wrap=True)
-    else:
-        console.print("no warnings")
+    except GraphError as exc:
+        report(exc)
+        return 1
+    print("graphserve: stopped", flush=True)
+    return 0
 
 
-def _kind(node: Any) -> str:
-    if node.kind == "call":
-        return "glue" if node.function else "deployment"
-    return str(node.kind)
+def _announce(server: Server) -> None:
+    for name, url in server.routes.items():
+        print(f"graphserve: graph {name!r} at POST {url}", flush=True)
+    print(f"graphserve: ready at {server.url} (metrics at {server.url}/-/metrics)", flush=True)
 
 
-def _target(node: Any) -> str:
-    if node.kind == "call":
-        if node.function:
-            return node.function
-        return f"{node.deployment}.{node.method}"
-    if node.kind == "attr":
-        return f".{node.key}" if node.access == "attr" else f"[{node.key!r}]"
-    if node.kind == "switch":
-        return f"on {node.selector}"
-    return ""
+# -- call --------------------------------------------------------------------------------
+def call_command(args: argparse.Namespace) -> int:
+    """``graphserve call URL|module:app|plan.json '<json>'``: print the result; exit 1 on an error."""
+    from graphserve.runtime.encoding import JSONDecodeError, loads
+
+    target: str = args.target
+    raw = getattr(args, "body", None)
+    if raw is None or raw == "-":
+        raw = sys.stdin.read()
+    try:
+        request = loads(raw) if raw.strip() else None
+    except JSONDecodeError as exc:
+        print(f"error: the request body is not JSON: {exc}", file=sys.stderr)
+        return 2
+    timeout_s = getattr(args, "timeout_s", None)
+    if target.startswith(("http://", "https://")):
+        try:
+            headers = _parse_headers(getattr(args, "header", None) or [])
+        except GraphError as exc:
+            report(exc)
+            return 2
+        return _call_url(target, raw.encode(), headers, timeout_s)
+    return _call_in_process(target, request, timeout_s, getattr(args, "cluster", None) or "detect")
 
 
-def guard_text(plan: Plan, guard: Any) -> str:
-    """``switch=value and ... or ...`` for a node's guard ("" when it always runs)."""
-    from graphserve.compiler.render import guard_label
+def _parse_headers(items: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise GraphError(f"header {item!r} is not 'Name: value'")
+        headers[name.strip()] = value.strip()
+    return headers
 
-    return guard_label(plan, guard)
+
+def _call_url(url: str, body: bytes, headers: dict[str, str], timeout_s: float | None) -> int:
+    from graphserve.registry import TOKEN_ENV
+
+    lowered = {k.lower() for k in headers}
+    if "content-type" not in lowered:
+        headers["Content-Type"] = "application/json"
+    if "authorization" not in lowered and os.environ.get(TOKEN_ENV):
+        headers["Authorization"] = f"Bearer {os.environ[TOKEN_ENV]}"
+    if timeout_s is not None and "x-request-timeout-s" not in lowered:
+        headers["X-Request-Timeout-S"] = str(timeout_s)
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    client_timeout = timeout_s + 10 if timeout_s is not None else 300.0
+    try:
+        with urllib.request.urlopen(request, timeout=client_timeout) as response:
+            print(response.read().decode("utf-8", "replace"))
+            return 0
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode("utf-8", "replace")
+        print(f"error: HTTP {exc.code}: {text}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"error: cannot reach {url}: {reason}", file=sys.stderr)
+        return 1
+
+
+def _call_in_process(target: str, request: Any, timeout_s: float | None, cluster: Any) -> int:
+    from graphserve.api import GraphHandle
+    from graphserve.runtime.encoding import dumps
+    from graphserve.runtime.http_errors import request_error
+
+    plan = _load_plan(target, cluster)
+    if isinstance(plan, int):
+        return plan
+    try:
+        handle = GraphHandle(plan)
+    except GraphError as exc:
+        report(exc)
+        return 1
+    try:
+        result = handle.call(request, timeout_s)
+    except RequestError as exc:
+        status, body, _ = request_error(exc)
+        print(f"error: {status}: {body.decode()}", file=sys.stderr)
+        return 1
+    finally:
+        handle.shutdown()
+    try:
+        print(dumps(result).decode())
+    except TypeError as exc:
+        print(f"error: the output cannot be written as JSON: {exc}", file=sys.stderr)
+        return 1
+    return 0

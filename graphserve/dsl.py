@@ -20,11 +20,19 @@ import copy
 import operator
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Self, TypeVar, overload
 
 from graphserve.errors import Location
 
 T = TypeVar("T")
+
+BATCH_ATTR = "__gs_batch__"  # where @gs.batch (graphserve.batching) records its options
+
+
+def batch_config(fn: Any) -> dict[str, Any] | None:
+    """The batching options ``@gs.batch`` recorded on ``fn``, or None."""
+    config = getattr(fn, BATCH_ATTR, None)
+    return dict(config) if isinstance(config, dict) else None
 
 
 def caller_location() -> Location | None:
@@ -199,7 +207,11 @@ class DeploymentNode(DAGNode):
 
 
 class Deployment(Generic[T]):
-    """What ``@gs.deployment`` makes of a class or function."""
+    """What ``@gs.deployment`` makes of a class or function: ``.bind(...)`` makes graph nodes.
+
+    ``gs.deployment`` makes :class:`graphserve.compat.Deployment`, this class plus Ray
+    Serve 1.x's ``deploy()``/``get_handle()``/``delete()``/``url``, which run things.
+    """
 
     def __init__(self, target: T, options: dict[str, Any], location: Location | None) -> None:
         self._target = target
@@ -228,7 +240,7 @@ class Deployment(Generic[T]):
     def deployment_options(self) -> dict[str, Any]:
         return dict(self._options)
 
-    def options(self, **options: Any) -> Deployment[T]:
+    def options(self, **options: Any) -> Self:
         """A copy with some options changed, e.g. ``Model.options(name="a", num_replicas=2)``."""
         clone = copy.copy(self)
         clone._options = {**self._options, **options}
@@ -240,32 +252,6 @@ class Deployment(Generic[T]):
         if self.is_function:
             return CallNode(self, None, args, kwargs)
         return DeploymentNode(self, args, kwargs)
-
-    # Ray Serve 1.x: each deployment deployed on its own (see graphserve.compat).
-    def deploy(self, *args: Any, **kwargs: Any) -> None:
-        """Deploy this deployment alone on this process's HTTP server, at ``route_prefix`` (default ``/<name>``)."""
-        from graphserve.compat import deploy_deployment
-
-        deploy_deployment(self, args, kwargs)
-
-    def get_handle(self, sync: bool | None = None) -> Any:
-        """A handle to this deployment, once deployed (``.deploy()`` or ``serve.run``)."""
-        from graphserve.compat import deployed_handle
-
-        return deployed_handle(self.name)
-
-    def delete(self) -> None:
-        """Stop this deployment, deployed with ``.deploy()``."""
-        from graphserve.compat import delete
-
-        delete(self.name)
-
-    @property
-    def url(self) -> str | None:
-        """The HTTP URL of this deployment, deployed with ``.deploy()``; None without a route."""
-        from graphserve.compat import deployment_url
-
-        return deployment_url(self.name)
 
     def __repr__(self) -> str:
         return f"Deployment({self.name})"

@@ -10,6 +10,7 @@ Every error a user can meet is one of these::
     ├── BatchOptionTypeError         ``@gs.batch`` got an option of the wrong type, or a
     │                                function that is not ``async def`` (also a TypeError)
     ├── BatchOutputError             a batched function broke list in, list out
+    ├── RouteConflictError           two graphs on one server want the same route (.path)
     └── RequestError                 one request failed; the server maps each to a status
         ├── RequestValidationError   the request does not fit the input schema (HTTP 422)
         ├── BatchItemTooLargeError   one item alone exceeds ``max_batch_size`` as measured by
@@ -118,6 +119,14 @@ class BatchOptionTypeError(GraphError, TypeError):
 
 class BatchOutputError(GraphError):
     """A batched function broke the list-in, list-out contract (one result per input)."""
+
+
+class RouteConflictError(GraphError):
+    """Two graphs on one server want the same HTTP route (or a graph wants a reserved one)."""
+
+    def __init__(self, message: str, path: str) -> None:
+        self.path = path
+        super().__init__(message)
 
 
 class RequestError(GraphError):

@@ -1,20 +1,27 @@
 """The graphserve runtime: executes Plans. It reads only Plans (``graphserve.plan``)
-and ``graphserve.errors``, never the DSL's builder objects.
+and ``graphserve.errors``, never the DSL's builder objects or the compiler.
 
 - ``executor``: walks a Plan per request (branches, concurrency, deadlines, errors).
 - ``local`` / ``ray_backend``: backends behind one small interface (``backend``).
 - ``batcher``: request batching; ``handle``: deployment handles; ``metrics``.
-- ``runtime``: a running graph (backend + executor); ``threaded``: a loop in a thread.
+- ``running_graph``: a running graph (backend + executor); ``background_loop``: a loop in a thread.
+
+Names are imported when first used (PEP 562 ``__getattr__``), so a Ray actor importing
+``graphserve.runtime.ray_actor`` loads only what the actor runs.
 """
 
 from __future__ import annotations
 
-from .backend import Backend
-from .executor import GraphExecutor
-from .handle import DeploymentHandle, DeploymentResponse
-from .metrics import Metrics
-from .runtime import GraphRuntime
-from .threaded import BackgroundLoop
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .background_loop import BackgroundLoop
+    from .executor import GraphExecutor
+    from .handle import DeploymentHandle, DeploymentResponse
+    from .metrics import Metrics
+    from .running_graph import GraphRuntime
 
 __all__ = [
     "Backend",
@@ -25,3 +32,28 @@ __all__ = [
     "GraphRuntime",
     "Metrics",
 ]
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "Backend": "graphserve.runtime.backend",
+    "BackgroundLoop": "graphserve.runtime.background_loop",
+    "GraphExecutor": "graphserve.runtime.executor",
+    "DeploymentHandle": "graphserve.runtime.handle",
+    "DeploymentResponse": "graphserve.runtime.handle",
+    "Metrics": "graphserve.runtime.metrics",
+    "GraphRuntime": "graphserve.runtime.running_graph",
+}
+
+if not TYPE_CHECKING:  # mypy sees the imports above; a typo stays an error
+
+    def __getattr__(name: str) -> Any:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'graphserve.runtime' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

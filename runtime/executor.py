@@ -33,7 +33,7 @@ from graphserve.errors import (
 from graphserve.plan import ConstValue, NodePlan, NodeRef, Plan
 
 from .backend import Backend
-from .loader import load_target
+from .construction import load_target
 from .metrics import Metrics
 
 _MISSING = object()

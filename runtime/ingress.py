@@ -44,14 +44,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from graphserve.errors import DeploymentStartError, GraphError, RequestError
+from graphserve.errors import DeploymentStartError, GraphError, RequestError, RouteConflictError
 from graphserve.plan import Plan
 
 from .encoding import JSONDecodeError, dumps, loads
 from .http_errors import Headers, error_body, request_error, retry_after
 from .metrics import Labels, Metrics
 from .openapi import openapi_document
-from .runtime import GraphRuntime
+from .running_graph import GraphRuntime
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -167,12 +167,12 @@ class Ingress:
 
     def _add_path(self, path: str, route: GraphRoute) -> None:
         if path.startswith(_OPS_PREFIX) or path == "/openapi.json":
-            raise GraphError(f"graph {route.name!r}: route {path!r} is reserved for the server")
+            raise RouteConflictError(f"graph {route.name!r}: route {path!r} is reserved for the server", path)
         keys = {path, path.rstrip("/") or "/", path.rstrip("/") + "/"}
         for key in keys:
             other = self._paths.get(key)
             if other is not None and other is not route:
-                raise GraphError(f"graphs {other.name!r} and {route.name!r} both want route {path!r}")
+                raise RouteConflictError(f"graphs {other.name!r} and {route.name!r} both want route {path!r}", path)
         for key in keys:
             self._paths[key] = route
 

@@ -20,7 +20,7 @@ from graphserve.errors import DeploymentStartError
 from graphserve.plan import DeploymentPlan, Plan
 
 from .batcher import close_batchers, observe_batches
-from .loader import build_args, construction_order, load_target
+from .construction import build_args, construction_order, load_target
 from .routing import ReplicaRouter
 
 

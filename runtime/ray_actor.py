@@ -37,8 +37,8 @@ from graphserve.errors import NodeExecutionError, PlanError
 from graphserve.plan import ArgPlan, import_object
 
 from .batcher import observe_batches
+from .construction import build_args
 from .handle import DeploymentHandle
-from .loader import build_args
 
 
 class ReplicaCallError(Exception):

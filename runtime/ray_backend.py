@@ -45,7 +45,7 @@ from typing import Any
 from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError
 from graphserve.plan import DeploymentPlan, Plan
 
-from .loader import construction_order, load_target
+from .construction import construction_order, load_target
 from .ray_resources import check_fits
 from .routing import ReplicaRouter
 

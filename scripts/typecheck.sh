@@ -1,12 +1,6 @@
 #!/usr/bin/env bash
-# mypy cannot follow pyproject's package-dir mapping (compiler/ -> graphserve.compiler),
-# so check a tree of symlinks laid out the way the package is installed.
+# mypy on the package as installed (see package_tree.sh: compiler/ is graphserve.compiler).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tree=build/typecheck
-rm -rf "$tree"
-mkdir -p "$tree/graphserve"
-for f in graphserve/*.py graphserve/py.typed; do ln -s "$PWD/$f" "$tree/graphserve/"; done
-ln -s "$PWD/compiler" "$tree/graphserve/compiler"
-ln -s "$PWD/runtime" "$tree/graphserve/runtime"
+tree=$(scripts/package_tree.sh)
 exec "${PYTHON:-.venv/bin/python}" -m mypy --cache-dir build/.mypy_cache "$tree/graphserve" "$@"

@@ -172,7 +172,13 @@ def test_quick_run_end_to_end(tmp_path):
             assert "over capacity" in w["open"]["1e+06"]["skipped"]
     assert results["hop"]["graph"]["us_per_node"] is not None
     by_figure = {t["figure"]: t for t in results["targets"]}
-    assert by_figure["W1 req/s, local / raw Starlette"]["passed"] in (True, False)
+    w1 = by_figure["W1 req/s, local / raw Starlette"]
+    peaks = [
+        max(m["rps"] for m in results["systems"][s]["workloads"]["W1"]["closed"].values())
+        for s in ("local", "starlette")
+    ]
+    assert w1["measured"] == round(peaks[0] / peaks[1], 3)
+    assert w1["passed"] is (w1["measured"] >= w1["bound"])
     assert by_figure["W3 p50 at 1 connection, local"]["measured"] > costs.FANOUT_S * 1000
     assert by_figure["W1 req/s, local / Ray Serve"]["passed"] is None  # not measured in this run
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -11,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -225,36 +225,32 @@ def test_python_dash_m_reports_an_invalid_graph_without_a_traceback() -> None:
 
 
 # -- deploy / call -----------------------------------------------------------------------
-def test_deploy_and_call_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GRAPHSERVE_TOKEN", "s3cret")
+def test_deploy_and_call_arguments() -> None:
     args = cli.build_parser().parse_args(["deploy", "a:app", "plan.json"])
     assert args.targets == ["a:app", "plan.json"]
     assert (args.backend, args.address, args.host, args.port) == ("local", None, "127.0.0.1", 8000)
-    assert (args.token, args.timeout_s, args.max_body_bytes, args.cluster) == ("s3cret", None, 10485760, None)
+    # None: the server's own defaults apply ($GRAPHSERVE_TOKEN, the ingress's body limit)
+    assert (args.token, args.timeout_s, args.max_body_bytes, args.cluster) == (None, None, None, None)
     args = cli.build_parser().parse_args(["call", "http://127.0.0.1:1/x", "--header", "A: 1", "--header", "B: 2"])
     assert (args.body, args.timeout_s, args.header) == ("{}", None, ["A: 1", "B: 2"])
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["deploy", "a:app", "--backend", "k8s"])
 
 
-def test_deploy_and_call_hand_over_to_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deploy_hands_its_options_to_serve(monkeypatch: pytest.MonkeyPatch) -> None:
     from graphserve import serving
 
-    seen: list[tuple[str, object]] = []
+    seen: dict[str, Any] = {}
 
-    def deploy(args: argparse.Namespace) -> int:
-        seen.append(("deploy", args.port))
-        return 7
+    def serve(targets: Any, **kwargs: Any) -> None:
+        seen.update(kwargs, targets=targets)
 
-    def call(args: argparse.Namespace) -> int:
-        seen.append(("call", args.body))
-        return 3
-
-    monkeypatch.setattr(serving, "deploy_command", deploy)
-    monkeypatch.setattr(serving, "call_command", call)
-    assert cli.main(["deploy", "a:app", "--port", "0"]) == 7
-    assert cli.main(["call", "a:app", '{"x": 1}']) == 3
-    assert seen == [("deploy", 0), ("call", '{"x": 1}')]
+    monkeypatch.setattr(serving, "serve", serve)
+    assert cli.main(["deploy", "a:app", "b.json", "--port", "0", "--timeout-s", "2", "--address", "auto"]) == 0
+    assert seen["targets"] == ["a:app", "b.json"]
+    assert (seen["port"], seen["timeout_s"], seen["token"], seen["cluster"]) == (0, 2.0, None, "detect")
+    assert seen["backend_options"] == {"address": "auto"}
+    assert "max_body_bytes" not in seen  # the ingress's default: one constant
 
 
 def test_call_runs_a_graph_in_process(capsys: pytest.CaptureFixture[str]) -> None:

@@ -41,7 +41,7 @@ def test_examples_import_cheaply_and_build(model_cache: Path) -> None:
     script = f"""
 import json, sys
 import graphserve as gs
-from graphserve.loading import load_app
+from graphserve.targets import load_app
 plans = {{}}
 for name in {EXAMPLES!r}:
     for attr in ["app", "app_handles"] if name == "composition" else ["app"]:

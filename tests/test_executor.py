@@ -14,9 +14,7 @@ import pytest
 
 import graphserve as gs
 from graphserve.compiler import compile_app
-from graphserve.errors import (
-    RequestValidationError,
-)
+from graphserve.errors import DeadlineExceededError, RequestValidationError
 from graphserve.runtime import GraphRuntime
 from tests.graphs import models as m
 
@@ -92,6 +90,14 @@ def test_run_handle_blocking_and_awaitable() -> None:
         assert handle.call(2.0) == 4.0
         assert handle.remote(3.0).result() == 6.0  # a DeploymentResponse, as Ray Serve's handles return
         assert asyncio.run(_awaited(handle.remote(3.0))) == 6.0
-        started_at = time.monotonic()
         assert handle.call(1.0, timeout_s=5) == 2.0
-        assert time.monotonic() - started_at < 5
+
+
+def test_run_handle_call_applies_its_timeout() -> None:
+    with gs.InputNode() as inp:
+        app = gs.graph(m.Slow.bind("slow", 2.0).__call__.bind(inp))
+    with gs.run(app, http=False) as handle:
+        started_at = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            handle.call(1.0, timeout_s=0.05)
+        assert time.monotonic() - started_at < 1.0  # the deadline, not the node's 2 s

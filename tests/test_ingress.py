@@ -15,7 +15,7 @@ import pytest
 
 from graphserve.errors import GraphError
 from graphserve.runtime.ingress import Ingress
-from graphserve.runtime.runtime import GraphRuntime
+from graphserve.runtime.running_graph import GraphRuntime
 from graphserve.serving import load_plans
 from tests.graphs import ingress_graphs as graphs
 from tests.serving_utils import running_server

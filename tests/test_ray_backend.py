@@ -53,6 +53,12 @@ async def bounded(awaitable: Any, seconds: float = 60.0) -> Any:
     return await asyncio.wait_for(awaitable, seconds)
 
 
+async def logged(log: EventLog, name: str, count: int = 1) -> None:
+    """Wait until ``log`` holds ``count`` events ``name`` (written by a replica, in its own process)."""
+    while log.count(name) < count:
+        await asyncio.sleep(0.01)
+
+
 async def answered(runtime: GraphRuntime, request: Any, node: str = "Mortal.__call__") -> Any:
     """The first answer to ``request``: calls sent while the only replica restarts may fail, naming it."""
     for _ in range(50):
@@ -71,7 +77,7 @@ async def test_a_dead_replica_fails_its_calls_naming_the_node_and_is_restarted(l
     async with running(gs.graph(out)) as runtime:
         first_pid = await runtime.execute("ping")
         in_flight = asyncio.ensure_future(runtime.execute("sleep2"))
-        await asyncio.sleep(0.3)
+        await bounded(logged(log, "sleeping"), 30)  # the call runs in the replica
         outcomes = await bounded(asyncio.gather(runtime.execute("die"), in_flight, return_exceptions=True))
         for outcome in outcomes:
             assert isinstance(outcome, NodeExecutionError), outcome
@@ -102,7 +108,7 @@ async def test_max_retries_retries_calls_that_were_running_on_a_killed_replica(r
     async with running(gs.graph(out)) as runtime:
         first_pid = await runtime.execute("ping")
         in_flight = asyncio.ensure_future(runtime.execute("sleep1"))
-        await asyncio.sleep(0.3)
+        await bounded(logged(log, "sleeping"), 30)  # the call runs in the replica
         (actor,) = runtime.backend.actors("Mortal")  # type: ignore[union-attr]
         ray_cluster.kill(actor, no_restart=False)
         retried_pid = await bounded(in_flight)  # retried on the restarted replica: the caller never sees it

@@ -18,9 +18,15 @@ def plan_for(**options: float) -> Plan:
     return compile_app(gs.graph(out), cluster=None)
 
 
-def test_a_plan_that_fits_passes() -> None:
-    plan = plan_for(num_replicas=2, num_gpus=0.5, num_cpus=1)
-    check_fits(plan, {"CPU": 2.0, "GPU": 1.0}, [{"CPU": 2.0, "GPU": 1.0}])
+def test_a_plan_that_fills_the_cluster_fits_and_one_more_replica_does_not() -> None:
+    cluster = {"CPU": 2.0, "GPU": 1.0}
+    assert check_fits(plan_for(num_replicas=2, num_gpus=0.5, num_cpus=1), cluster, [cluster]) is None
+    with pytest.raises(GraphValidationError) as info:
+        check_fits(plan_for(num_replicas=3, num_gpus=0.5, num_cpus=1), cluster, [cluster])
+    assert info.value.codes == ["GS201", "GS201"]
+    cpus, gpus = (d.message for d in info.value.diagnostics)
+    assert "needs 3 cpus" in cpus and "short by 1" in cpus
+    assert "needs 1.5 gpus" in gpus and "short by 0.5" in gpus
 
 
 def test_too_few_gpus_in_all_names_the_deployment() -> None:

@@ -20,8 +20,9 @@ import httpx
 import pytest
 
 import graphserve as gs
+from graphserve.cli import call_command, deploy_command
 from graphserve.errors import DeploymentStartError, GraphError
-from graphserve.serving import call_command, deploy_command, load_plans, serve
+from graphserve.serving import load_plans, serve
 from tests.graphs import ingress_graphs as graphs
 from tests.serving_utils import running_server
 
@@ -111,7 +112,7 @@ def test_shutdown_waits_for_in_flight_requests() -> None:
 # -- in a subprocess: signals ---------------------------------------------------------------------
 DEPLOY_SCRIPT = """
 import argparse, sys
-from graphserve.serving import deploy_command
+from graphserve.cli import deploy_command
 sys.exit(deploy_command(argparse.Namespace(
     targets=sys.argv[1:], host="127.0.0.1", port=0, backend="local", token=None,
     timeout_s=None, max_body_bytes=None, cluster=None, shutdown_timeout_s={shutdown})))

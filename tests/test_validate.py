@@ -108,9 +108,12 @@ def test_schema_field_types_are_checked() -> None:
 
 
 def test_missing_hints_and_any_pass() -> None:
-    with gs.InputNode() as inp:
+    with gs.InputNode() as inp:  # no schema: the request is Any
         out = m.Takes.bind().text.bind(m.Fails.bind().__call__.bind(inp))  # Any -> str
-    compile_app(gs.graph(out))
+    plan = compile_app(gs.graph(out))
+    types = {node.id: node.type for node in plan.nodes}
+    assert (types["input"], types["Fails.__call__"], types["Takes.text"]) == ("Any", "Any", "str")
+    assert plan.warnings == []
 
 
 def test_batch_on_sync_method_fails_at_decoration() -> None:

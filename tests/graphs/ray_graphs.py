@@ -13,7 +13,7 @@ from tests.graphs.backends import EventLog
 
 @gs.deployment
 class Mortal:
-    """``"die"`` kills its process; ``"sleepN"`` sleeps N seconds; answers with its pid."""
+    """``"die"`` kills its process; ``"sleepN"`` logs "sleeping" and sleeps N seconds; answers with its pid."""
 
     def __init__(self, log: str) -> None:
         self.log = EventLog(log)
@@ -23,6 +23,7 @@ class Mortal:
         if command == "die":
             os._exit(1)
         if command.startswith("sleep"):
+            self.log.add("sleeping", 0.0, 0.0, str(os.getpid()))  # tests wait for this, not for time
             await asyncio.sleep(float(command[5:]))
         return os.getpid()
 

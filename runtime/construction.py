@@ -1,5 +1,5 @@
-"""Turning a Plan's names back into Python objects: deployment classes, glue functions,
-input schemas and constructor arguments."""
+"""Constructing deployments from a Plan: its import paths back into classes and functions,
+constructor arguments (with handles), and the order to build deployments in."""
 
 from __future__ import annotations
 

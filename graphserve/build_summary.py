@@ -1,0 +1,120 @@
+"""The readable summary ``graphserve build`` prints (with rich): the graph's nodes,
+stages, deployments and warnings."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from graphserve.plan import Plan
+
+
+def console() -> Console:
+    """A console on stdout, wide enough for the tables when stdout is a pipe or a file."""
+    from rich.console import Console
+
+    # rich assumes 80 columns when stdout is not a terminal.
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
+    return Console(file=sys.stdout, width=width, highlight=False, soft_wrap=False)
+
+
+def print_summary(plan: Plan, console: Console) -> None:
+    """The readable summary of ``graphserve build``: nodes, stages, deployments, warnings."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    calls = [n for n in plan.nodes if n.kind == "call" and n.deployment]
+    console.print(
+        f"[bold]graph {escape(plan.name)}[/bold]: {len(plan.nodes)} nodes, {len(calls)} deployment calls, "
+        f"{len(plan.stages)} stages, {len(plan.deployments)} deployments, {len(plan.replicas)} replicas"
+        + (f", route {escape(plan.route_prefix)}" if plan.route_prefix else "")
+        + (f", timeout {plan.timeout_s:g}s" if plan.timeout_s is not None else "")
+    )
+    if plan.cluster is not None:
+        console.print(f"cluster ({plan.cluster.source}): {plan.cluster.cpus:g} cpus, {plan.cluster.gpus:g} gpus")
+    else:
+        console.print("cluster: not checked")
+
+    nodes = Table(title="nodes", title_justify="left")
+    for column in ("stage", "node", "kind", "runs", "type", "runs when", "fused"):
+        nodes.add_column(column)
+    for node in sorted(plan.nodes, key=lambda n: (n.stage, plan.nodes.index(n))):
+        nodes.add_row(
+            str(node.stage),
+            escape(node.id),
+            _kind(node),
+            escape(_target(node)),
+            escape(node.type),
+            escape(guard_text(plan, node.guard)),
+            escape(node.fused_reason or "") if node.fused else "",
+        )
+    console.print(nodes)
+
+    stages = Table(title="stages", title_justify="left")
+    stages.add_column("stage")
+    stages.add_column("nodes (run concurrently)")
+    for index, wave in enumerate(plan.stages):
+        stages.add_row(str(index), escape(", ".join(wave)))
+    console.print(stages)
+
+    deployments = Table(title="deployments", title_justify="left")
+    for column in ("deployment", "import path", "replicas", "cpus", "gpus", "max ongoing", "batching"):
+        deployments.add_column(column)
+    for dep in plan.deployments:
+        deployments.add_row(
+            escape(dep.name),
+            escape(dep.import_path),
+            str(dep.num_replicas),
+            f"{dep.resources.num_cpus:g}",
+            f"{dep.resources.num_gpus:g}",
+            str(dep.max_ongoing_requests),
+            escape(
+                "; ".join(
+                    f"{b.method}: max {b.max_batch_size}, wait {b.batch_wait_timeout_s:g}s, "
+                    f"{b.max_concurrent_batches} concurrent"
+                    for b in dep.batching
+                )
+                or "-"
+            ),
+        )
+    console.print(deployments)
+
+    if plan.warnings:
+        console.print(f"[yellow]{len(plan.warnings)} warning{'s' if len(plan.warnings) != 1 else ''}:[/yellow]")
+        for w in plan.warnings:
+            where = f"{w.location}: " if w.location else ""
+            about = f"[{w.node}] " if w.node else ""
+            console.print(escape(f"  {where}{w.severity} {w.code}: {about}{w.message}"), soft_wrap=True)
+            if w.hint:
+                console.print(escape(f"      hint: {w.hint}"), soft_wrap=True)
+    else:
+        console.print("no warnings")
+
+
+def _kind(node: Any) -> str:
+    if node.kind == "call":
+        return "glue" if node.function else "deployment"
+    return str(node.kind)
+
+
+def _target(node: Any) -> str:
+    if node.kind == "call":
+        if node.function:
+            return node.function
+        return f"{node.deployment}.{node.method}"
+    if node.kind == "attr":
+        return f".{node.key}" if node.access == "attr" else f"[{node.key!r}]"
+    if node.kind == "switch":
+        return f"on {node.selector}"
+    return ""
+
+
+def guard_text(plan: Plan, guard: Any) -> str:
+    """``switch=value and ... or ...`` for a node's guard ("" when it always runs)."""
+    from graphserve.compiler.render import guard_label
+
+    return guard_label(plan, guard)
