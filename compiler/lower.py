@@ -47,6 +47,7 @@ class _Lowerer:
         self.inputs: list[InputNode] = []
         self.seen_deployment_nodes: list[DeploymentNode] = []
         self.selections: dict[tuple[str, str, str], str] = {}  # (source, access, key) -> attr node
+        self.input_substitute: DAGNode | None = None  # what the app's InputNodes stand for (App.inputs_as)
 
     # -- helpers ---------------------------------------------------------------------
     def problem(
@@ -199,6 +200,11 @@ class _Lowerer:
 
     def _lower(self, value: DAGNode) -> str:
         loc = value._location
+        substitute = self.app.inputs_as
+        if isinstance(value, InputNode) and substitute is not None and value is not substitute[0]:
+            if self.input_substitute is None:  # e.g. a DAGDriver's adapter in front of the graph's InputNode
+                self.input_substitute = substitute[1]()
+            return self.lower(self.input_substitute)
         if isinstance(value, InputNode):
             if self.inputs and self.inputs[0] is not value:
                 self.problem(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from graphserve import registry
+from graphserve.dag import RoutedRequest, dag_input
 from graphserve.dsl import App, as_app
 from graphserve.errors import GraphError, GraphWarning
 
@@ -93,9 +94,7 @@ class GraphHandle:
         if self.ingress_deployment is not None:
             return self.runtime.handle(self.ingress_deployment).remote(*args, **kwargs)
         timeout_s = kwargs.pop("timeout_s", None)
-        if len(args) > 1 or kwargs:
-            raise TypeError(f"graph {self.plan.name!r} takes one request: handle.remote(request, timeout_s=None)")
-        return self._start(self.runtime.execute(args[0] if args else None, timeout_s))
+        return self._start(self.runtime.execute(dag_input(args, kwargs), timeout_s))
 
     def options(self, method_name: str | None = None, **_ignored: Any) -> Any:
         """A handle to a method of the app's ingress deployment (Ray Serve's ``handle.options``)."""
@@ -104,6 +103,8 @@ class GraphHandle:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
+        if self.__dict__.get("ingress_deployment") is None and name in ("predict", "predict_with_route"):
+            return _DAGMethod(self, with_route=name == "predict_with_route")  # Ray's RayServeDAGHandle
         if self.__dict__.get("ingress_deployment") is None:
             raise AttributeError(
                 f"{type(self).__name__} has no attribute {name!r}; graph handles call "
@@ -154,6 +155,27 @@ class GraphHandle:
 
     def __repr__(self) -> str:
         return f"GraphHandle({self.plan.name!r}, url={self.url!r})"
+
+
+class _DAGMethod:
+    """``handle.predict`` / ``handle.predict_with_route`` of a graph, as Ray's ``RayServeDAGHandle`` has them.
+
+    ``predict.remote(*args, **kwargs)`` runs the graph with the arguments as its input (one
+    argument is the input itself; several are read as ``inp[0]``, ``inp["key"]``);
+    ``predict_with_route.remote(route, ...)`` picks the DAG of a ``DAGDriver`` serving several.
+    """
+
+    def __init__(self, handle: GraphHandle, with_route: bool) -> None:
+        self._handle = handle
+        self._with_route = with_route
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._with_route:
+            return self._handle.remote(*args, **kwargs)
+        if not args:
+            raise TypeError("predict_with_route.remote(route, *args, **kwargs) needs the route")
+        request = RoutedRequest(args[0], dag_input(args[1:], kwargs))
+        return self._handle._start(self._handle.runtime.execute(request, None))
 
 
 def ingress_deployment(plan: Any) -> str | None:

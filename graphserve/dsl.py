@@ -321,7 +321,14 @@ def switch(selector: Any, branches: Mapping[Any, Any], default: Any = _NO_DEFAUL
 
 
 class App:
-    """A graph ready to compile: its output (a node, or a list/tuple/dict of nodes) and options."""
+    """A graph ready to compile: its output (a node, or a list/tuple/dict of nodes) and options.
+
+    ``inputs_as=(request, make_node)``: every ``InputNode`` of the graph other than
+    ``request`` stands for the value of the node ``make_node()`` builds (once, when the
+    compiler first meets such an ``InputNode``), computed from ``request``, the graph's one
+    real input. Ray Serve's ``DAGDriver`` uses it to put its HTTP adapter in front of a
+    graph written with its own ``InputNode``.
+    """
 
     def __init__(
         self,
@@ -330,12 +337,14 @@ class App:
         timeout_s: float | None = None,
         route_prefix: str | None = None,
         location: Location | None = None,
+        inputs_as: tuple[InputNode, Callable[[], DAGNode]] | None = None,
     ) -> None:
         self.output = output
         self.name = name or _default_name(output)
         self.timeout_s = timeout_s
         self.route_prefix = route_prefix
         self.location = location
+        self.inputs_as = inputs_as
 
     def __repr__(self) -> str:
         return f"App({self.name!r})"

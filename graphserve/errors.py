@@ -11,8 +11,10 @@ Every error a user can meet is one of these::
     │                                function that is not ``async def`` (also a TypeError)
     ├── BatchOutputError             a batched function broke list in, list out
     ├── RouteConflictError           two graphs on one server want the same route (.path)
+    ├── HTTPAdapterError             a DAGDriver's http_adapter is not one (also a ValueError)
     └── RequestError                 one request failed; the server maps each to a status
         ├── RequestValidationError   the request does not fit the input schema (HTTP 422)
+        ├── RouteNotFoundError       no graph (or DAG of a DAGDriver) at the request's route (HTTP 404)
         ├── BatchItemTooLargeError   one item alone exceeds ``max_batch_size`` as measured by
         │                            ``batch_size_fn`` (HTTP 413; also a RuntimeError)
         ├── OverloadedError          queues are full (HTTP 503)
@@ -129,6 +131,10 @@ class RouteConflictError(GraphError):
         super().__init__(message)
 
 
+class HTTPAdapterError(GraphError, ValueError):
+    """A DAGDriver's ``http_adapter`` is not callable, or a parameter of it is not annotated."""
+
+
 class RequestError(GraphError):
     """One request failed. ``status`` is the HTTP status the ingress answers with."""
 
@@ -143,6 +149,12 @@ class RequestValidationError(RequestError):
     def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
         self.errors = errors or []
         super().__init__(message)
+
+
+class RouteNotFoundError(RequestError):
+    """No graph (or no DAG of a DAGDriver) answers the request's route."""
+
+    status = 404
 
 
 class BatchItemTooLargeError(RequestError, RuntimeError):

@@ -4,13 +4,23 @@
 ``remote()`` starts the call at once and returns a :class:`DeploymentResponse`, an
 awaitable that ``asyncio.gather``/``asyncio.wait`` accept. From a synchronous method
 (running in a worker thread) ``.result()`` blocks until the call finishes.
+
+Code written for Ray Serve before 2.7 awaits twice (``ref = await h.remote(x)``, then
+``await ref``): the first await gave an ``ObjectRef``. The response recognises such an
+await site (by the bytecode that follows it, once per site) and gives itself back, with a
+``DeprecationWarning``, so the second await gets the result.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dis
+import itertools
+import sys
+import warnings
 from collections.abc import Awaitable, Callable, Generator
+from types import CodeType
 from typing import Any
 
 CallFn = Callable[[str, str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
@@ -26,6 +36,15 @@ class DeploymentResponse:
         self._loop = loop
 
     def __await__(self) -> Generator[Any, None, Any]:
+        caller = sys._getframe(1)
+        if _awaited_twice(caller.f_code, caller.f_lasti):
+            warnings.warn(
+                "`await (await handle.remote(...))` is Ray Serve's handle API before 2.7: the first await gave an "
+                "ObjectRef. Await a DeploymentResponse once: `result = await handle.remote(...)`",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return _at_once(self)  # the first await of the old API: the response itself, awaited next
         future = self._future
         if isinstance(future, concurrent.futures.Future):
             return asyncio.wrap_future(future).__await__()
@@ -92,6 +111,49 @@ class DeploymentResponse:
 
     def done(self) -> bool:
         return self._future.done()
+
+
+def _at_once(value: Any) -> Generator[Any, None, Any]:
+    return value
+    yield  # pragma: no cover - makes this a generator
+
+
+_OLD_STYLE_AWAITS: dict[tuple[CodeType, int], bool] = {}
+_STORES = ("STORE_FAST", "STORE_NAME", "STORE_DEREF", "STORE_GLOBAL")
+
+
+def _awaited_twice(code: CodeType, lasti: int) -> bool:
+    """Whether the ``await`` at ``lasti`` of ``code`` awaits its result again (Ray Serve's pre-2.7 API):
+    ``await (await h.remote())``, or ``ref = await h.remote()`` followed by ``await ref``. Cached per site."""
+    key = (code, lasti)
+    found = _OLD_STYLE_AWAITS.get(key)
+    if found is None:
+        found = _OLD_STYLE_AWAITS[key] = _scan_await(code, lasti)
+    return found
+
+
+def _scan_await(code: CodeType, lasti: int) -> bool:
+    instructions = list(dis.get_instructions(code))
+    index = {ins.offset: n for n, ins in enumerate(instructions)}
+    n = index.get(lasti)
+    if n is None or instructions[n].opname != "GET_AWAITABLE":
+        return False  # awaited by asyncio machinery (gather, ensure_future), not by an await expression
+    send = next((ins for ins in instructions[n + 1 : n + 6] if ins.opname == "SEND"), None)
+    after = index.get(send.argval) if send is not None and isinstance(send.argval, int) else None
+    if after is None:
+        return False
+    if instructions[after].opname == "END_SEND":  # Python 3.12+
+        after += 1
+    following = instructions[after]
+    if following.opname == "GET_AWAITABLE":
+        return True
+    if following.opname in _STORES:
+        rest = instructions[after + 1 :]
+        return any(
+            load.opname.startswith("LOAD_") and load.argval == following.argval and nxt.opname == "GET_AWAITABLE"
+            for load, nxt in itertools.pairwise(rest)
+        )
+    return False
 
 
 class DeploymentHandle:
