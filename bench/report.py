@@ -17,7 +17,7 @@ from typing import Any
 from . import costs
 from .servers import LABELS, ROOT, SYSTEMS
 
-PACKAGES = ("graphserve", "ray", "starlette", "uvicorn", "uvloop", "httptools", "orjson", "pydantic", "networkx")
+PACKAGES = ("graphserve", "ray", "starlette", "uvicorn", "uvloop", "httptools", "orjson", "pydantic")
 
 
 def machine_info() -> dict[str, Any]:

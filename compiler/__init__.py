@@ -9,7 +9,7 @@ contracts in pyproject.toml enforce it).
     plan = planner.plan(ir, types, warnings, cluster)
 
 Names are imported when first used (PEP 562 ``__getattr__``): ``graphserve.compiler.render``
-or ``Code`` do not load the passes (and networkx) that ``compile_app`` needs.
+or ``Code`` do not load the passes that ``compile_app`` needs.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The graph IR: plain data on a ``networkx.DiGraph``, as torch.fx keeps its Graph.
+"""The graph IR: plain data on a small :class:`~graphserve.compiler.digraph.DiGraph`, as torch.fx keeps its Graph.
 
 Node kinds are a closed vocabulary (:data:`NodeKind`):
 
@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import networkx as nx
-
 from graphserve.errors import Location
+
+from .digraph import DiGraph
 
 NodeKind = Literal["input", "attr", "call", "switch", "output"]
 
@@ -119,9 +119,9 @@ class GraphIR:
     """The whole graph: dataflow in ``dag``, deployments by name, handle edges in ``handles``."""
 
     name: str
-    dag: nx.DiGraph = field(default_factory=nx.DiGraph)
+    dag: DiGraph = field(default_factory=DiGraph)
     deployments: dict[str, IRDeployment] = field(default_factory=dict)
-    handles: nx.DiGraph = field(default_factory=nx.DiGraph)
+    handles: DiGraph = field(default_factory=DiGraph)
     output: str = "output"
     input: str | None = None
     timeout_s: float | None = None

@@ -22,10 +22,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import networkx as nx
-
 from graphserve.dsl import batch_config
-from graphserve.errors import Diagnostic, GraphValidationError
+from graphserve.errors import Diagnostic, GraphValidationError, PlanError
 from graphserve.plan import (
     ArgPlan,
     BatchingPlan,
@@ -47,6 +45,7 @@ from graphserve.plan import (
 
 from . import edgetypes
 from .codes import Code
+from .digraph import DiGraph, topological_order
 from .http_request import http_request, ingress_route_prefix
 from .ir import Arg, ConstArg, GraphIR, HandleArg, IRDeployment, IRNode, NodeArg, StructArg
 
@@ -101,7 +100,7 @@ class _Planner:
         self.errors: list[Diagnostic] = []
         self.cluster = cluster
         self.objects: dict[str, Any] = {}
-        self.order = list(nx.lexicographical_topological_sort(ir.dag))
+        self.order = _in_order(ir.dag)
 
     # -- arguments -------------------------------------------------------------------
     def arg(self, arg: Arg) -> ArgPlan:
@@ -130,10 +129,12 @@ class _Planner:
         waits = self.ir.dag.copy()
         for node_id, conjs in guards.items():
             for term in (t for conj in conjs or [] for t in conj):
-                waits.add_edge(self.ir.node(term.switch).selector, node_id)
+                selector = self.ir.node(term.switch).selector
+                if selector is not None:  # always, for a switch
+                    waits.add_edge(selector, node_id)
         ready: dict[str, int] = {}
         stage: dict[str, int] = {}
-        for node_id in nx.lexicographical_topological_sort(waits):
+        for node_id in _in_order(waits):
             node = self.ir.node(node_id)
             preds = [ready[p] for p in waits.predecessors(node_id)]
             base = max(preds, default=0)
@@ -362,3 +363,10 @@ def _absorb(conjs: list[frozenset[tuple[str, int]]]) -> list[frozenset[tuple[str
 def plan(ir: GraphIR, types: dict[str, Any], warnings: list[Diagnostic], cluster: Cluster | str = None) -> Plan:
     """Plan a validated IR; infeasible placements raise GraphValidationError (GS201)."""
     return _Planner(ir, types, warnings, parse_cluster(cluster)).run()
+
+
+def _in_order(dag: DiGraph) -> list[str]:
+    order = topological_order(dag)
+    if order is None:  # pragma: no cover - validation reports cycles before planning
+        raise PlanError("the dataflow graph has a cycle")
+    return order

@@ -14,13 +14,12 @@ import numbers
 import operator
 from typing import Any
 
-import networkx as nx
-
 from graphserve.dsl import batch_config
 from graphserve.errors import Diagnostic, GraphValidationError
 
 from . import edgetypes
 from .codes import Code
+from .digraph import cycles, topological_order
 from .ir import Arg, ConstArg, GraphIR, IRDeployment, IRNode, NodeArg
 
 #: Options graphserve implements, with a check for each value.
@@ -134,7 +133,7 @@ class _Validator:
             self.check_options(dep)
             self.check_constructor(dep)
         self.check_cycles()
-        for node_id in nx.topological_sort(self.ir.dag) if nx.is_directed_acyclic_graph(self.ir.dag) else []:
+        for node_id in topological_order(self.ir.dag) or []:
             node = self.ir.node(node_id)
             getattr(self, f"visit_{node.kind}")(node)
 
@@ -216,7 +215,7 @@ class _Validator:
             pass  # no signature available (builtins): nothing to check
 
     def check_cycles(self) -> None:
-        for cycle in nx.simple_cycles(self.ir.handles):
+        for cycle in cycles(self.ir.handles):
             path = " -> ".join([*cycle, cycle[0]])
             dep = self.ir.deployments[cycle[0]]
             self.problem(

@@ -19,8 +19,6 @@ import argparse
 import logging
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -263,6 +261,9 @@ def _parse_headers(items: list[str]) -> dict[str, str]:
 
 
 def _call_url(url: str, body: bytes, headers: dict[str, str], timeout_s: float | None) -> int:
+    import urllib.error
+    import urllib.request
+
     from graphserve.registry import TOKEN_ENV
 
     lowered = {k.lower() for k in headers}

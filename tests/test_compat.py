@@ -21,7 +21,7 @@ import pytest
 
 import graphserve as serve
 from graphserve.compat import GraphWarning
-from graphserve.errors import GraphError
+from graphserve.errors import GraphError, RouteConflictError
 from tests.graphs import rayserve_batching as rb
 from tests.graphs import rayserve_composition as rc
 from tests.graphs import rayserve_ensemble as re_
@@ -244,8 +244,9 @@ def test_same_name_replaces_and_a_taken_route_is_an_error(base_url: str) -> None
     assert httpx.get(f"{base_url}/b", params={"kind": "text"}).text == "hello"
     with pytest.raises(GraphError, match="was shut down"):
         first.remote()
-    with pytest.raises(GraphError, match=r"both want route '/b'.*route_prefix"):
+    with pytest.raises(RouteConflictError, match=r"both want route '/b'.*route_prefix") as conflict:
         serve.run(rb.bare_app, route_prefix="/b")
+    assert conflict.value.path == "/b"
     assert second.url == f"{base_url}/b"
     assert serve.get_app_handle("outputs") is second
     serve.delete("outputs")

@@ -40,7 +40,6 @@ NOT_IN_RUNTIME = (
     "graphserve.cli",
     "graphserve.targets",
     "graphserve.compiler",
-    "networkx",
     "rich",
 )
 NOT_IN_ACTOR = (*NOT_IN_RUNTIME, "starlette", "uvicorn", "graphserve.runtime.ingress", "graphserve.runtime.http_server")
@@ -139,7 +138,7 @@ def test_a_ray_actor_loads_no_dsl_compiler_or_http_server() -> None:
 def test_importing_graphserve_loads_nothing_more() -> None:
     loaded = _loaded_after("import graphserve, graphserve.compiler, graphserve.runtime")
     assert _present(loaded, ("graphserve",)) == ["graphserve", "graphserve.compiler", "graphserve.runtime"]
-    assert _present(loaded, ("pydantic", "networkx", "asyncio", "starlette")) == []
+    assert _present(loaded, ("pydantic", "asyncio", "starlette")) == []
 
 
 def test_compiling_loads_no_runtime_or_heavy_library() -> None:
@@ -148,5 +147,5 @@ def test_compiling_loads_no_runtime_or_heavy_library() -> None:
         "from tests.graphs import branching\n"
         "compile_app(branching.app).to_json()\n"
     )
-    assert "graphserve.compiler.planner" in loaded and "networkx" in loaded
+    assert "graphserve.compiler.planner" in loaded
     assert _present(loaded, NOT_IN_COMPILER) == []
