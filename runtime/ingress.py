@@ -1,9 +1,10 @@
 """The HTTP ingress: an ASGI app serving one or more running graphs (``GraphRuntime``).
 
 Graph routes (``POST /<graph name>`` or the plan's ``route_prefix``; a single graph is
-also at ``/``; GET with a body is accepted too) are served by a plain ASGI path lookup
-with no middleware: read the body, parse it with orjson, ``await runtime.execute(...)``
-on the server's own event loop, write orjson. A plan whose ingress takes the request
+also at ``/``; GET with a body is accepted too) are found by a plain ASGI path lookup
+with no middleware and answered by their :class:`~graphserve.runtime.graph_route.GraphRoute`
+(``graph_route.py``: read the body, parse it with orjson, ``await runtime.execute(...)``
+on the server's own event loop, write orjson; each step a function). A plan whose ingress takes the request
 itself (``plan.http_request``, Ray Serve style) gets a Starlette ``Request`` instead of
 the parsed body, for any method; its output may be a Starlette ``Response`` (sent as
 it is), bytes, or a str (sent as text when the app has no InputNode). Graphs can be
@@ -30,78 +31,34 @@ the compiler, which the runtime never imports: the caller passes ``render``.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import math
-import os
-import re
-import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from graphserve.errors import DeploymentStartError, GraphError, RequestError, RouteConflictError
+from graphserve.errors import DeploymentStartError, GraphError, RouteConflictError
 from graphserve.plan import Plan
 
-from .encoding import JSONDecodeError, dumps, loads
-from .http_errors import Headers, error_body, request_error, retry_after
+from .encoding import dumps
+from .graph_route import GraphRoute, RouteLimits, valid_request_id
+from .http_errors import error_body
 from .metrics import Labels, Metrics
 from .openapi import openapi_document
 from .running_graph import GraphRuntime
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 #: ``render(plan, format)`` -> the drawing (bytes or str), e.g. ``graphserve.compiler.render``.
 Renderer = Callable[[Plan, str], bytes | str]
 
 logger = logging.getLogger("graphserve.ingress")
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-_REQUEST_ID = re.compile(rb"[!-~]{1,200}")
-_JSON = b"application/json"
 _RENDER_TYPES = {"svg": "image/svg+xml", "png": "image/png", "dot": "text/vnd.graphviz"}
 _OPS_PREFIX = "/-/"
-_GRAPH_METHODS = ("POST", "GET")  # GET with a body too, as Ray Serve's proxy and its docs do
-_TEXT = b"text/plain; charset=utf-8"
-
-
-class GraphRoute:
-    """One graph at one path, with its admission counter and precomputed metric labels."""
-
-    __slots__ = (
-        "in_flight",
-        "labels",
-        "max_in_flight",
-        "name",
-        "path",
-        "plan",
-        "runtime",
-        "status_labels",
-        "timeout_s",
-    )
-
-    def __init__(self, runtime: GraphRuntime, path: str, default_timeout_s: float | None, max_in_flight: int | None):
-        self.runtime = runtime
-        self.plan = runtime.plan
-        self.name = runtime.plan.name
-        self.path = path
-        self.timeout_s = runtime.plan.timeout_s if runtime.plan.timeout_s is not None else default_timeout_s
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
-        self.labels: Labels = (("graph", self.name),)
-        self.status_labels: dict[int, Labels] = {}
-
-    def status(self, status: int) -> Labels:
-        labels = self.status_labels.get(status)
-        if labels is None:
-            labels = self.status_labels[status] = (("graph", self.name), ("status", str(status)))
-        return labels
 
 
 class Ingress:
@@ -137,12 +94,13 @@ class Ingress:
             runtime.metrics = self.metrics  # one registry: read by the executor made in start()
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
+        self.limits = RouteLimits(self.token, max_body_bytes, max_in_flight, default_timeout_s)
         self.render = render
         self.routes: list[GraphRoute] = []
         self._paths: dict[str, GraphRoute] = {}
         for runtime in runtimes:
             path = _route_path(runtime.plan)
-            route = GraphRoute(runtime, path, default_timeout_s, max_in_flight)
+            route = GraphRoute(runtime, path, self.limits, self.metrics)
             self._add_path(path, route)
             self.routes.append(route)
         if len(self.routes) == 1 and "/" not in self._paths:
@@ -154,8 +112,6 @@ class Ingress:
         self.stopping = False
         self.startup_error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
-        self._default_timeout_s = default_timeout_s
-        self._max_in_flight = max_in_flight
         self._title, self._version = title, version
         self._refresh_openapi()
         self._ops = _with_request_id(self._ops_app())
@@ -183,7 +139,7 @@ class Ingress:
         if name in self.graphs:
             raise GraphError(f"a graph named {name!r} is already served at {self.graphs[name].path!r}")
         path = _route_path(runtime.plan) if path is None else (path.rstrip("/") or "/")
-        route = GraphRoute(runtime, path, self._default_timeout_s, self._max_in_flight)
+        route = GraphRoute(runtime, path, self.limits, self.metrics)
         probe = dict(self._paths)
         self._add_path(path, route)  # refuses a taken route before anything is constructed
         self._paths = probe
@@ -217,7 +173,7 @@ class Ingress:
         if scope["type"] == "http":
             route = self._paths.get(scope["path"])
             if route is not None:
-                await self._serve_graph(route, scope, receive, send)
+                await route.serve(scope, receive, send)
                 return
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -266,139 +222,6 @@ class Ingress:
         self.ready = False
         for route in reversed(self.routes):
             await _stop_quietly(route.runtime)
-
-    # -- graph routes (the hot path) -------------------------------------------------------
-    async def _serve_graph(self, route: GraphRoute, scope: Scope, receive: Receive, send: Send) -> None:
-        start = time.perf_counter()
-        request_id: bytes | None = None
-        auth = length = timeout = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value
-            elif name == b"content-length":
-                length = value
-            elif name == b"authorization":
-                auth = value
-            elif name == b"x-request-timeout-s":
-                timeout = value
-        if request_id is None or _REQUEST_ID.fullmatch(request_id) is None:
-            request_id = os.urandom(12).hex().encode()
-        status, body, headers = await self._answer(route, scope, receive, request_id, auth, length, timeout)
-        if status:
-            start_headers = [
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id),
-            ]
-            if headers:
-                start_headers += headers
-            if headers is None or not any(name == b"content-type" for name, _ in headers):
-                start_headers.append((b"content-type", _JSON))
-            await send({"type": "http.response.start", "status": status, "headers": start_headers})
-            await send({"type": "http.response.body", "body": body})
-        else:
-            status = 499  # the client went away before sending its body: nothing to answer
-        metrics = self.metrics
-        metrics.inc("graphserve_requests_total", route.status(status))
-        metrics.observe("graphserve_request_duration_seconds", time.perf_counter() - start, route.labels)
-
-    async def _answer(
-        self,
-        route: GraphRoute,
-        scope: Scope,
-        receive: Receive,
-        request_id: bytes,
-        auth: bytes | None,
-        length: bytes | None,
-        timeout: bytes | None,
-    ) -> tuple[int, bytes, Headers | None]:
-        if scope["method"] not in _GRAPH_METHODS and not route.plan.http_request:
-            text = f"graph {route.name!r} answers POST (or GET) with a JSON body"
-            return 405, error_body(405, text), [(b"allow", b"GET, POST")]
-        if self.token is not None and not self._authorized(auth):
-            return 401, error_body(401, "missing or wrong bearer token"), [(b"www-authenticate", b"Bearer")]
-        if not route.runtime.ready:
-            state = "stopping" if self.stopping else "starting"
-            return 503, error_body(503, f"graph {route.name!r} is {state}"), retry_after(1)
-        if route.max_in_flight is not None and route.in_flight >= route.max_in_flight:
-            return (
-                503,
-                error_body(503, f"graph {route.name!r} is overloaded: {route.in_flight} requests in flight"),
-                retry_after(1),
-            )
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                return 400, error_body(400, "bad Content-Length header"), [(b"connection", b"close")]
-            if declared > self.max_body_bytes:
-                return 413, self._too_large(), [(b"connection", b"close")]
-        deadline = route.timeout_s
-        if timeout is not None:
-            try:
-                requested = float(timeout)
-            except ValueError:
-                requested = math.nan
-            if not (requested > 0 and math.isfinite(requested)):
-                return 400, error_body(400, "X-Request-Timeout-S must be a number of seconds > 0"), None
-            deadline = requested if deadline is None else min(deadline, requested)
-        route.in_flight += 1
-        try:
-            message = await receive()
-            body = message.get("body", b"")
-            if message.get("more_body", False):
-                chunks = [body]
-                size = len(body)
-                while message.get("more_body", False):
-                    message = await receive()
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self.max_body_bytes:
-                        return 413, self._too_large(), [(b"connection", b"close")]
-                    chunks.append(chunk)
-                body = b"".join(chunks)
-            if message["type"] == "http.disconnect":
-                return 0, b"", None
-            if len(body) > self.max_body_bytes:
-                return 413, self._too_large(), [(b"connection", b"close")]
-            if route.plan.http_request:  # the ingress reads the request itself (Ray Serve style)
-                request: Any = _starlette_request(scope, body)
-            else:
-                try:
-                    request = loads(body) if body else None
-                except JSONDecodeError as exc:
-                    return 400, error_body(400, f"malformed JSON: {exc}"), None
-            try:
-                result = await route.runtime.execute(request, deadline)
-            except RequestError as exc:
-                status, payload, headers = request_error(exc)
-                if status >= 500 and status not in (503, 504):
-                    _log_failure(route, request_id, exc)
-                return status, payload, headers
-            except Exception as exc:
-                _log_failure(route, request_id, exc)
-                return 500, error_body(500, f"graph {route.name!r} failed: {type(exc).__name__}", node=None), None
-            except asyncio.CancelledError:
-                # only the server cancels a request task: its graceful-shutdown bound ran out
-                logger.warning("request %s to graph %r cancelled: the server is shutting down", request_id, route.name)
-                text = f"graph {route.name!r}: the server is shutting down and cancelled this request"
-                return 503, error_body(503, text), [*retry_after(1), (b"connection", b"close")]
-            try:
-                return _encode_result(route, result)
-            except TypeError as exc:
-                _log_failure(route, request_id, exc)
-                message_text = f"the output of graph {route.name!r} cannot be sent as JSON: {exc}"
-                return 500, error_body(500, message_text, node=route.plan.output), None
-        finally:
-            route.in_flight -= 1
-
-    def _authorized(self, auth: bytes | None) -> bool:
-        if auth is None or self.token is None:
-            return False
-        scheme, _, credentials = auth.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
-
-    def _too_large(self) -> bytes:
-        return error_body(413, f"request body is larger than {self.max_body_bytes} bytes")
 
     # -- operations routes ---------------------------------------------------------------
     def _ops_app(self) -> Starlette:
@@ -486,53 +309,12 @@ def _route_path(plan: Plan) -> str:
     return path.rstrip("/") or "/"
 
 
-def _starlette_request(scope: Scope, body: bytes) -> Request:
-    """A Starlette Request over the body already read (for ingresses that take the request)."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return Request(scope, receive)
-
-
-def _encode_result(route: GraphRoute, result: Any) -> tuple[int, bytes, Headers | None]:
-    """The answer for a graph's output: a Starlette Response as it is, bytes as they are, a str
-    as text on apps without an InputNode (Ray Serve's rule), everything else as JSON."""
-    if isinstance(result, Response):
-        body = getattr(result, "body", None)
-        if not isinstance(body, (bytes, bytearray, memoryview)):
-            raise TypeError(f"{type(result).__name__} (a streaming response) is not supported as a graph output")
-        headers = [(name, value) for name, value in result.raw_headers if name != b"content-length"]
-        return result.status_code, bytes(body), headers
-    if isinstance(result, (bytes, bytearray, memoryview)):
-        return 200, bytes(result), [(b"content-type", b"application/octet-stream")]
-    if isinstance(result, str) and route.plan.raw_ingress:
-        return 200, result.encode(), [(b"content-type", _TEXT)]
-    return 200, dumps(result), None
-
-
 def _plan_data(plan: Plan) -> Any:
     return plan.model_dump(mode="json", fallback=repr)
 
 
 def _json_error(status: int, message: str) -> Response:
     return Response(error_body(status, message), status_code=status, media_type="application/json")
-
-
-def _log_failure(route: GraphRoute, request_id: bytes, exc: BaseException) -> None:
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    logger.error(
-        "request %s to graph %r failed: %s",
-        request_id.decode(),
-        route.name,
-        exc,
-        exc_info=(type(cause), cause, cause.__traceback__),
-    )
 
 
 async def _stop_quietly(runtime: GraphRuntime) -> None:
@@ -542,19 +324,15 @@ async def _stop_quietly(runtime: GraphRuntime) -> None:
         logger.exception("graph %r did not stop cleanly", runtime.plan.name)
 
 
-def _with_request_id(app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> Any:
+def _with_request_id(app: ASGIApp) -> ASGIApp:
     """Wrap an ASGI app so every HTTP response carries X-Request-Id."""
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        request_id = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
-                request_id = value
-        if request_id is None:
-            request_id = os.urandom(12).hex().encode()
+        sent = next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
+        request_id = valid_request_id(sent)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -34,6 +34,7 @@ class GraphRuntime:
         self.executor: GraphExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = False
+        self.stopping = False  # stop() was called: not ready again
 
     def _make_backend(self) -> Backend:
         spec = self._backend_spec
@@ -70,6 +71,7 @@ class GraphRuntime:
         return await self.executor.execute(request, timeout_s)
 
     async def stop(self) -> None:
+        self.stopping = True
         self.ready = False
         if self.backend is not None:
             await self.backend.stop()

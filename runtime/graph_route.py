@@ -1,0 +1,334 @@
+"""One graph served at one path: the request path of a graph route, step by step.
+
+:meth:`GraphRoute.serve` answers one HTTP request with plain ASGI (no Starlette
+objects, no middleware) in these steps, each a method or function below::
+
+    read_head      the headers it needs, in one pass (request id, auth, length, timeout)
+    admit          method, bearer token, graph ready, in-flight bound, declared length
+    deadline       the graph's timeout_s, shortened by X-Request-Timeout-S
+    read_body      the body, at most max_body_bytes (a client that leaves raises ClientLeft)
+    request_value  the body as JSON, or a Starlette Request for a graph that takes it
+    execute        await runtime.execute(request, deadline)
+    encode         the output as JSON (or as it is: a Response, bytes, text)
+
+A step that cannot go on raises :class:`Refused` carrying the :class:`Answer` to send
+(the statuses are listed in ``http_errors``); :class:`ClientLeft` means there is nobody
+to answer (counted as status 499 in the metrics, as nginx logs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import os
+import re
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from graphserve.errors import RequestError
+
+from .encoding import JSONDecodeError, dumps, loads
+from .http_errors import Answer, error_answer, request_error, retry_after
+from .metrics import Labels, Metrics
+from .running_graph import GraphRuntime
+
+logger = logging.getLogger("graphserve.ingress")
+
+#: Status counted for a request whose client disconnected before it could be answered.
+CLIENT_LEFT = 499
+METHODS = ("POST", "GET")  # GET with a body too, as Ray Serve's proxy and its docs do
+_REQUEST_ID = re.compile(rb"[!-~]{1,200}")
+_JSON = b"application/json"
+_TEXT = b"text/plain; charset=utf-8"
+_CLOSE = (b"connection", b"close")
+
+
+class Refused(Exception):
+    """A step of the request path answered instead of going on."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+
+
+class ClientLeft(Exception):
+    """The client disconnected before its body arrived: there is nobody to answer."""
+
+
+class RouteLimits:
+    """What every graph route of one server enforces (the ingress's options)."""
+
+    __slots__ = ("default_timeout_s", "max_body_bytes", "max_in_flight", "token")
+
+    def __init__(
+        self, token: bytes | None, max_body_bytes: int, max_in_flight: int | None, default_timeout_s: float | None
+    ) -> None:
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+        self.max_in_flight = max_in_flight
+        self.default_timeout_s = default_timeout_s
+
+
+class RequestHead:
+    """The headers a graph route reads, taken from the ASGI scope in one pass."""
+
+    __slots__ = ("auth", "length", "request_id", "timeout")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        request_id = auth = length = timeout = None
+        for name, value in headers:
+            if name == b"x-request-id":
+                request_id = value
+            elif name == b"content-length":
+                length = value
+            elif name == b"authorization":
+                auth = value
+            elif name == b"x-request-timeout-s":
+                timeout = value
+        self.request_id = valid_request_id(request_id)
+        self.auth: bytes | None = auth
+        self.length: bytes | None = length
+        self.timeout: bytes | None = timeout
+
+
+def valid_request_id(sent: bytes | None) -> bytes:
+    """The caller's X-Request-Id when it is valid (1-200 printable ASCII characters), else a new one."""
+    if sent is not None and _REQUEST_ID.fullmatch(sent) is not None:
+        return sent
+    return os.urandom(12).hex().encode()
+
+
+class GraphRoute:
+    """One graph at one path: its admission counter, metric labels and request path."""
+
+    __slots__ = (
+        "in_flight",
+        "labels",
+        "limits",
+        "metrics",
+        "name",
+        "path",
+        "plan",
+        "runtime",
+        "status_labels",
+        "timeout_s",
+    )
+
+    def __init__(self, runtime: GraphRuntime, path: str, limits: RouteLimits, metrics: Metrics) -> None:
+        self.runtime = runtime
+        self.plan = runtime.plan
+        self.name = runtime.plan.name
+        self.path = path
+        self.limits = limits
+        self.metrics = metrics
+        self.timeout_s = runtime.plan.timeout_s if runtime.plan.timeout_s is not None else limits.default_timeout_s
+        self.in_flight = 0
+        self.labels: Labels = (("graph", self.name),)
+        self.status_labels: dict[int, Labels] = {}
+
+    # -- the request path ----------------------------------------------------------------
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one HTTP request (see the module docstring) and count it."""
+        start = time.perf_counter()
+        head = RequestHead(scope["headers"])
+        try:
+            answer = await self.answer(scope, receive, head)
+        except ClientLeft:
+            status = CLIENT_LEFT
+        else:
+            await send_answer(send, answer, head.request_id)
+            status = answer.status
+        self.metrics.inc("graphserve_requests_total", self.status(status))
+        self.metrics.observe("graphserve_request_duration_seconds", time.perf_counter() - start, self.labels)
+
+    async def answer(self, scope: Scope, receive: Receive, head: RequestHead) -> Answer:
+        """What to send for one request; raises ClientLeft when nobody is left to answer."""
+        try:
+            self.admit(scope["method"], head)
+            deadline = self.deadline(head.timeout)
+            self.in_flight += 1
+            try:
+                body = await read_body(receive, self.limits.max_body_bytes)
+                result = await self.execute(self.request_value(scope, body), deadline, head.request_id)
+                return self.encode(result, head.request_id)
+            finally:
+                self.in_flight -= 1
+        except Refused as refused:
+            return refused.answer
+
+    def admit(self, method: str, head: RequestHead) -> None:
+        """Refuse what this route must not run: a wrong method, a missing token, a graph
+        not ready or at its in-flight bound, a body declared too large."""
+        limits = self.limits
+        if method not in METHODS and not self.plan.http_request:
+            text = f"graph {self.name!r} answers POST (or GET) with a JSON body"
+            raise Refused(error_answer(405, text, [(b"allow", b"GET, POST")]))
+        if limits.token is not None and not _authorized(head.auth, limits.token):
+            raise Refused(error_answer(401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")]))
+        if not self.runtime.ready:
+            state = "stopping" if self.runtime.stopping else "starting"
+            raise Refused(error_answer(503, f"graph {self.name!r} is {state}", retry_after(1)))
+        if limits.max_in_flight is not None and self.in_flight >= limits.max_in_flight:
+            text = f"graph {self.name!r} is overloaded: {self.in_flight} requests in flight"
+            raise Refused(error_answer(503, text, retry_after(1)))
+        if head.length is not None:
+            try:
+                declared = int(head.length)
+            except ValueError:
+                raise Refused(error_answer(400, "bad Content-Length header", [_CLOSE])) from None
+            if declared > limits.max_body_bytes:
+                raise Refused(too_large(limits.max_body_bytes))
+
+    def deadline(self, header: bytes | None) -> float | None:
+        """The request's deadline in seconds: the graph's, shortened by X-Request-Timeout-S."""
+        deadline = self.timeout_s
+        if header is None:
+            return deadline
+        try:
+            requested = float(header)
+        except ValueError:
+            requested = math.nan
+        if not (requested > 0 and math.isfinite(requested)):
+            raise Refused(error_answer(400, "X-Request-Timeout-S must be a number of seconds > 0"))
+        return requested if deadline is None else min(deadline, requested)
+
+    def request_value(self, scope: Scope, body: bytes) -> Any:
+        """What the graph is called with: the parsed JSON body (None when empty), or for a
+        graph whose ingress takes the request itself (Ray Serve style), a Starlette Request."""
+        if self.plan.http_request:
+            return starlette_request(scope, body)
+        if not body:
+            return None
+        try:
+            return loads(body)
+        except JSONDecodeError as exc:
+            raise Refused(error_answer(400, f"malformed JSON: {exc}")) from None
+
+    async def execute(self, request: Any, deadline: float | None, request_id: bytes) -> Any:
+        """The graph's output; a failure becomes its answer (logged when it is the server's fault)."""
+        try:
+            return await self.runtime.execute(request, deadline)
+        except RequestError as exc:
+            answer = request_error(exc)
+            if answer.status >= 500 and answer.status not in (503, 504):
+                self.log_failure(request_id, exc)
+            raise Refused(answer) from None
+        except Exception as exc:  # a bug, not the request's fault: logged with its traceback, answered 500
+            self.log_failure(request_id, exc)
+            raise Refused(error_answer(500, f"graph {self.name!r} failed: {type(exc).__name__}", node=None)) from None
+        except asyncio.CancelledError:
+            # only the server cancels a request task: its graceful-shutdown bound ran out
+            logger.warning("request %s to graph %r cancelled: the server is shutting down", request_id, self.name)
+            text = f"graph {self.name!r}: the server is shutting down and cancelled this request"
+            raise Refused(error_answer(503, text, [*retry_after(1), _CLOSE])) from None
+
+    def encode(self, result: Any, request_id: bytes) -> Answer:
+        """The answer for the graph's output; an output JSON cannot hold is a 500 naming the output node."""
+        try:
+            return encode_result(result, text_as_text=self.plan.raw_ingress)
+        except TypeError as exc:
+            self.log_failure(request_id, exc)
+            text = f"the output of graph {self.name!r} cannot be sent as JSON: {exc}"
+            return error_answer(500, text, node=self.plan.output)
+
+    # -- helpers -------------------------------------------------------------------------
+    def status(self, status: int) -> Labels:
+        """The metric labels for ``status`` (made once per status)."""
+        labels = self.status_labels.get(status)
+        if labels is None:
+            labels = self.status_labels[status] = (("graph", self.name), ("status", str(status)))
+        return labels
+
+    def log_failure(self, request_id: bytes, exc: BaseException) -> None:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        logger.error(
+            "request %s to graph %r failed: %s",
+            request_id.decode(),
+            self.name,
+            exc,
+            exc_info=(type(cause), cause, cause.__traceback__),
+        )
+
+
+async def read_body(receive: Receive, max_bytes: int) -> bytes:
+    """The whole request body; Refused (413) above ``max_bytes``, ClientLeft on a disconnect."""
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if message.get("more_body", False):
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > max_bytes:
+                raise Refused(too_large(max_bytes))
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    if message["type"] == "http.disconnect":
+        raise ClientLeft
+    if len(body) > max_bytes:
+        raise Refused(too_large(max_bytes))
+    return body
+
+
+async def send_answer(send: Send, answer: Answer, request_id: bytes) -> None:
+    """Send ``answer`` with Content-Length, X-Request-Id and (unless it has one) a JSON Content-Type."""
+    status, body, extra = answer
+    headers = [(b"content-length", str(len(body)).encode()), (b"x-request-id", request_id)]
+    if extra:
+        headers += extra
+        if not any(name == b"content-type" for name, _ in extra):
+            headers.append((b"content-type", _JSON))
+    else:
+        headers.append((b"content-type", _JSON))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def encode_result(result: Any, text_as_text: bool) -> Answer:
+    """The answer for a graph's output: a Starlette Response as it is, bytes as they are, a
+    str as text when ``text_as_text`` (apps without an InputNode: Ray Serve's rule),
+    everything else as JSON. Raises TypeError for what cannot be sent."""
+    if isinstance(result, Response):
+        body = getattr(result, "body", None)
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{type(result).__name__} (a streaming response) is not supported as a graph output")
+        headers = [(name, value) for name, value in result.raw_headers if name != b"content-length"]
+        return Answer(result.status_code, bytes(body), headers)
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return Answer(200, bytes(result), [(b"content-type", b"application/octet-stream")])
+    if text_as_text and isinstance(result, str):
+        return Answer(200, result.encode(), [(b"content-type", _TEXT)])
+    return Answer(200, dumps(result))
+
+
+def too_large(max_bytes: int) -> Answer:
+    return error_answer(413, f"request body is larger than {max_bytes} bytes", [_CLOSE])
+
+
+def starlette_request(scope: Scope, body: bytes) -> Request:
+    """A Starlette Request over the body already read (for ingresses that take the request)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(scope, receive)
+
+
+def _authorized(auth: bytes | None, token: bytes) -> bool:
+    if auth is None:
+        return False
+    scheme, _, credentials = auth.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token)
