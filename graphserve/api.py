@@ -94,7 +94,13 @@ class GraphHandle:
         if self.ingress_deployment is not None:
             return self.runtime.handle(self.ingress_deployment).remote(*args, **kwargs)
         timeout_s = kwargs.pop("timeout_s", None)
-        return self._start(self.runtime.execute(dag_input(args, kwargs), timeout_s))
+        return self._start(self._execute(dag_input(args, kwargs), timeout_s))
+
+    async def _execute(self, request: Any, timeout_s: float | None) -> Any:
+        """Run the graph; responses of other calls in ``request`` are waited for first (chaining)."""
+        from graphserve.runtime.handle import resolve_responses
+
+        return await self.runtime.execute(await resolve_responses(request), timeout_s)
 
     def options(self, method_name: str | None = None, **_ignored: Any) -> Any:
         """A handle to a method of the app's ingress deployment (Ray Serve's ``handle.options``)."""
@@ -175,7 +181,7 @@ class _DAGMethod:
         if not args:
             raise TypeError("predict_with_route.remote(route, *args, **kwargs) needs the route")
         request = RoutedRequest(args[0], dag_input(args[1:], kwargs))
-        return self._handle._start(self._handle.runtime.execute(request, None))
+        return self._handle._start(self._handle._execute(request, None))
 
 
 def ingress_deployment(plan: Any) -> str | None:

@@ -21,7 +21,7 @@ import sys
 import warnings
 from collections.abc import Awaitable, Callable, Generator
 from types import CodeType
-from typing import Any
+from typing import Any, Protocol
 
 CallFn = Callable[[str, str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 
@@ -29,11 +29,12 @@ CallFn = Callable[[str, str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 class DeploymentResponse:
     """The result of ``handle.remote(...)``: await it, or ``.result()`` from sync code."""
 
-    __slots__ = ("_future", "_loop")
+    __slots__ = ("_future", "_loop", "_reference")
 
     def __init__(self, future: asyncio.Future[Any] | concurrent.futures.Future[Any], loop: asyncio.AbstractEventLoop):
         self._future = future
         self._loop = loop
+        self._reference: _Reference | None = None
 
     def __await__(self) -> Generator[Any, None, Any]:
         caller = sys._getframe(1)
@@ -45,13 +46,46 @@ class DeploymentResponse:
                 stacklevel=2,
             )
             return _at_once(self)  # the first await of the old API: the response itself, awaited next
+        if self._reference is not None:
+            return self._await_by_reference().__await__()
         future = self._future
         if isinstance(future, concurrent.futures.Future):
             return asyncio.wrap_future(future).__await__()
         return future.__await__()
 
+    # -- calls by reference (see References): fetched only when someone wants the value ------------
+    def _want(self) -> None:
+        reference = self._reference
+        if reference is None:
+            return
+        if _running_loop() is self._loop:
+            reference.want()
+        else:
+            self._loop.call_soon_threadsafe(reference.want)
+
+    async def _fetch(self) -> Any:
+        assert self._reference is not None
+        return await self._reference.references.fetch(await self._reference.wait())
+
+    async def _await_by_reference(self) -> Any:
+        self._want()
+        future = self._future
+        value = await (asyncio.wrap_future(future) if isinstance(future, concurrent.futures.Future) else future)
+        if value is not _HANDED_OFF:
+            return value
+        if _running_loop() is self._loop:
+            return await self._fetch()
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._fetch(), self._loop))
+
     def result(self, timeout_s: float | None = None) -> Any:
         """Block until the call is done (only from a thread other than the event loop's)."""
+        value = self._result(timeout_s)
+        if value is _HANDED_OFF:  # passed on by reference before: fetch it now
+            return asyncio.run_coroutine_threadsafe(self._fetch(), self._loop).result(timeout_s)
+        return value
+
+    def _result(self, timeout_s: float | None) -> Any:
+        self._want()
         future = self._future
         if isinstance(future, concurrent.futures.Future):
             return future.result(timeout_s)
@@ -78,6 +112,7 @@ class DeploymentResponse:
 
     # Future protocol, so asyncio.wait() accepts responses as Ray Serve users expect.
     def add_done_callback(self, fn: Callable[[Any], object], *, context: Any = None) -> None:
+        self._want()
         future = self._future
         if isinstance(future, concurrent.futures.Future):
             try:
@@ -110,7 +145,18 @@ class DeploymentResponse:
         return self._loop.call_soon_threadsafe(self._future.cancel) is not None
 
     def done(self) -> bool:
+        self._want()
         return self._future.done()
+
+
+_HANDED_OFF: Any = object()  # a call's result when it was passed on by reference before anyone awaited it
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _at_once(value: Any) -> Generator[Any, None, Any]:
@@ -156,32 +202,190 @@ def _scan_await(code: CodeType, lasti: int) -> bool:
     return False
 
 
-class DeploymentHandle:
-    """A handle to a deployment; attribute access picks a method."""
+class References(Protocol):
+    """How a backend passes a call's result on without fetching it (Ray: the ObjectRef).
 
-    def __init__(self, deployment: str, call: CallFn, loop: asyncio.AbstractEventLoop, method: str = "__call__"):
+    ``submit`` starts a call and returns its reference at once; ``fetch`` gets its value.
+    A :class:`DeploymentResponse` passed to another call of the same backend travels as
+    its reference, which the backend resolves where the callee runs.
+    """
+
+    async def submit(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
+
+    async def fetch(self, reference: Any) -> Any: ...
+
+    def forget(self, reference: Any) -> None:
+        """The caller passed the reference on and will not fetch it (unless asked to later)."""
+
+
+class _Reference:
+    """The reference of a call started through :class:`References`, once it is known, and whether
+    its value is wanted here (awaited) or it was handed off to another call first (all on one loop)."""
+
+    __slots__ = ("_decision", "_future", "references")
+
+    def __init__(self, references: References) -> None:
+        self.references = references
+        self._future: asyncio.Future[Any] | None = None
+        self._decision: asyncio.Future[bool] | None = None
+
+    def _decided(self) -> asyncio.Future[bool]:
+        if self._decision is None:
+            self._decision = asyncio.get_running_loop().create_future()
+        return self._decision
+
+    def want(self) -> None:
+        if not self._decided().done():
+            self._decided().set_result(True)
+
+    def hand_off(self) -> None:
+        if not self._decided().done():
+            self._decided().set_result(False)
+
+    async def wanted(self) -> bool:
+        """True once someone awaits the value; False when it was passed on to another call first."""
+        return await self._decided()
+
+    def _get(self) -> asyncio.Future[Any]:
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+        return self._future
+
+    def set(self, reference: Any) -> None:
+        if not self._get().done():
+            self._get().set_result(reference)
+
+    def fail(self, error: BaseException) -> None:
+        future = self._get()
+        if not future.done():
+            future.set_exception(error)
+            future.exception()  # retrieved: a call nobody chained on must not log "never retrieved"
+
+    async def wait(self) -> Any:
+        return await self._get()
+
+
+class DeploymentHandle:
+    """A handle to a deployment; attribute access picks a method.
+
+    Arguments may contain :class:`DeploymentResponse` objects, at any depth of lists,
+    tuples and dicts (Ray Serve's model composition: ``self.b.remote(self.a.remote(x))``):
+    the call waits for them without blocking the event loop and the callee gets their
+    values. On a backend with :class:`References` (Ray) a response travels as its
+    reference and is resolved where the callee runs, so the caller never fetches it.
+    """
+
+    def __init__(
+        self,
+        deployment: str,
+        call: CallFn,
+        loop: asyncio.AbstractEventLoop,
+        method: str = "__call__",
+        references: References | None = None,
+    ):
         self.deployment_name = deployment
         self._call = call
         self._loop = loop
         self._method = method
+        self._references = references
 
     def remote(self, *args: Any, **kwargs: Any) -> DeploymentResponse:
-        coro = self._call(self.deployment_name, self._method, args, kwargs)
+        reference = _Reference(self._references) if self._references is not None else None
+        coro = self._invoke(args, kwargs, reference)
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self._loop:
-            return DeploymentResponse(self._loop.create_task(coro), self._loop)  # type: ignore[arg-type]
-        return DeploymentResponse(asyncio.run_coroutine_threadsafe(coro, self._loop), self._loop)  # type: ignore[arg-type]
+            response = DeploymentResponse(self._loop.create_task(coro), self._loop)
+        else:
+            response = DeploymentResponse(asyncio.run_coroutine_threadsafe(coro, self._loop), self._loop)
+        response._reference = reference
+        return response
+
+    async def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any], reference: _Reference | None) -> Any:
+        if _holds_response((args, kwargs)):
+            args, kwargs = await resolve_responses((args, kwargs), self._references)
+        if reference is None:
+            return await self._call(self.deployment_name, self._method, args, kwargs)
+        try:
+            ref = await reference.references.submit(self.deployment_name, self._method, args, kwargs)
+        except BaseException as exc:
+            reference.fail(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            raise
+        reference.set(ref)
+        if not await reference.wanted():  # passed on to another call: fetched there, not here
+            reference.references.forget(ref)
+            return _HANDED_OFF
+        return await reference.references.fetch(ref)
 
     def options(self, method_name: str | None = None, **_ignored: Any) -> DeploymentHandle:
-        return DeploymentHandle(self.deployment_name, self._call, self._loop, method_name or self._method)
+        return DeploymentHandle(
+            self.deployment_name, self._call, self._loop, method_name or self._method, self._references
+        )
 
     def __getattr__(self, name: str) -> DeploymentHandle:
         if name.startswith("_"):
             raise AttributeError(name)
-        return DeploymentHandle(self.deployment_name, self._call, self._loop, name)
+        return DeploymentHandle(self.deployment_name, self._call, self._loop, name, self._references)
 
     def __repr__(self) -> str:
         return f"DeploymentHandle({self.deployment_name!r}, method={self._method!r})"
+
+
+def _holds_response(value: Any) -> bool:
+    if isinstance(value, DeploymentResponse):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_response(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_response(v) for v in value.values())
+    return False
+
+
+async def resolve_responses(value: Any, references: References | None = None) -> Any:
+    """``value`` with every :class:`DeploymentResponse` in it (at any depth of lists, tuples
+    and dicts) replaced by its result, or by its reference when it was started through
+    ``references`` (the backend resolves those where the callee runs). Waits for them all
+    at once, without blocking the event loop."""
+    found: list[DeploymentResponse] = []
+    _collect(value, found)
+    if not found:
+        return value
+    results = await asyncio.gather(*(_substitute(r, references) for r in found))
+    by_id = {id(r): result for r, result in zip(found, results, strict=True)}
+    return _rebuild(value, by_id)
+
+
+def _collect(value: Any, found: list[DeploymentResponse]) -> None:
+    if isinstance(value, DeploymentResponse):
+        found.append(value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect(item, found)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect(item, found)
+
+
+async def _substitute(response: DeploymentResponse, references: References | None) -> Any:
+    reference = response._reference
+    if references is not None and reference is not None and reference.references is references:
+        reference.hand_off()
+        return await reference.wait()
+    if isinstance(response._future, asyncio.Future) and response._loop is not asyncio.get_running_loop():
+        return await asyncio.to_thread(response.result)  # started on another event loop
+    return await response
+
+
+def _rebuild(value: Any, by_id: dict[int, Any]) -> Any:
+    if isinstance(value, DeploymentResponse):
+        return by_id[id(value)]
+    if isinstance(value, list):
+        return [_rebuild(v, by_id) for v in value]
+    if isinstance(value, tuple):
+        items = [_rebuild(v, by_id) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)  # named tuples too
+    if isinstance(value, dict):
+        return {k: _rebuild(v, by_id) for k, v in value.items()}
+    return value

@@ -175,23 +175,98 @@ class RemoteHandles:
     def handle(self, deployment: str, loop: asyncio.AbstractEventLoop) -> DeploymentHandle:
         if deployment not in self._actors:
             raise PlanError(f"no actors for deployment {deployment!r}")
-        return DeploymentHandle(deployment, self.call, loop)
+        return DeploymentHandle(deployment, self.call, loop, references=self)
 
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await self.fetch(await self.submit(deployment, method, args, kwargs))
+
+    # References: a DeploymentResponse passed on to another call travels as its ObjectRef.
+    async def submit(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
         counts = self._inflight[deployment]
         index = min(range(len(counts)), key=counts.__getitem__)
         node = f"{deployment}.{method}"
-        ref: Any = self._actors[deployment][index].call.remote(node, method, *args, **kwargs)
+        ref: Any = self._actors[deployment][index].call.remote(node, method, *_refs(args), **_refs(kwargs))
         counts[index] += 1
+        return _Call(ref, node, deployment, index)
+
+    async def fetch(self, call: _Call) -> Any:
         try:
-            return await ref
+            return await call.ref
         except asyncio.CancelledError:
-            ray.cancel(ref)
+            ray.cancel(call.ref)
             raise
         except Exception as exc:
-            raise node_error(exc, node, deployment, index, self._retries.get(deployment, 0))  # noqa: B904 - keeps its own __cause__
+            retries = self._retries.get(call.deployment, 0)
+            raise node_error(exc, call.node, call.deployment, call.index, retries)  # noqa: B904 - keeps its own __cause__
         finally:
-            counts[index] -= 1
+            self.forget(call)
+
+    def forget(self, call: _Call) -> None:
+        """The call is no longer in flight from here (fetched, failed, or passed on to another call)."""
+        if not call.counted:
+            call.counted = True
+            self._inflight[call.deployment][call.index] -= 1
+
+
+@dataclass
+class _Call:
+    """A call started from inside an actor: its ObjectRef, and where it runs."""
+
+    ref: Any
+    node: str
+    deployment: str
+    index: int
+    counted: bool = False
+
+
+def _refs(value: Any) -> Any:
+    """Arguments with started calls as their ObjectRefs (Ray resolves them in the callee's worker)."""
+    if isinstance(value, _Call):
+        return value.ref
+    if isinstance(value, tuple):
+        return tuple(_refs(v) for v in value)
+    if isinstance(value, list):
+        return [_refs(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _refs(v) for k, v in value.items()}
+    return value
+
+
+async def resolve_nested_refs(value: Any) -> Any:
+    """``value`` with the ObjectRefs nested in its lists, tuples and dicts fetched (Ray fetches only
+    top-level arguments): a DeploymentResponse at any depth reaches the method as its value."""
+    found: list[Any] = []
+    for item in value.values() if isinstance(value, dict) else value:
+        _nested_refs(item, found, top=True)
+    if not found:
+        return value
+    values = await asyncio.gather(*found)
+    by_id = {id(ref): result for ref, result in zip(found, values, strict=True)}
+    return _replace_refs(value, by_id)
+
+
+def _nested_refs(value: Any, found: list[Any], top: bool = False) -> None:
+    if isinstance(value, ray.ObjectRef):
+        if not top:
+            found.append(value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _nested_refs(item, found)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _nested_refs(item, found)
+
+
+def _replace_refs(value: Any, by_id: dict[int, Any]) -> Any:
+    if isinstance(value, ray.ObjectRef):
+        return by_id.get(id(value), value)
+    if isinstance(value, tuple):
+        return tuple(_replace_refs(v, by_id) for v in value)
+    if isinstance(value, list):
+        return [_replace_refs(v, by_id) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_refs(v, by_id) for k, v in value.items()}
+    return value
 
 
 class ReplicaActor:
@@ -253,6 +328,10 @@ class ReplicaActor:
         try:
             instance = self._instance if self._instance is not None else await self._ensure()
             fn, is_async = self._method(instance, method)
+            if any(isinstance(a, (list, tuple, dict)) for a in args):
+                args = await resolve_nested_refs(args)
+            if any(isinstance(v, (list, tuple, dict)) for v in kwargs.values()):
+                kwargs = await resolve_nested_refs(kwargs)
             if is_async:
                 return await fn(*args, **kwargs)
             loop = asyncio.get_running_loop()

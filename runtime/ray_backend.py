@@ -438,6 +438,11 @@ def _unwrap(arg: Any, parents: list[RayValue]) -> Any:
     if type(arg) is RayValue:
         parents.append(arg)
         return arg.ref  # Ray resolves it in the worker: the driver never fetches it
+    if isinstance(arg, (list, tuple, dict)):  # nested (a handle call's chained responses): the actor resolves them
+        if isinstance(arg, dict):
+            return {k: _unwrap(v, parents) for k, v in arg.items()}
+        items = [_unwrap(v, parents) for v in arg]
+        return items if isinstance(arg, list) else tuple(items)
     return arg
 
 

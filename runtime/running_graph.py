@@ -9,7 +9,7 @@ await runtime.stop()
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from graphserve.errors import GraphError, NodeExecutionError, RequestError
 from graphserve.plan import Plan
@@ -35,6 +35,7 @@ class GraphRuntime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = False
         self.stopping = False  # stop() was called: not ready again
+        self._references: _BackendReferences | None = None
 
     def _make_backend(self) -> Backend:
         spec = self._backend_spec
@@ -78,9 +79,18 @@ class GraphRuntime:
 
     # -- handles -----------------------------------------------------------------------
     def handle(self, deployment: str, method: str = "__call__") -> DeploymentHandle:
-        """A handle to one of the graph's deployments (also what constructors receive)."""
+        """A handle to one of the graph's deployments (also what constructors receive).
+
+        On a backend that submits calls by reference (Ray), a response passed to another
+        call travels as its reference: the driver never fetches it.
+        """
         loop = self.loop or asyncio.get_event_loop()
-        return DeploymentHandle(deployment, self._handle_call, loop, method)
+        references = None
+        if isinstance(self.backend, _SubmittingBackend):
+            if self._references is None:
+                self._references = _BackendReferences(self.backend)
+            references = self._references
+        return DeploymentHandle(deployment, self._handle_call, loop, method, references)
 
     async def _handle_call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.backend is None:
@@ -91,3 +101,36 @@ class GraphRuntime:
             raise
         except Exception as exc:
             raise NodeExecutionError(f"{deployment}.{method}", deployment, f"{type(exc).__name__}: {exc}") from exc
+
+
+@runtime_checkable
+class _SubmittingBackend(Protocol):
+    """A backend that starts a call and returns its reference at once (Ray)."""
+
+    async def submit(
+        self, node: str, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any: ...
+
+    async def resolve(self, value: Any) -> Any: ...
+
+    def cancel(self, values: list[Any]) -> None: ...
+
+
+class _BackendReferences:
+    """Handle calls by reference on a submitting backend (see ``handle.References``)."""
+
+    def __init__(self, backend: _SubmittingBackend) -> None:
+        self.backend = backend
+
+    async def submit(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await self.backend.submit(f"{deployment}.{method}", deployment, method, args, kwargs)
+
+    async def fetch(self, reference: Any) -> Any:
+        try:
+            return await self.backend.resolve(reference)
+        except asyncio.CancelledError:
+            self.backend.cancel([reference])
+            raise
+
+    def forget(self, reference: Any) -> None:
+        """Nothing to do: the backend releases the replica when the call finishes."""
