@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         ingress,
         list_deployments,
         start,
+        status,
     )
     from graphserve.dsl import App, InputNode, cond, glue, graph, switch
     from graphserve.errors import (
@@ -69,6 +70,7 @@ _EXPORTS = {
             "ingress",
             "list_deployments",
             "start",
+            "status",
         ),
         "graphserve.compat",
     ),
@@ -91,6 +93,9 @@ _EXPORTS = {
     ),
     "serve": "graphserve.serving",
 }
+
+# Ray Serve's submodules, reached as attributes (``serve.handle``, ``serve.exceptions``, ...)
+_SUBMODULES = {"dag", "deployment_graph", "drivers", "exceptions", "handle", "http_adapters", "schema"}
 
 __all__ = [
     "App",
@@ -124,12 +129,15 @@ __all__ = [
     "serve",
     "shutdown",
     "start",
+    "status",
     "switch",
 ]
 
 if not TYPE_CHECKING:  # mypy sees the imports above; a typo stays an error
 
     def __getattr__(name: str) -> Any:
+        if name in _SUBMODULES:  # Ray Serve's `serve.handle.DeploymentHandle` and the like
+            return importlib.import_module(f"graphserve.{name}")
         module = _EXPORTS.get(name)
         if module is None:
             raise AttributeError(f"module 'graphserve' has no attribute {name!r}")

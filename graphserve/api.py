@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -19,6 +20,8 @@ from graphserve import registry
 from graphserve.dag import RoutedRequest, dag_input
 from graphserve.dsl import App, as_app
 from graphserve.errors import GraphError, GraphWarning
+
+DEFAULT_APP_NAME = "default"  # Ray Serve's name for an app run without one
 
 
 def build(app: Any, cluster: Any = None) -> Any:
@@ -81,6 +84,7 @@ class GraphHandle:
         self.runtime = runtime
         self.url = url
         self.ingress_deployment = ingress_deployment(self.plan)
+        self.deployed_at = time.time()
         self._loop = loop
         self._stop = stop
         self._stopped = False
@@ -222,7 +226,9 @@ def run(
     ``serve.start(http_options=...)``'s host and port, else 127.0.0.1 and the port in
     ``GRAPHSERVE_HTTP_PORT`` (default 8000; 0 picks a free one); a busy port is a
     GraphError) at ``route_prefix`` (else the app's or its ingress deployment's, else
-    ``/``). An app of the same ``name`` (default: the graph's name) is replaced.
+    ``/``). The app is named ``name``, else the name given to ``gs.graph``, else
+    ``"default"``, as Ray Serve names it; an app of the same name, or at the same route,
+    is replaced.
     ``http=False`` (or ``_local_testing_mode=True``) runs it in process only.
     ``blocking=True`` serves until Ctrl-C / SIGTERM, then shuts everything down.
     The plan's warnings (e.g. GS117, a Ray Serve option graphserve ignores) are shown
@@ -234,9 +240,9 @@ def run(
     """
     if backend == "ray" and cluster == "detect":
         cluster = None
-    plan = build(as_app(app), cluster=cluster)
-    if name is not None:
-        plan.name = name
+    app = as_app(app)
+    plan = build(app, cluster=cluster)
+    plan.name = name if name is not None else app.name if app.named else DEFAULT_APP_NAME
     announce_warnings(plan, logging_config=logging_config)
     if http and not _local_testing_mode:
         handle = registry.serve_plan(plan, route_prefix, backend, backend_options, GraphHandle.attach)

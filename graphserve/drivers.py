@@ -60,7 +60,7 @@ class DAGDriverDeployment:
             route = request.route
         elif _is_starlette_request(request):
             path = request.scope.get("path", "/")
-            root = str(request.scope.get("gs_route_prefix", "") or request.scope.get("root_path", "") or "")
+            root = str(request.scope.get("graphserve.route_prefix", "") or "")
             route = path[len(root) :] if root not in ("", "/") and path.startswith(root) else path
         else:
             raise RequestValidationError(

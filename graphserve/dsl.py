@@ -341,6 +341,7 @@ class App:
     ) -> None:
         self.output = output
         self.name = name or _default_name(output)
+        self.named = name is not None  # an app run without a name is Ray Serve's "default" app
         self.timeout_s = timeout_s
         self.route_prefix = route_prefix
         self.location = location

@@ -114,6 +114,12 @@ def served_app(name: str) -> RunningApp | None:
         return _STATE.served.get(name)
 
 
+def server_url() -> str | None:
+    """The URL of the process-wide HTTP server, when it runs."""
+    with _LOCK:
+        return _STATE.server.url if _STATE.server is not None else None
+
+
 def served_names() -> list[str]:
     with _LOCK:
         return sorted(_STATE.served)
@@ -228,9 +234,9 @@ def serve_plan(
 ) -> App:
     """Start ``plan`` on the process-wide server at ``route_prefix`` (else its own, else ``/``).
 
-    The server starts if none runs. An app served under the same name is replaced.
-    ``attach`` makes the app's handle from its runtime, the server's loop, a stop function
-    and the app's URL.
+    The server starts if none runs. An app served under the same name, or at the same
+    route, is replaced (as Ray Serve replaces them). ``attach`` makes the app's handle from
+    its runtime, the server's loop, a stop function and the app's URL.
     """
     if route_prefix is not None and not (isinstance(route_prefix, str) and route_prefix.startswith("/")):
         raise GraphError(f"route_prefix={route_prefix!r} is invalid: expected a path starting with '/'")
@@ -242,12 +248,16 @@ def serve_plan(
         server = _STATE.server
         if server is not None and server.ingress.loop is _running_loop():
             raise GraphError(f"cannot deploy {name!r} from inside a deployment (the server's own event loop)")
-        old = _STATE.served.pop(name, None)
+        replaced = [app for app in [_STATE.served.pop(name, None)] if app is not None]
+        if server is not None:  # another app at this route: replaced too
+            url = _app_url(server, path)
+            for other in [n for n, app in _STATE.served.items() if app.url == url]:
+                replaced.append(_STATE.served.pop(other))
         if server is None:
             server = _new_server({}, explicit=False)
         _STATE.starting += 1
     try:
-        if old is not None:  # same name: replace it (Ray Serve redeploys an app run again)
+        for old in replaced:  # Ray Serve redeploys an app run again under its name or route
             old.shutdown()
         app = _add_app(server, plan, path, backend, backend_options, attach)
     finally:
@@ -285,10 +295,15 @@ def _add_app(
         with _LOCK:
             _stop_if_idle(server)
 
-    app = attach(runtime, loop, stop, server.url + ("" if path == "/" else path))
+    app = attach(runtime, loop, stop, _app_url(server, path))
     with _LOCK:
         _STATE.served[name] = app
     return app
+
+
+def _app_url(server: Server, path: str) -> str:
+    path = path.rstrip("/") or "/"
+    return server.url + ("" if path == "/" else path)
 
 
 def _stop_if_idle(server: Server) -> None:

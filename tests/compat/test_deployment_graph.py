@@ -230,3 +230,12 @@ async def test_double_await_warns_that_it_is_deprecated() -> None:
         warnings.simplefilter("error")
         assert await response("y") == "y"  # awaited once: no warning
         assert await asyncio.gather(response("a"), response("b")) == ["a", "b"]
+
+
+def test_several_dags_are_served_over_http_by_sub_path() -> None:
+    dag = DAGDriver.options(route_prefix="/dags").bind({"/my_D1": D1.bind().forward.bind(), "/my_D4": d4.bind()})
+    handle = serve.run(dag)
+    assert httpx.post(handle.url + "/my_D1", json=1, timeout=30).json() == "D1"
+    assert httpx.get(handle.url + "/my_D4", timeout=30).json() == "D4"
+    missing = httpx.post(handle.url + "/my_D9", json=1, timeout=30)
+    assert missing.status_code == 404 and "/my_D1" in missing.text
