@@ -36,7 +36,7 @@ def build(app: Any, cluster: Any = None) -> Any:
 
 
 class GraphHandle:
-    """A running graph, and Ray Serve's handle to it.
+    """A running graph, and Ray Serve's handle to it (an instance of ``graphserve.handle.DeploymentHandle``).
 
     ``handle.remote(...)`` starts a call at once and returns a ``DeploymentResponse``:
     ``await`` it from any event loop (``asyncio.wait``/``gather`` accept it) or call
@@ -84,6 +84,7 @@ class GraphHandle:
         self.runtime = runtime
         self.url = url
         self.ingress_deployment = ingress_deployment(self.plan)
+        self.deployment_name = self.ingress_deployment or self.plan.name
         self.deployed_at = time.time()
         self._loop = loop
         self._stop = stop

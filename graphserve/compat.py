@@ -182,8 +182,13 @@ def deployment(_target: None = None, **options: Any) -> Callable[[T], Deployment
 
 def deployment(_target: Any = None, **options: Any) -> Any:
     """Declare a deployment, bare (``@gs.deployment``) or with options
-    (``@gs.deployment(num_replicas=2, num_gpus=1)``); see :func:`graphserve.dsl.deployment`."""
+    (``@gs.deployment(num_replicas=2, num_gpus=1)``, or 1.x's positional name
+    ``@serve.deployment("name", ...)``); see :func:`graphserve.dsl.deployment`."""
     location = dsl.caller_location()
+    if isinstance(_target, str):  # Ray Serve 1.x: @serve.deployment("name")
+        if "name" in options and options["name"] != _target:
+            raise GraphError(f"@serve.deployment({_target!r}, name={options['name']!r}): give the name once")
+        options, _target = {**options, "name": _target}, None
     if _target is not None:
         return Deployment(_target, options, location)
 

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, Self, TypeVar, overload
 
-from graphserve.errors import Location
+from graphserve.errors import GraphError, Location
 
 T = TypeVar("T")
 
@@ -179,6 +179,18 @@ class MethodRef:
     def bind(self, *args: Any, **kwargs: Any) -> CallNode:
         return CallNode(self._node, self._method, args, kwargs)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise GraphError(
+            f"{self!r}(...) calls nothing while the app is being built: write {self!r}.bind(...) to wire a "
+            f"call into the graph, or, on a running app, handle.{self._method}.remote(...)"
+        )
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        raise GraphError(
+            f"{self!r}.remote(...): this node is not running; run the app first "
+            f"(handle = serve.run(app)) and call handle.{self._method}.remote(...)"
+        )
+
     def __repr__(self) -> str:
         return f"{self._node!r}.{self._method}"
 
@@ -197,13 +209,41 @@ class DeploymentNode(DAGNode):
         self._kwargs = kwargs
         self._link(*args, *kwargs.values())
 
-    def __getattr__(self, name: str) -> MethodRef:
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("_") and name != "__call__":
             raise AttributeError(name)
+        if name in _MISUSES and not hasattr(self._deployment.target, name):
+            return _Misuse(self._deployment.name, name)
         return MethodRef(self, name)
 
     def __repr__(self) -> str:
         return f"{self._deployment.name}.bind(...)"
+
+
+_MISUSES = {
+    "bind": "{name}.bind(...) is already bound: bind once, then call a method with "
+    "{name}.bind(...).method.bind(...), or pass the node to another deployment's .bind(...) to get a handle",
+    "remote": "{name}.bind(...) is not running: run it (handle = serve.run({name}.bind(...))) and call "
+    "handle.remote(...)",
+    "options": "options go on the deployment, before binding: {name}.options(...).bind(...)",
+    "deploy": "{name}.bind(...) is an app, not a deployment: serve.run({name}.bind(...)), or {name}.deploy(...) "
+    "(Ray Serve 1.x)",
+}
+
+
+class _Misuse:
+    """``Model.bind().bind()`` and the like: a message saying what to write instead."""
+
+    def __init__(self, name: str, attribute: str) -> None:
+        self._message = _MISUSES[attribute].format(name=name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise GraphError(self._message)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise GraphError(self._message)
 
 
 class Deployment(Generic[T]):
@@ -252,6 +292,13 @@ class Deployment(Generic[T]):
         if self.is_function:
             return CallNode(self, None, args, kwargs)
         return DeploymentNode(self, args, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise GraphError(
+            f"{self.name} is a deployment and cannot be called or constructed directly: build an app with "
+            f"{self.name}.bind(...) and run it (handle = serve.run(app)), then call handle.remote(...); "
+            f"the class or function itself is {self.name}.func_or_class"
+        )
 
     def __repr__(self) -> str:
         return f"Deployment({self.name})"

@@ -1,11 +1,27 @@
 """Ray Serve's handle names (``ray.serve.handle``): ``from graphserve.handle import DeploymentHandle``.
 
-``DeploymentHandle`` is what constructors receive for other deployments; ``remote()``
-returns a :class:`DeploymentResponse` (await it, or ``.result()`` from blocking code).
+``DeploymentHandle`` is what constructors receive for other deployments, and
+``serve.run`` returns one too (``isinstance(handle, DeploymentHandle)`` holds for the app
+handle, a :class:`graphserve.api.GraphHandle`). ``remote()`` returns a
+:class:`DeploymentResponse` (await it, or ``.result()`` from blocking code); with
+``.options(stream=True)`` it returns a :class:`DeploymentResponseGenerator`. Ray Serve's
+older names (``RayServeHandle``, ``RayServeSyncHandle``, ``RayServeDeploymentHandle``) are
+the same class.
 """
 
 from __future__ import annotations
 
+from graphserve.api import GraphHandle
 from graphserve.runtime.handle import DeploymentHandle, DeploymentResponse
 
-__all__ = ["DeploymentHandle", "DeploymentResponse"]
+DeploymentHandle.register(GraphHandle)
+
+RayServeHandle = RayServeSyncHandle = RayServeDeploymentHandle = DeploymentHandle
+
+__all__ = [
+    "DeploymentHandle",
+    "DeploymentResponse",
+    "RayServeDeploymentHandle",
+    "RayServeHandle",
+    "RayServeSyncHandle",
+]

@@ -19,6 +19,7 @@ import dis
 import itertools
 import sys
 import warnings
+from abc import ABCMeta
 from collections.abc import Awaitable, Callable, Generator
 from types import CodeType
 from typing import Any, Protocol
@@ -265,8 +266,9 @@ class _Reference:
         return await self._get()
 
 
-class DeploymentHandle:
-    """A handle to a deployment; attribute access picks a method.
+class DeploymentHandle(metaclass=ABCMeta):  # noqa: B024 - an ABC for register(), no abstract methods
+    """A handle to a deployment; attribute access picks a method. (An ABC only so the app
+    handle ``serve.run`` returns can be registered as one: ``graphserve.handle`` does.)
 
     Arguments may contain :class:`DeploymentResponse` objects, at any depth of lists,
     tuples and dicts (Ray Serve's model composition: ``self.b.remote(self.a.remote(x))``):
