@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graphserve.errors import GraphError, GraphValidationError, RequestError
+from graphserve.runtime import http_defaults
 
 if TYPE_CHECKING:
     from graphserve.plan import Plan
@@ -61,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("targets", nargs="+", help="module:app or plan.json (one or more)")
     deploy.add_argument("--backend", choices=("local", "ray"), default="local")
     deploy.add_argument("--address", default=None, help="Ray cluster address (ray backend)")
-    deploy.add_argument("--host", default="127.0.0.1")
-    deploy.add_argument("--port", type=int, default=8000)
+    deploy.add_argument("--host", default=http_defaults.HOST)
+    deploy.add_argument("--port", type=int, default=http_defaults.PORT)
     deploy.add_argument(
         "--token",
         default=None,
@@ -70,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("--timeout-s", type=float, default=None, help="deadline for graphs that set none")
     deploy.add_argument(
-        "--max-body-bytes", type=int, default=None, help="largest accepted request body (default: the server's, 16 MiB)"
+        "--max-body-bytes",
+        type=int,
+        default=None,  # the server's: one constant
+        help=f"largest accepted request body (default {http_defaults.mib(http_defaults.MAX_BODY_BYTES)})",
     )
     deploy.add_argument(
         "--cluster",
@@ -206,8 +210,8 @@ def deploy_command(args: argparse.Namespace) -> int:
     try:
         serve(
             getattr(args, "targets", None) or getattr(args, "target", None),
-            host=getattr(args, "host", None) or "127.0.0.1",
-            port=8000 if port is None else int(port),
+            host=getattr(args, "host", None) or http_defaults.HOST,
+            port=http_defaults.PORT if port is None else int(port),
             backend=backend,
             token=getattr(args, "token", None),
             **options,

@@ -43,8 +43,6 @@ logger = logging.getLogger("graphserve.registry")
 PORT_ENV = "GRAPHSERVE_HTTP_PORT"
 HOST_ENV = "GRAPHSERVE_HTTP_HOST"
 TOKEN_ENV = "GRAPHSERVE_TOKEN"
-DEFAULT_PORT = 8000
-STARTUP_TIMEOUT_S = 600.0  # constructors (model loading) may take a while; never forever
 SERVER_TIMEOUT_S = 60.0
 
 
@@ -171,9 +169,11 @@ def start_server(http: dict[str, Any]) -> Server | None:
 
 
 def _env_port() -> int:
+    from graphserve.runtime import http_defaults
+
     text = os.environ.get(PORT_ENV, "").strip()
     if not text:
-        return DEFAULT_PORT
+        return http_defaults.PORT
     try:
         port = int(text)
     except ValueError:
@@ -185,10 +185,11 @@ def _env_port() -> int:
 
 def _new_server(http: dict[str, Any], explicit: bool) -> Server:
     """Start the process-wide server (under ``_LOCK``)."""
+    from graphserve.runtime import http_defaults
     from graphserve.runtime.http_server import Server
     from graphserve.runtime.ingress import Ingress
 
-    host = str(http.get("host") or os.environ.get(HOST_ENV) or "127.0.0.1")
+    host = str(http.get("host") or os.environ.get(HOST_ENV) or http_defaults.HOST)
     port = int(http["port"]) if "port" in http else _env_port()
     ingress = Ingress(
         [],
@@ -270,6 +271,7 @@ def serve_plan(
 def _add_app(
     server: Server, plan: Plan, path: str, backend: str, backend_options: dict[str, Any], attach: Attach[App]
 ) -> App:
+    from graphserve.runtime import http_defaults
     from graphserve.runtime.running_graph import GraphRuntime
 
     name = plan.name
@@ -278,9 +280,9 @@ def _add_app(
         raise GraphError("the HTTP server has no event loop")
     runtime = GraphRuntime(plan, backend=backend, metrics=ingress.metrics, **backend_options)
     try:
-        asyncio.run_coroutine_threadsafe(ingress.add_graph(runtime, path), loop).result(STARTUP_TIMEOUT_S)
+        asyncio.run_coroutine_threadsafe(ingress.add_graph(runtime, path), loop).result(http_defaults.STARTUP_TIMEOUT_S)
     except TimeoutError:
-        raise GraphError(f"app {name!r} did not start within {STARTUP_TIMEOUT_S:g}s") from None
+        raise GraphError(f"app {name!r} did not start within {http_defaults.STARTUP_TIMEOUT_S:g}s") from None
     except RouteConflictError as exc:
         hint = "give this app another route_prefix=..., or run it under the same name= to replace the other"
         raise RouteConflictError(f"{exc}; {hint}", exc.path) from None

@@ -28,6 +28,7 @@ import uvicorn
 
 from graphserve.errors import DeploymentStartError, GraphError
 
+from . import http_defaults
 from .ingress import Ingress
 
 logger = logging.getLogger("graphserve.server")
@@ -75,10 +76,10 @@ class Server:
     def __init__(
         self,
         ingress: Ingress,
-        host: str = "127.0.0.1",
-        port: int = 8000,
+        host: str = http_defaults.HOST,
+        port: int = http_defaults.PORT,
         *,
-        shutdown_timeout_s: float = 30.0,
+        shutdown_timeout_s: float = http_defaults.SHUTDOWN_TIMEOUT_S,
         access_log: bool = False,
         on_ready: Callable[[Server], None] | None = None,
     ) -> None:
@@ -141,7 +142,7 @@ class Server:
         if not self._ready.is_set():
             raise self._failure()
 
-    def start(self, timeout: float | None = 600.0) -> None:
+    def start(self, timeout: float | None = http_defaults.STARTUP_TIMEOUT_S) -> None:
         """Serve from a background thread; returns once ready (raises if the start failed)."""
         if self._thread is not None:
             raise GraphError("this server was already started")

@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from graphserve.errors import DeploymentStartError, GraphError, RouteConflictError
 from graphserve.plan import Plan
 
+from . import http_defaults
 from .encoding import dumps
 from .graph_route import GraphRoute, RouteLimits, valid_request_id
 from .http_errors import error_body
@@ -59,7 +60,6 @@ Renderer = Callable[[Plan, str], bytes | str]
 
 logger = logging.getLogger("graphserve.ingress")
 
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 _RENDER_TYPES = {"svg": "image/svg+xml", "png": "image/png", "dot": "text/vnd.graphviz"}
 _OPS_PREFIX = "/-/"
 ROUTE_PREFIX_KEY = "graphserve.route_prefix"  # the ASGI scope key naming the graph route a request matched
@@ -78,7 +78,7 @@ class Ingress:
         runtimes: list[GraphRuntime],
         *,
         token: str | None = None,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: int = http_defaults.MAX_BODY_BYTES,
         max_in_flight: int | None = None,
         default_timeout_s: float | None = None,
         render: Renderer | None = None,
