@@ -107,9 +107,11 @@ class GraphHandle:
 
         return await self.runtime.execute(await resolve_responses(request), timeout_s)
 
-    def options(self, method_name: str | None = None, **_ignored: Any) -> Any:
-        """A handle to a method of the app's ingress deployment (Ray Serve's ``handle.options``)."""
-        return self.runtime.handle(self._ingress("options(method_name=...)"), method_name or "__call__")
+    def options(self, method_name: str | None = None, stream: bool = False, **_ignored: Any) -> Any:
+        """A handle to a method of the app's ingress deployment (Ray Serve's ``handle.options``);
+        ``stream=True`` makes its calls return ``DeploymentResponseGenerator`` s."""
+        handle = self.runtime.handle(self._ingress("options(method_name=...)"), method_name or "__call__")
+        return handle.options(stream=True) if stream else handle
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

@@ -12,7 +12,7 @@ the same class.
 from __future__ import annotations
 
 from graphserve.api import GraphHandle
-from graphserve.runtime.handle import DeploymentHandle, DeploymentResponse
+from graphserve.runtime.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 DeploymentHandle.register(GraphHandle)
 
@@ -21,6 +21,7 @@ RayServeHandle = RayServeSyncHandle = RayServeDeploymentHandle = DeploymentHandl
 __all__ = [
     "DeploymentHandle",
     "DeploymentResponse",
+    "DeploymentResponseGenerator",
     "RayServeDeploymentHandle",
     "RayServeHandle",
     "RayServeSyncHandle",

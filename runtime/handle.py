@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dis
+import inspect
 import itertools
 import sys
 import warnings
@@ -23,6 +24,8 @@ from abc import ABCMeta
 from collections.abc import Awaitable, Callable, Generator
 from types import CodeType
 from typing import Any, Protocol
+
+from graphserve.errors import GraphError
 
 CallFn = Callable[[str, str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 
@@ -284,14 +287,23 @@ class DeploymentHandle(metaclass=ABCMeta):  # noqa: B024 - an ABC for register()
         loop: asyncio.AbstractEventLoop,
         method: str = "__call__",
         references: References | None = None,
+        stream: bool = False,
     ):
         self.deployment_name = deployment
         self._call = call
         self._loop = loop
         self._method = method
         self._references = references
+        self._stream = stream
 
-    def remote(self, *args: Any, **kwargs: Any) -> DeploymentResponse:
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Start the call now: a :class:`DeploymentResponse`, or with ``options(stream=True)`` a
+        :class:`DeploymentResponseGenerator` of the method's items."""
+        if self._stream and self._references is not None:
+            raise GraphError(
+                f"handle.options(stream=True) to {self.deployment_name}.{self._method}: streaming is not supported "
+                "on the Ray backend; run the app on the local backend, or return a list"
+            )
         reference = _Reference(self._references) if self._references is not None else None
         coro = self._invoke(args, kwargs, reference)
         try:
@@ -303,13 +315,23 @@ class DeploymentHandle(metaclass=ABCMeta):  # noqa: B024 - an ABC for register()
         else:
             response = DeploymentResponse(asyncio.run_coroutine_threadsafe(coro, self._loop), self._loop)
         response._reference = reference
+        if self._stream:
+            return DeploymentResponseGenerator(response)
         return response
 
     async def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any], reference: _Reference | None) -> Any:
         if _holds_response((args, kwargs)):
             args, kwargs = await resolve_responses((args, kwargs), self._references)
         if reference is None:
-            return await self._call(self.deployment_name, self._method, args, kwargs)
+            result = await self._call(self.deployment_name, self._method, args, kwargs)
+            if not self._stream and (inspect.isgenerator(result) or inspect.isasyncgen(result)):
+                await _close(result)
+                method = "" if self._method == "__call__" else f".{self._method}"
+                raise GraphError(
+                    f"{self.deployment_name}.{self._method} returned a generator: call it with "
+                    f"handle.options(stream=True){method}.remote(...) to iterate over its items"
+                )
+            return result
         try:
             ref = await reference.references.submit(self.deployment_name, self._method, args, kwargs)
         except BaseException as exc:
@@ -321,18 +343,95 @@ class DeploymentHandle(metaclass=ABCMeta):  # noqa: B024 - an ABC for register()
             return _HANDED_OFF
         return await reference.references.fetch(ref)
 
-    def options(self, method_name: str | None = None, **_ignored: Any) -> DeploymentHandle:
+    def options(self, method_name: str | None = None, stream: bool | None = None, **_ignored: Any) -> DeploymentHandle:
+        """A copy calling ``method_name`` and/or streaming (``stream=True``); other Ray options are ignored."""
         return DeploymentHandle(
-            self.deployment_name, self._call, self._loop, method_name or self._method, self._references
+            self.deployment_name,
+            self._call,
+            self._loop,
+            method_name or self._method,
+            self._references,
+            self._stream if stream is None else bool(stream),
         )
 
     def __getattr__(self, name: str) -> DeploymentHandle:
         if name.startswith("_"):
             raise AttributeError(name)
-        return DeploymentHandle(self.deployment_name, self._call, self._loop, name, self._references)
+        return DeploymentHandle(self.deployment_name, self._call, self._loop, name, self._references, self._stream)
 
     def __repr__(self) -> str:
         return f"DeploymentHandle({self.deployment_name!r}, method={self._method!r})"
+
+
+class DeploymentResponseGenerator:
+    """The result of ``handle.options(stream=True).remote(...)``: the method's items as they come.
+
+    ``async for item in response`` on any event loop, or ``for item in response`` from
+    blocking code (not on the loop the app runs on). The method may be an async generator,
+    a generator (each ``next()`` runs in a worker thread) or return any iterable.
+    ``cancel()`` stops it and closes the method's generator.
+    """
+
+    __slots__ = ("_response", "_source")
+
+    def __init__(self, response: DeploymentResponse) -> None:
+        self._response = response
+        self._source: Any = None
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return self._response._loop
+
+    async def _next_here(self) -> Any:
+        """The next item, on the app's loop."""
+        if self._source is None:
+            result = await self._response
+            if not (hasattr(result, "__anext__") or hasattr(result, "__iter__")):
+                raise GraphError(f"a stream=True call returned {type(result).__name__}, not a generator or iterable")
+            self._source = result if hasattr(result, "__anext__") else iter(result)
+        source = self._source
+        if hasattr(source, "__anext__"):
+            return await source.__anext__()
+        item = await asyncio.get_running_loop().run_in_executor(None, next, source, _STREAM_END)
+        if item is _STREAM_END:
+            raise StopAsyncIteration
+        return item
+
+    def __aiter__(self) -> DeploymentResponseGenerator:
+        return self
+
+    async def __anext__(self) -> Any:
+        if _running_loop() is self._loop:
+            return await self._next_here()
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._next_here(), self._loop))
+
+    def __iter__(self) -> DeploymentResponseGenerator:
+        return self
+
+    def __next__(self) -> Any:
+        if _running_loop() is self._loop:
+            raise RuntimeError("iterating a DeploymentResponseGenerator here would block its event loop; use async for")
+        try:
+            return asyncio.run_coroutine_threadsafe(self._next_here(), self._loop).result()
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def cancel(self) -> None:
+        """Stop the stream: cancel the call, close the method's generator."""
+        self._response.cancel()
+        source = self._source
+        if source is not None:
+            asyncio.run_coroutine_threadsafe(_close(source), self._loop)
+
+
+_STREAM_END: Any = object()
+
+
+async def _close(source: Any) -> None:
+    if inspect.isasyncgen(source):
+        await source.aclose()
+    elif inspect.isgenerator(source):
+        source.close()
 
 
 def _holds_response(value: Any) -> bool:

@@ -208,6 +208,16 @@ class RemoteHandles:
             self._inflight[call.deployment][call.index] -= 1
 
 
+def _not_a_stream(result: Any, node: str) -> Any:
+    """A generator cannot leave its actor: say so instead of failing to pickle it."""
+    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        raise TypeError(
+            f"{node} returned a generator: streaming (generators, StreamingResponse) is not supported on the Ray "
+            "backend; run the app on the local backend, or return a list"
+        )
+    return result
+
+
 @dataclass
 class _Call:
     """A call started from inside an actor: its ObjectRef, and where it runs."""
@@ -333,12 +343,12 @@ class ReplicaActor:
             if any(isinstance(v, (list, tuple, dict)) for v in kwargs.values()):
                 kwargs = await resolve_nested_refs(kwargs)
             if is_async:
-                return await fn(*args, **kwargs)
+                return _not_a_stream(await fn(*args, **kwargs), node)
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
             if inspect.isawaitable(result):  # a sync wrapper that returned a coroutine
                 result = await result
-            return result
+            return _not_a_stream(result, node)
         except ReplicaStartError as exc:
             raise ReplicaCallError(node, spec.deployment, f"the replica could not be rebuilt: {exc.message}") from None
         except Exception as exc:
