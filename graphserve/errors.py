@@ -11,6 +11,7 @@ Every error a user can meet is one of these::
     │                                function that is not ``async def`` (also a TypeError)
     ├── BatchOutputError             a batched function broke list in, list out
     ├── RouteConflictError           two graphs on one server want the same route (.path)
+    ├── RoutePrefixError             a route_prefix that does not start with '/' (also a ValueError)
     ├── HTTPAdapterError             a DAGDriver's http_adapter is not one (also a ValueError)
     └── RequestError                 one request failed; the server maps each to a status
         ├── RequestValidationError   the request does not fit the input schema (HTTP 422)
@@ -131,6 +132,10 @@ class RouteConflictError(GraphError):
         super().__init__(message)
 
 
+class RoutePrefixError(GraphError, ValueError):
+    """A ``route_prefix`` that is not a path starting with '/'."""
+
+
 class HTTPAdapterError(GraphError, ValueError):
     """A DAGDriver's ``http_adapter`` is not callable, or a parameter of it is not annotated."""
 
@@ -187,5 +192,38 @@ class NodeExecutionError(RequestError):
     def __init__(self, node: str, deployment: str | None, message: str) -> None:
         self.node = node
         self.deployment = deployment
+        self.message = message
         owner = f" (deployment {deployment!r})" if deployment else ""
         super().__init__(f"node {node!r}{owner} failed: {message}")
+
+    @classmethod
+    def wrapping(cls, node: str, deployment: str | None, cause: BaseException, message: str | None = None) -> Any:
+        """The error for ``cause`` raised in ``node``, an instance of ``cause``'s type too (as Ray Serve's
+        errors are), so ``except ZeroDivisionError`` still catches a deployment's ZeroDivisionError."""
+        kind: Any = _typed(type(cause))
+        error = kind.__new__(kind)
+        NodeExecutionError.__init__(error, node, deployment, message or f"{type(cause).__name__}: {cause}")
+        error.__cause__ = cause
+        return error
+
+    def __reduce__(self) -> Any:
+        return (NodeExecutionError, (self.node, self.deployment, getattr(self, "message", str(self))))
+
+
+_TYPED: dict[type, type] = {}
+
+
+def _typed(kind: type) -> type:
+    """``NodeExecutionError`` made an instance of ``kind`` too (when Python allows the pair)."""
+    if not issubclass(kind, Exception) or issubclass(kind, GraphError):
+        return NodeExecutionError
+    typed = _TYPED.get(kind)
+    if typed is None:
+        try:
+            typed = type(
+                f"NodeExecutionError[{kind.__name__}]", (NodeExecutionError, kind), {"__str__": Exception.__str__}
+            )
+        except TypeError:  # layouts that cannot be combined (e.g. OSError's)
+            typed = NodeExecutionError
+        _TYPED[kind] = typed
+    return typed

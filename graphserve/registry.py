@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from graphserve.errors import GraphError, RouteConflictError
+from graphserve.errors import GraphError, RouteConflictError, RoutePrefixError
 
 if TYPE_CHECKING:
     from graphserve.plan import Plan
@@ -235,12 +235,13 @@ def serve_plan(
 ) -> App:
     """Start ``plan`` on the process-wide server at ``route_prefix`` (else its own, else ``/``).
 
-    The server starts if none runs. An app served under the same name, or at the same
-    route, is replaced (as Ray Serve replaces them). ``attach`` makes the app's handle from
-    its runtime, the server's loop, a stop function and the app's URL.
+    The server starts if none runs. An app served under the same name is replaced (as Ray
+    Serve replaces it); another app at the same route is a :class:`RouteConflictError`, as
+    Ray Serve refuses it. ``attach`` makes the app's handle from its runtime, the server's
+    loop, a stop function and the app's URL.
     """
     if route_prefix is not None and not (isinstance(route_prefix, str) and route_prefix.startswith("/")):
-        raise GraphError(f"route_prefix={route_prefix!r} is invalid: expected a path starting with '/'")
+        raise RoutePrefixError(f"Invalid route_prefix {route_prefix!r}, must start with a forward slash ('/')")
     path = route_prefix or plan.route_prefix or "/"
     name = plan.name
     # The lock is never held while waiting on the server's loop: constructors running there
@@ -250,10 +251,6 @@ def serve_plan(
         if server is not None and server.ingress.loop is _running_loop():
             raise GraphError(f"cannot deploy {name!r} from inside a deployment (the server's own event loop)")
         replaced = [app for app in [_STATE.served.pop(name, None)] if app is not None]
-        if server is not None:  # another app at this route: replaced too
-            url = _app_url(server, path)
-            for other in [n for n, app in _STATE.served.items() if app.url == url]:
-                replaced.append(_STATE.served.pop(other))
         if server is None:
             server = _new_server({}, explicit=False)
         _STATE.starting += 1

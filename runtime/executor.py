@@ -317,7 +317,8 @@ def _getattr_or_item(value: Any, key: Any) -> Any:
 def _node_error(op: _Op, exc: BaseException) -> NodeExecutionError:
     if isinstance(exc, NodeExecutionError):
         return exc
-    return NodeExecutionError(op.id, op.deployment, f"{type(exc).__name__}: {exc}")
+    error: NodeExecutionError = NodeExecutionError.wrapping(op.id, op.deployment, exc)
+    return error
 
 
 def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -100,7 +100,10 @@ class DeploymentResponse:
         except RuntimeError:
             running = None
         if running is self._loop:
-            raise RuntimeError("DeploymentResponse.result() would block the event loop; use `await response`")
+            raise RuntimeError(
+                "DeploymentResponse.result() should not be called from within an `asyncio` event loop "
+                "(it would block the loop the call runs on); use `await response`"
+            )
         waiter: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
         def copy(done: asyncio.Future[Any]) -> None:
@@ -410,7 +413,10 @@ class DeploymentResponseGenerator:
 
     def __next__(self) -> Any:
         if _running_loop() is self._loop:
-            raise RuntimeError("iterating a DeploymentResponseGenerator here would block its event loop; use async for")
+            raise RuntimeError(
+                "a DeploymentResponseGenerator should not be iterated with `for` from within an `asyncio` event "
+                "loop (it would block the loop the call runs on); use `async for`"
+            )
         try:
             return asyncio.run_coroutine_threadsafe(self._next_here(), self._loop).result()
         except StopAsyncIteration:

@@ -258,8 +258,14 @@ class Ingress:
                 Route("/-/graphs", self._graphs, methods=["GET"]),
                 Route("/-/graphs/{file}", self._graph_file, methods=["GET"]),
                 Route("/openapi.json", self._openapi_json, methods=["GET"]),
-            ]
+            ],
+            exception_handlers={404: self._not_found},
         )
+
+    async def _not_found(self, request: Request, exc: Exception) -> Response:
+        """Ray Serve's words for a path no graph answers, and the routes that are served."""
+        routes = sorted(route.path for route in self.routes)
+        return _json_error(404, f"Path '{request.url.path}' not found. Routes served here: {routes}")
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

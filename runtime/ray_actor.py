@@ -55,7 +55,11 @@ class ReplicaCallError(Exception):
         return str(self.to_node_error())
 
     def to_node_error(self) -> NodeExecutionError:
-        error = NodeExecutionError(self.node, self.deployment, self.message)
+        error: NodeExecutionError = (
+            NodeExecutionError.wrapping(self.node, self.deployment, self.cause, self.message)
+            if self.cause is not None
+            else NodeExecutionError(self.node, self.deployment, self.message)
+        )
         error.__cause__ = self.cause
         return error
 

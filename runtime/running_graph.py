@@ -100,7 +100,7 @@ class GraphRuntime:
         except (RequestError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            raise NodeExecutionError(f"{deployment}.{method}", deployment, f"{type(exc).__name__}: {exc}") from exc
+            raise NodeExecutionError.wrapping(f"{deployment}.{method}", deployment, exc) from exc
 
 
 @runtime_checkable

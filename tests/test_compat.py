@@ -21,7 +21,7 @@ import pytest
 
 import graphserve as serve
 from graphserve.compat import GraphWarning
-from graphserve.errors import GraphError
+from graphserve.errors import GraphError, RouteConflictError
 from tests.graphs import rayserve_batching as rb
 from tests.graphs import rayserve_composition as rc
 from tests.graphs import rayserve_ensemble as re_
@@ -238,20 +238,19 @@ def test_unsupported_options_warn_once_each_and_still_serve(base_url: str) -> No
     assert httpx.post(f"{base_url}/tolerant").json() == {"ok": True}
 
 
-def test_same_name_or_route_replaces_the_running_app(base_url: str) -> None:
+def test_same_name_replaces_and_a_taken_route_is_an_error(base_url: str) -> None:
     first = serve.run(ro.app, route_prefix="/a", name="outputs")
     second = serve.run(ro.app, route_prefix="/b", name="outputs")  # same app name: the old one is replaced
     assert httpx.get(f"{base_url}/a", params={"kind": "text"}).status_code == 404
     assert httpx.get(f"{base_url}/b", params={"kind": "text"}).text == "hello"
     with pytest.raises(GraphError, match="was shut down"):
         first.remote()
+    with pytest.raises(RouteConflictError, match=r"both want route '/b'.*route_prefix") as conflict:
+        serve.run(rb.bare_app, route_prefix="/b")  # another app at its route: refused, as Ray Serve does
+    assert conflict.value.path == "/b"
     assert second.url == f"{base_url}/b"
     assert serve.get_app_handle("outputs") is second
-    third = serve.run(rb.bare_app, route_prefix="/b")  # another app at the same route replaces it too
-    with pytest.raises(GraphError, match="was shut down"):
-        second.remote()
-    assert serve.get_app_handle("default") is third
-    serve.delete("default")
+    serve.delete("outputs")
     assert httpx.get(f"{base_url}/b", params={"kind": "text"}).status_code == 404
     with pytest.raises(GraphError, match="Application 'outputs' does not exist"):
         serve.get_app_handle("outputs")

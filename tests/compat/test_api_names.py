@@ -79,3 +79,17 @@ def test_ray_serve_exception_names_catch_graphserve_errors() -> None:
     assert issubclass(OverloadedError, BackPressureError) and BackPressureError is OverloadedError
     with pytest.raises(RayServeException):
         serve.get_app_handle("missing")
+
+
+@serve.deployment
+def no_params() -> str:
+    return "sync!"
+
+
+def test_errors_from_a_deployment_keep_their_type() -> None:
+    handle = serve.run(no_params.bind())
+    with pytest.raises(TypeError, match=r"\(\) takes 0 positional arguments but 1 was given") as info:
+        handle.remote(1).result(timeout_s=30)
+    assert isinstance(info.value, serve.NodeExecutionError) and info.value.node == "no_params.__call__"
+    with pytest.raises(TypeError, match=r"\(\) got an unexpected keyword argument"):
+        handle.remote(key=1).result(timeout_s=30)

@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 import graphserve as serve
 from graphserve.errors import GraphError
+from graphserve.exceptions import RayServeException
 from graphserve.schema import ApplicationStatus, DeploymentStatus
 
 
@@ -35,15 +36,23 @@ def test_an_unnamed_app_is_default_and_a_name_is_kept() -> None:
     assert serve.get_app_handle("default").remote  # the first app still runs
 
 
-def test_same_name_or_same_route_replaces_the_app() -> None:
+def test_same_name_replaces_the_app_and_a_taken_route_is_refused() -> None:
     first = serve.run(Where.bind("one"))
     second = serve.run(Where.bind("two"))  # the default app again: replaced
     assert httpx.get(second.url + "/", timeout=30).json()["app"] == "two"
     with pytest.raises(GraphError, match="shut down"):
         first.remote()
-    third = serve.run(Where.bind("three"), name="other")  # another name, the same route "/": replaced too
-    assert httpx.get(third.url + "/", timeout=30).json()["app"] == "three"
-    assert [name for name in serve.status().applications] == ["other"]
+    with pytest.raises(RayServeException, match="both want route '/'"):
+        serve.run(Where.bind("three"), name="other")  # another name at the same route: Ray Serve refuses it
+    assert list(serve.status().applications) == ["default"]
+    with pytest.raises(ValueError, match=r"Invalid route_prefix 'no_slash', must start with a forward slash"):
+        serve.run(Where.bind("four"), route_prefix="no_slash")
+
+
+def test_unknown_paths_get_rays_404() -> None:
+    handle = serve.run(Where.bind("api"), route_prefix="/api")
+    response = httpx.get(handle.url.rsplit("/api", 1)[0] + "/nowhere", timeout=30)
+    assert response.status_code == 404 and "Path '/nowhere' not found" in response.text
 
 
 def test_status_has_rays_shape() -> None:
