@@ -161,6 +161,16 @@ class _Lowerer:
             return StructArg(form, tuple((i, self.init_arg(v, owner, location)) for i, v in enumerate(value)))
         if isinstance(value, dict) and _contains(value, DAGNode):
             return StructArg("dict", tuple((k, self.init_arg(v, owner, location)) for k, v in value.items()))
+        hidden = [v for v in getattr(value, "__dict__", {}).values() if _contains(v, DAGNode)]
+        if hidden and not isinstance(value, type):
+            self.problem(
+                Code.NODE_IN_CONSTRUCTOR,
+                f"constructor argument of {owner!r} is a {type(value).__name__} holding {hidden[0]!r}; "
+                "graphserve finds bound deployments only as arguments or in lists, tuples and dicts",
+                location,
+                node=owner,
+                hint=f"pass {hidden[0]!r} to {owner}.bind(...) itself and wrap the handle in the constructor",
+            )
         return ConstArg(value)
 
     # -- dataflow nodes --------------------------------------------------------------

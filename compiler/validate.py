@@ -50,6 +50,8 @@ UNSUPPORTED_OPTIONS = {
     "placement_group_strategy": "replicas are placed by num_cpus/num_gpus",
     "max_replicas_per_node": "replicas are placed by num_cpus/num_gpus",
     "version": "deployments are not versioned",
+    "request_router_class": "replicas are chosen by power of two choices",
+    "request_router_config": "replicas are chosen by power of two choices",
 }
 
 _RAY_ACTOR_OPTIONS_USED = {"num_cpus", "num_gpus"}

@@ -189,6 +189,7 @@ def deployment(_target: Any = None, **options: Any) -> Any:
         if "name" in options and options["name"] != _target:
             raise GraphError(f"@serve.deployment({_target!r}, name={options['name']!r}): give the name once")
         options, _target = {**options, "name": _target}, None
+    dsl.check_options(options)
     if _target is not None:
         return Deployment(_target, options, location)
 

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, Self, TypeVar, overload
 
-from graphserve.errors import GraphError, Location
+from graphserve.errors import DeploymentOptionError, GraphError, Location
 
 T = TypeVar("T")
 
@@ -282,6 +282,10 @@ class Deployment(Generic[T]):
 
     def options(self, **options: Any) -> Self:
         """A copy with some options changed, e.g. ``Model.options(name="a", num_replicas=2)``."""
+        check_options(options)
+        return self._with_options(options)
+
+    def _with_options(self, options: dict[str, Any]) -> Self:
         clone = copy.copy(self)
         clone._options = {**self._options, **options}
         clone._location = caller_location() or self._location
@@ -322,6 +326,16 @@ class Glue:
         return f"glue({self.__name__})"
 
 
+def check_options(options: dict[str, Any]) -> None:
+    """What Ray Serve refuses as soon as the options are written (everything else is checked at build time)."""
+    if "max_replicas_per_node" in options and "placement_group_bundles" in options:
+        raise DeploymentOptionError(
+            "Setting max_replicas_per_node is not allowed when placement_group_bundles is provided."
+        )
+    if "max_ongoing_requests" in options and options["max_ongoing_requests"] is None:
+        raise DeploymentOptionError("max_ongoing_requests must be an integer >= 1, not None")
+
+
 def _glue_op(op: Callable[[Any, Any], Any], left: Any, right: Any) -> CallNode:
     return CallNode(Glue(op), None, (left, right), {})
 
@@ -344,6 +358,7 @@ def deployment(_target: Any = None, **options: Any) -> Any:
     """Declare a deployment, bare (``@gs.deployment``) or with options
     (``@gs.deployment(num_replicas=2, num_gpus=1)``)."""
     location = caller_location()
+    check_options(options)
     if _target is not None:
         return Deployment(_target, options, location)
 

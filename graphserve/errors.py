@@ -13,6 +13,7 @@ Every error a user can meet is one of these::
     ├── RouteConflictError           two graphs on one server want the same route (.path)
     ├── RoutePrefixError             a route_prefix that does not start with '/' (also a ValueError)
     ├── HTTPAdapterError             a DAGDriver's http_adapter is not one (also a ValueError)
+    ├── DeploymentOptionError        options Ray Serve refuses at once (also a ValueError)
     └── RequestError                 one request failed; the server maps each to a status
         ├── RequestValidationError   the request does not fit the input schema (HTTP 422)
         ├── RouteNotFoundError       no graph (or DAG of a DAGDriver) at the request's route (HTTP 404)
@@ -134,6 +135,10 @@ class RouteConflictError(GraphError):
 
 class RoutePrefixError(GraphError, ValueError):
     """A ``route_prefix`` that is not a path starting with '/'."""
+
+
+class DeploymentOptionError(GraphError, ValueError):
+    """``@serve.deployment`` or ``.options`` got options that Ray Serve refuses at once."""
 
 
 class HTTPAdapterError(GraphError, ValueError):

@@ -68,3 +68,12 @@ def construction_order(plan: Plan) -> list[str]:
     for dep in plan.deployments:
         visit(dep.name)
     return done
+
+
+async def construct(target: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """An instance of ``target``; an ``async def __init__`` (which Ray Serve allows) is awaited."""
+    if inspect.iscoroutinefunction(getattr(target, "__init__", None)):
+        instance = target.__new__(target)
+        await target.__init__(instance, *args, **kwargs)
+        return instance
+    return target(*args, **kwargs)

@@ -414,8 +414,8 @@ class DeploymentResponseGenerator:
     def __next__(self) -> Any:
         if _running_loop() is self._loop:
             raise RuntimeError(
-                "a DeploymentResponseGenerator should not be iterated with `for` from within an `asyncio` event "
-                "loop (it would block the loop the call runs on); use `async for`"
+                "DeploymentResponseGenerator.__next__ should not be called from within an `asyncio` event loop "
+                "(`for` would block the loop the call runs on); use `async for`"
             )
         try:
             return asyncio.run_coroutine_threadsafe(self._next_here(), self._loop).result()

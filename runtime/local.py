@@ -20,7 +20,7 @@ from graphserve.errors import DeploymentStartError
 from graphserve.plan import DeploymentPlan, Plan
 
 from .batcher import close_batchers, observe_batches
-from .construction import build_args, construction_order, load_target
+from .construction import build_args, construct, construction_order, load_target
 from .routing import ReplicaRouter
 
 
@@ -94,17 +94,17 @@ class LocalBackend:
         )
         for name in construction_order(self.plan):
             dep = self.plan.deployment(name)
-            replicas = [Replica(self._construct(dep, i), i, self._pool, loop) for i in range(dep.num_replicas)]
+            replicas = [Replica(await self._construct(dep, i), i, self._pool, loop) for i in range(dep.num_replicas)]
             self.sets[name] = ReplicaSet(dep, replicas)
 
-    def _construct(self, dep: DeploymentPlan, index: int) -> Any:
+    async def _construct(self, dep: DeploymentPlan, index: int) -> Any:
         target = load_target(self.plan, dep.import_path, dep.name)
         if dep.kind == "function":
             return target
         handle = self._handle_factory or (lambda n: None)
         args, kwargs = build_args(dep.init_args, dep.init_kwargs, handle)
         try:
-            instance = target(*args, **kwargs)
+            instance = await construct(target, args, kwargs)
         except Exception as exc:
             raise DeploymentStartError(dep.name, f"constructor raised {type(exc).__name__}: {exc}") from exc
         if dep.batching and self._on_batch is not None:

@@ -37,7 +37,7 @@ from graphserve.errors import NodeExecutionError, PlanError
 from graphserve.plan import ArgPlan, import_object
 
 from .batcher import observe_batches
-from .construction import build_args
+from .construction import build_args, construct
 from .handle import DeploymentHandle
 
 
@@ -289,6 +289,7 @@ class ReplicaActor:
     def __init__(self, spec: ReplicaSpec) -> None:
         self.spec = spec
         self._instance: Any = None
+        self._building: asyncio.Future[Any] | None = None
         self._methods: dict[str, tuple[Callable[..., Any], bool]] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._batches: list[tuple[str, int]] = []
@@ -300,11 +301,13 @@ class ReplicaActor:
         return os.getpid()
 
     async def _ensure(self) -> Any:
-        if self._instance is None:  # the constructor is synchronous: no other call interleaves
-            self._instance = self._construct()
+        if self._instance is None:  # one construction, even when calls arrive while an async __init__ runs
+            if self._building is None or (self._building.done() and self._building.exception() is not None):
+                self._building = asyncio.ensure_future(self._construct())
+            self._instance = await asyncio.shield(self._building)
         return self._instance
 
-    def _construct(self) -> Any:
+    async def _construct(self) -> Any:
         spec = self.spec
         try:
             target = load_spec_target(spec.target)
@@ -317,7 +320,7 @@ class ReplicaActor:
         handles = RemoteHandles(spec)
         args, kwargs = build_args(spec.init_args, spec.init_kwargs, lambda name: handles.handle(name, loop))
         try:
-            instance = target(*args, **kwargs)
+            instance = await construct(target, args, kwargs)
         except Exception as exc:
             raise ReplicaStartError(spec.deployment, f"constructor raised {type(exc).__name__}: {exc}") from None
         if spec.batching:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 import graphserve as serve
@@ -93,3 +95,34 @@ def test_errors_from_a_deployment_keep_their_type() -> None:
     assert isinstance(info.value, serve.NodeExecutionError) and info.value.node == "no_params.__call__"
     with pytest.raises(TypeError, match=r"\(\) got an unexpected keyword argument"):
         handle.remote(key=1).result(timeout_s=30)
+
+
+@serve.deployment
+class AsyncInit:
+    async def __init__(self, start: int) -> None:
+        await asyncio.sleep(0)
+        self.count = start
+
+    async def __call__(self) -> int:
+        self.count += 1
+        return self.count
+
+
+def test_an_async_constructor_is_awaited() -> None:
+    assert serve.run(AsyncInit.bind(41)).remote().result(timeout_s=30) == 42
+
+
+def test_options_ray_refuses_at_once() -> None:
+    with pytest.raises(ValueError, match="max_replicas_per_node is not allowed when placement_group_bundles"):
+        serve.deployment(max_replicas_per_node=3, placement_group_bundles=[{"CPU": 1}])
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        Echo.options(max_ongoing_requests=None)
+
+
+def test_a_bound_deployment_hidden_in_an_object_is_reported() -> None:
+    class Wrapper:
+        def __init__(self, node: object) -> None:
+            self.node = node
+
+    with pytest.raises(serve.GraphValidationError, match=r"Wrapper holding Echo\.bind"):
+        serve.build(Holds.bind(Wrapper(Echo.bind())))
