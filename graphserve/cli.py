@@ -227,6 +227,7 @@ def _announce(server: Server) -> None:
     for name, url in server.routes.items():
         print(f"graphserve: graph {name!r} at POST {url}", flush=True)
     print(f"graphserve: ready at {server.url} (metrics at {server.url}/-/metrics)", flush=True)
+    print(f"graphserve: see the graphs run at {server.page_url}", flush=True)
 
 
 # -- call --------------------------------------------------------------------------------

@@ -121,6 +121,9 @@ class NodePlan(_Data):
     guard: list[list[GuardTerm]] | None = None  # None: always runs; else any-of all-of terms
     fused: bool = False
     fused_reason: str | None = None
+    # the node's share of the graph's latency objective, when a planner set one; the live
+    # page (``/-/``) colours the node by how close its p99 latency comes to it
+    latency_budget_s: float | None = None
 
 
 class ReplicaPlan(_Data):
@@ -224,6 +227,12 @@ class Plan(_Data):
         if self.input_schema:
             problems += _path_problems(self.input_schema, "the input schema")
         return problems
+
+
+def has_import_path(path: str) -> bool:
+    """Whether ``path`` (``module:qualname``) can name its object in another process: not
+    defined inside a function (``<locals>``), not a lambda, not in ``__main__``."""
+    return not ("<locals>" in path or "<lambda>" in path or path.startswith("__main__:"))
 
 
 def _path_problems(path: str, what: str) -> list[str]:

@@ -35,6 +35,8 @@ from typing import Any, Protocol
 
 from graphserve.errors import BatchItemTooLargeError, BatchOutputError
 
+from .tracing import CURRENT
+
 __all__ = ["BatchLimits", "BatchOutputError", "Batcher", "close_batchers", "get_batcher", "observe_batches"]
 
 BatchObserver = Callable[[str, int], None]
@@ -67,6 +69,7 @@ class _Pending:
     kwargs: dict[str, Any]
     future: asyncio.Future[Any]  # unary: the result; streaming: done when the caller is finished or gone
     enqueued: float
+    span: Any  # a traced call's span or actor record (learns the batch size), else None
     channel: asyncio.Queue[Any] | None = None  # streaming: items, then _END or an exception
     running: asyncio.Task[None] | None = None  # the batch task running this call
 
@@ -116,6 +119,10 @@ class Batcher:
         return self.limits.batch_wait_timeout_s
 
     @property
+    def max_concurrent_batches(self) -> int:
+        return self.limits.max_concurrent_batches
+
+    @property
     def queued(self) -> int:
         return len(self._queue)
 
@@ -127,7 +134,7 @@ class Batcher:
             bound.apply_defaults()
             args, kwargs = bound.args, bound.kwargs
         channel: asyncio.Queue[Any] | None = asyncio.Queue() if self.streaming else None
-        pending = _Pending(args, kwargs, loop.create_future(), loop.time(), channel)
+        pending = _Pending(args, kwargs, loop.create_future(), loop.time(), CURRENT.get(), channel)
         self._queue.append(pending)
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run(), name=f"batcher:{self.name}")
@@ -294,6 +301,9 @@ class Batcher:
         try:
             for observe in self.observers:
                 observe(self.name, len(batch))
+            for pending in batch:
+                if pending.span is not None:
+                    pending.span.batch_size = len(batch)
             nargs = max(len(p.args) for p in batch)
             args = [[p.args[i] if i < len(p.args) else None for p in batch] for i in range(nargs)]
             keys = list(dict.fromkeys(k for p in batch for k in p.kwargs))
@@ -430,6 +440,19 @@ def close_batchers(owner: Any) -> None:
     for batcher in batchers.values():
         batcher.close()
     batchers.clear()
+
+
+def batch_limits(owner: Any) -> dict[str, dict[str, float]]:
+    """Method name -> the limits ``owner``'s batchers use now (for the live page)."""
+    batchers: dict[str, Batcher] = getattr(owner, _BATCHERS_ATTR, None) or _MODULE_BATCHERS.get(id(owner), {})
+    return {
+        name.rpartition(".")[2]: {
+            "max_batch_size": b.max_batch_size,
+            "batch_wait_timeout_s": b.batch_wait_timeout_s,
+            "max_concurrent_batches": b.max_concurrent_batches,
+        }
+        for name, b in batchers.items()
+    }
 
 
 def observe_batches(owner: Any, observer: BatchObserver) -> None:

@@ -1,9 +1,14 @@
 """Deployment handles, as in Ray Serve: ``await self.model.remote(x)``,
 ``await self.model.predict.remote(x)``, ``handle.options(method_name="predict")``.
 
-``remote()`` starts the call at once and returns a :class:`DeploymentResponse`, an
-awaitable that ``asyncio.gather``/``asyncio.wait`` accept. From a synchronous method
-(running in a worker thread) ``.result()`` blocks until the call finishes.
+``remote()`` starts the call at once (see :class:`DeploymentResponse` for how) and
+returns a :class:`DeploymentResponse`, an awaitable that ``asyncio.gather`` and
+``asyncio.wait`` accept. From a synchronous method (running in a worker thread)
+``.result()`` blocks until the call finishes.
+
+Arguments may hold other calls' responses (Ray Serve's model composition): the callee gets
+their values (see :class:`DeploymentHandle`). ``handle.options(stream=True)`` calls return
+a :class:`DeploymentResponseGenerator`.
 
 Code written for Ray Serve before 2.7 awaits twice (``ref = await h.remote(x)``, then
 ``await ref``): the first await gave an ``ObjectRef``. The response recognises such an
@@ -21,24 +26,74 @@ import itertools
 import sys
 import warnings
 from abc import ABCMeta
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
 from types import CodeType
 from typing import Any, Protocol
 
 from graphserve.errors import GraphError
 
-CallFn = Callable[[str, str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+from .background_loop import running_loop
+
+CallFn = Callable[[str, str, tuple[Any, ...], dict[str, Any]], Coroutine[Any, Any, Any]]
 
 
 class DeploymentResponse:
-    """The result of ``handle.remote(...)``: await it, or ``.result()`` from sync code."""
+    """The result of ``handle.remote(...)``: await it, or ``.result()`` from sync code.
 
-    __slots__ = ("_future", "_loop", "_reference")
+    A call made from the loop it runs on (:meth:`start`) begins at the loop's next step,
+    as a task would, unless it is awaited first: then it runs in the awaiting task
+    itself, and no task is made (the common ``await handle.remote(x)`` costs no task,
+    which is most of what a task-based call costs). A response asked for its future
+    (``asyncio.wait``, ``add_done_callback``, ``done()``...) gets one.
+    """
+
+    __slots__ = ("_coro", "_future", "_inline", "_loop", "_outcome", "_reference")
 
     def __init__(self, future: asyncio.Future[Any] | concurrent.futures.Future[Any], loop: asyncio.AbstractEventLoop):
-        self._future = future
+        self._future: asyncio.Future[Any] | concurrent.futures.Future[Any] | None = future
         self._loop = loop
-        self._reference: _Reference | None = None
+        self._coro: Coroutine[Any, Any, Any] | None = None  # not started yet
+        self._inline: asyncio.Task[Any] | None = None  # the task running it inline
+        self._outcome: tuple[bool, Any] | None = None  # (succeeded, result or exception) of an inline run
+        self._reference: _Reference | None = None  # a call started by reference (see References)
+
+    @classmethod
+    def start(cls, coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> DeploymentResponse:
+        """Start ``coro`` on ``loop``: from another thread at once (``run_coroutine_threadsafe``);
+        from the loop's own thread at its next step, or when awaited, whichever comes first."""
+        if running_loop() is not loop:
+            return cls(asyncio.run_coroutine_threadsafe(coro, loop), loop)
+        response = cls.__new__(cls)
+        response._future = None
+        response._loop = loop
+        response._coro = coro
+        response._inline = None
+        response._outcome = None
+        response._reference = None
+        unawaited = _UNAWAITED.get(loop)
+        if unawaited is None:  # one callback per loop step for all the calls made in it
+            unawaited = _UNAWAITED[loop] = []
+            loop.call_soon(_start_unawaited, loop)
+        unawaited.append(response)
+        return response
+
+    def _task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        self._coro = None
+        task = self._future = self._loop.create_task(coro)
+        return task
+
+    def _asyncio_future(self) -> asyncio.Future[Any]:
+        """The future of a call on this loop (made now if it runs, or ran, inline)."""
+        future = self._future
+        if future is None:
+            if self._coro is not None:
+                return self._task(self._coro)
+            future = self._future = self._loop.create_future()
+            if self._outcome is not None:
+                _settle(future, self._outcome)
+        elif isinstance(future, concurrent.futures.Future):
+            future = self._future = asyncio.wrap_future(future, loop=self._loop)
+        return future
 
     def __await__(self) -> Generator[Any, None, Any]:
         caller = sys._getframe(1)
@@ -52,17 +107,14 @@ class DeploymentResponse:
             return _at_once(self)  # the first await of the old API: the response itself, awaited next
         if self._reference is not None:
             return self._await_by_reference().__await__()
-        future = self._future
-        if isinstance(future, concurrent.futures.Future):
-            return asyncio.wrap_future(future).__await__()
-        return future.__await__()
+        return self._await()
 
     # -- calls by reference (see References): fetched only when someone wants the value ------------
     def _want(self) -> None:
         reference = self._reference
         if reference is None:
             return
-        if _running_loop() is self._loop:
+        if running_loop() is self._loop:
             reference.want()
         else:
             self._loop.call_soon_threadsafe(reference.want)
@@ -73,13 +125,36 @@ class DeploymentResponse:
 
     async def _await_by_reference(self) -> Any:
         self._want()
-        future = self._future
-        value = await (asyncio.wrap_future(future) if isinstance(future, concurrent.futures.Future) else future)
+        value = await _Awaiting(self)
         if value is not _HANDED_OFF:
             return value
-        if _running_loop() is self._loop:
+        if running_loop() is self._loop:
             return await self._fetch()
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._fetch(), self._loop))
+
+    def _await(self) -> Generator[Any, None, Any]:
+        coro = self._coro
+        if coro is None:
+            future = self._future
+            if isinstance(future, concurrent.futures.Future):
+                return (yield from asyncio.wrap_future(future).__await__())
+            return (yield from self._asyncio_future().__await__())
+        self._coro = None  # run it here, in the awaiting task
+        self._inline = asyncio.current_task(self._loop)
+        try:
+            result = yield from coro.__await__()
+        except BaseException as exc:
+            self._finish((False, exc))
+            raise
+        self._finish((True, result))
+        return result
+
+    def _finish(self, outcome: tuple[bool, Any]) -> None:
+        self._outcome = outcome
+        self._inline = None
+        future = self._future
+        if isinstance(future, asyncio.Future) and not future.done():  # someone asked for a future meanwhile
+            _settle(future, outcome)
 
     def result(self, timeout_s: float | None = None) -> Any:
         """Block until the call is done (only from a thread other than the event loop's)."""
@@ -93,16 +168,14 @@ class DeploymentResponse:
         future = self._future
         if isinstance(future, concurrent.futures.Future):
             return future.result(timeout_s)
-        if future.done():
+        if self._outcome is not None:
+            return _unwrap(self._outcome)
+        if future is not None and future.done():
             return future.result()
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
+        if running_loop() is self._loop:
             raise RuntimeError(
-                "DeploymentResponse.result() should not be called from within an `asyncio` event loop "
-                "(it would block the loop the call runs on); use `await response`"
+                "DeploymentResponse.result() should not be called from within an `asyncio` event loop: "
+                "it would block the event loop the call runs on; use `await response`"
             )
         waiter: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
@@ -110,11 +183,11 @@ class DeploymentResponse:
             if done.cancelled():
                 waiter.cancel()
             elif done.exception() is not None:
-                waiter.set_exception(done.exception())  # type: ignore[arg-type]
+                waiter.set_exception(done.exception())
             else:
                 waiter.set_result(done.result())
 
-        self._loop.call_soon_threadsafe(future.add_done_callback, copy)
+        self._loop.call_soon_threadsafe(lambda: self._asyncio_future().add_done_callback(copy))
         return waiter.result(timeout_s)
 
     # Future protocol, so asyncio.wait() accepts responses as Ray Serve users expect.
@@ -122,48 +195,86 @@ class DeploymentResponse:
         self._want()
         future = self._future
         if isinstance(future, concurrent.futures.Future):
-            try:
-                waiting = asyncio.get_running_loop()
-            except RuntimeError:
-                waiting = None
+            waiting = running_loop()
             if waiting is not None:  # asyncio.wait() from another loop: call back on that loop's thread
                 future.add_done_callback(lambda _: waiting.call_soon_threadsafe(fn, self))
                 return
-        future.add_done_callback(fn)
+            future.add_done_callback(fn)
+            return
+        self._asyncio_future().add_done_callback(fn)
 
     def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
         future = self._future
-        if isinstance(future, concurrent.futures.Future):  # pragma: no cover - sync callers only
+        if not isinstance(future, asyncio.Future):  # pragma: no cover - sync callers, or no callback yet
             return 0
         return future.remove_done_callback(fn)
 
     def cancelled(self) -> bool:
-        return self._future.cancelled()
+        if self._outcome is not None:
+            return isinstance(self._outcome[1], asyncio.CancelledError)
+        return self._future is not None and self._future.cancelled()
 
     def exception(self) -> BaseException | None:
-        return self._future.exception()
+        future = self._future
+        if isinstance(future, concurrent.futures.Future):
+            return future.exception()
+        return self._asyncio_future().exception()
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
 
     def cancel(self) -> bool:
-        if isinstance(self._future, concurrent.futures.Future):
-            return self._future.cancel()
-        return self._loop.call_soon_threadsafe(self._future.cancel) is not None
+        future = self._future
+        if isinstance(future, concurrent.futures.Future):
+            return future.cancel()
+        if running_loop() is not self._loop:
+            self._loop.call_soon_threadsafe(self.cancel)
+            return True
+        if self._coro is not None:  # not started: it never will be
+            coro, self._coro = self._coro, None
+            coro.close()
+            self._finish((False, asyncio.CancelledError()))
+            return True
+        if self._inline is not None:  # running in the task that awaits it: cancelling that task cancels it
+            return self._inline.cancel()
+        return future is not None and future.cancel()
 
     def done(self) -> bool:
         self._want()
-        return self._future.done()
+        if self._outcome is not None:
+            return True
+        return self._future is not None and self._future.done()
+
+
+#: Per loop, the responses made since its last step: started as tasks at its next step
+#: unless awaited (and so started) by then.
+_UNAWAITED: dict[asyncio.AbstractEventLoop, list[DeploymentResponse]] = {}
+
+
+def _start_unawaited(loop: asyncio.AbstractEventLoop) -> None:
+    for response in _UNAWAITED.pop(loop, ()):
+        if response._coro is not None:
+            response._task(response._coro)
+
+
+def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    succeeded, value = outcome
+    if succeeded:
+        future.set_result(value)
+    elif isinstance(value, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(value)
+
+
+def _unwrap(outcome: tuple[bool, Any]) -> Any:
+    succeeded, value = outcome
+    if succeeded:
+        return value
+    raise value
 
 
 _HANDED_OFF: Any = object()  # a call's result when it was passed on by reference before anyone awaited it
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def _at_once(value: Any) -> Generator[Any, None, Any]:
@@ -272,6 +383,18 @@ class _Reference:
         return await self._get()
 
 
+class _Awaiting:
+    """Awaits a response's own outcome (the plain path of ``__await__``), for the reference path."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: DeploymentResponse) -> None:
+        self._response = response
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._response._await()
+
+
 class DeploymentHandle(metaclass=ABCMeta):  # noqa: B024 - an ABC for register(), no abstract methods
     """A handle to a deployment; attribute access picks a method. (An ABC only so the app
     handle ``serve.run`` returns can be registered as one: ``graphserve.handle`` does.)
@@ -302,21 +425,15 @@ class DeploymentHandle(metaclass=ABCMeta):  # noqa: B024 - an ABC for register()
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Start the call now: a :class:`DeploymentResponse`, or with ``options(stream=True)`` a
         :class:`DeploymentResponseGenerator` of the method's items."""
+        if self._references is None and not self._stream and not _holds_response((args, kwargs)):
+            return DeploymentResponse.start(self._call(self.deployment_name, self._method, args, kwargs), self._loop)
         if self._stream and self._references is not None:
             raise GraphError(
                 f"handle.options(stream=True) to {self.deployment_name}.{self._method}: streaming is not supported "
                 "on the Ray backend; run the app on the local backend, or return a list"
             )
         reference = _Reference(self._references) if self._references is not None else None
-        coro = self._invoke(args, kwargs, reference)
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            response = DeploymentResponse(self._loop.create_task(coro), self._loop)
-        else:
-            response = DeploymentResponse(asyncio.run_coroutine_threadsafe(coro, self._loop), self._loop)
+        response = DeploymentResponse.start(self._invoke(args, kwargs, reference), self._loop)
         response._reference = reference
         if self._stream:
             return DeploymentResponseGenerator(response)
@@ -326,15 +443,7 @@ class DeploymentHandle(metaclass=ABCMeta):  # noqa: B024 - an ABC for register()
         if _holds_response((args, kwargs)):
             args, kwargs = await resolve_responses((args, kwargs), self._references)
         if reference is None:
-            result = await self._call(self.deployment_name, self._method, args, kwargs)
-            if not self._stream and (inspect.isgenerator(result) or inspect.isasyncgen(result)):
-                await _close(result)
-                method = "" if self._method == "__call__" else f".{self._method}"
-                raise GraphError(
-                    f"{self.deployment_name}.{self._method} returned a generator: call it with "
-                    f"handle.options(stream=True){method}.remote(...) to iterate over its items"
-                )
-            return result
+            return await self._call(self.deployment_name, self._method, args, kwargs)
         try:
             ref = await reference.references.submit(self.deployment_name, self._method, args, kwargs)
         except BaseException as exc:
@@ -404,7 +513,7 @@ class DeploymentResponseGenerator:
         return self
 
     async def __anext__(self) -> Any:
-        if _running_loop() is self._loop:
+        if running_loop() is self._loop:
             return await self._next_here()
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._next_here(), self._loop))
 
@@ -412,10 +521,10 @@ class DeploymentResponseGenerator:
         return self
 
     def __next__(self) -> Any:
-        if _running_loop() is self._loop:
+        if running_loop() is self._loop:
             raise RuntimeError(
-                "DeploymentResponseGenerator.__next__ should not be called from within an `asyncio` event loop "
-                "(`for` would block the loop the call runs on); use `async for`"
+                "DeploymentResponseGenerator.__next__ should not be called from within an `asyncio` event loop: "
+                "`for` would block the event loop the call runs on; use `async for`"
             )
         try:
             return asyncio.run_coroutine_threadsafe(self._next_here(), self._loop).result()
@@ -480,8 +589,8 @@ async def _substitute(response: DeploymentResponse, references: References | Non
     if references is not None and reference is not None and reference.references is references:
         reference.hand_off()
         return await reference.wait()
-    if isinstance(response._future, asyncio.Future) and response._loop is not asyncio.get_running_loop():
-        return await asyncio.to_thread(response.result)  # started on another event loop
+    if response._loop is not running_loop():
+        return await asyncio.to_thread(response.result)  # a call of another event loop
     return await response
 
 

@@ -13,7 +13,9 @@ parsed body, for any method; its output may be a Starlette ``Response`` (sent as
 is), bytes, or a str (sent as text when the app has no InputNode). Graphs can be
 added and removed while serving (:meth:`Ingress.add_graph`, used by ``gs.run``).
 Everything else (``/-/healthz``, ``/-/ready``, ``/-/metrics``, ``/-/graphs``,
-``/-/graphs/<name>.svg``, ``/openapi.json``) is a small Starlette app.
+``/-/graphs/<name>.svg``, ``/openapi.json``, and the live page: ``/-/``, ``/-/stats``,
+``/-/events``, see ``graph_page.py``) is a small Starlette app. A browser opening ``/``
+(``Accept: text/html``, no body) is sent to the page even where a graph is served at ``/``.
 
 Answers (see ``http_errors``): 200 the output as JSON; 400 malformed JSON or a bad
 ``X-Request-Timeout-S``; 401 missing/wrong bearer token (when a token is set); 405
@@ -36,11 +38,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -49,20 +51,30 @@ from graphserve.plan import Plan
 
 from . import http_defaults
 from .encoding import dumps
-from .graph_route import GraphRoute, RouteLimits, valid_request_id
+from .graph_page import GraphPage
+from .graph_route import GraphRoute, RouteLimits, RouteObservers, valid_request_id
 from .http_errors import error_body
+from .live_stats import GraphView, LiveStats
 from .metrics import Labels, Metrics
 from .openapi import openapi_document
+from .otel import exporter_if_configured
+from .routing import DeploymentLoad
 from .running_graph import GraphRuntime
 
-#: ``render(plan, format)`` -> the drawing (bytes or str), e.g. ``graphserve.compiler.render``.
-Renderer = Callable[[Plan, str], bytes | str]
+
+class Renderer(Protocol):
+    """``render(plan, format, figures=False)`` -> the drawing (bytes or str), e.g.
+    ``graphserve.compiler.render.render``; ``figures``: room for the live page's figures."""
+
+    def __call__(self, plan: Plan, fmt: str, *, figures: bool = False) -> bytes | str: ...
+
 
 logger = logging.getLogger("graphserve.ingress")
 
 _RENDER_TYPES = {"svg": "image/svg+xml", "png": "image/png", "dot": "text/vnd.graphviz"}
 _OPS_PREFIX = "/-/"
 ROUTE_PREFIX_KEY = "graphserve.route_prefix"  # the ASGI scope key naming the graph route a request matched
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 class Ingress:
@@ -70,7 +82,8 @@ class Ingress:
 
     ``runtimes`` are not started yet (the lifespan starts them). They share one
     :class:`Metrics` registry (``metrics``, by default the first runtime's), so
-    ``/-/metrics`` is one exposition.
+    ``/-/metrics`` is one exposition. ``tracer_provider``: an OpenTelemetry tracer provider
+    to export request and node spans to (default: the one this process set, if any).
     """
 
     def __init__(
@@ -86,6 +99,7 @@ class Ingress:
         title: str = "graphserve",
         version: str = "0.1.0",
         allow_empty: bool = False,
+        tracer_provider: Any = None,
     ) -> None:
         if not runtimes and not allow_empty:
             raise GraphError("the ingress needs at least one graph")
@@ -99,13 +113,16 @@ class Ingress:
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
         self.limits = RouteLimits(self.token, max_body_bytes, max_in_flight, default_timeout_s)
+        self.live = LiveStats(self.metrics)
+        self.observers = RouteObservers(self.live)  # its OpenTelemetry exporter is set at startup
+        self._tracer_provider = tracer_provider
         self.render = render
         self.routes: list[GraphRoute] = []
         self._prefixes: list[tuple[str, GraphRoute]] = []
         self._paths: dict[str, GraphRoute] = {}
         for runtime in runtimes:
             path = _route_path(runtime.plan)
-            route = GraphRoute(runtime, path, self.limits, self.metrics)
+            route = GraphRoute(runtime, path, self.limits, self.metrics, self.observers)
             self._add_path(path, route)
             self.routes.append(route)
         if len(self.routes) == 1 and "/" not in self._paths:
@@ -120,6 +137,7 @@ class Ingress:
         self._title, self._version = title, version
         self._refresh_openapi()
         self._refresh_prefixes()
+        self.page = GraphPage(self.live, self._views)
         self._ops = _with_request_id(self._ops_app())
         self._describe_metrics()
 
@@ -161,7 +179,7 @@ class Ingress:
         if name in self.graphs:
             raise GraphError(f"a graph named {name!r} is already served at {self.graphs[name].path!r}")
         path = _route_path(runtime.plan) if path is None else (path.rstrip("/") or "/")
-        route = GraphRoute(runtime, path, self.limits, self.metrics)
+        route = GraphRoute(runtime, path, self.limits, self.metrics, self.observers)
         probe = dict(self._paths)
         self._add_path(path, route)  # refuses a taken route before anything is constructed
         self._paths = probe
@@ -190,6 +208,7 @@ class Ingress:
         self._paths = {key: r for key, r in self._paths.items() if r is not route}
         self._refresh_openapi()
         self._refresh_prefixes()
+        self.live.forget(name)
         await _stop_quietly(route.runtime)
 
     # -- ASGI ------------------------------------------------------------------------------
@@ -197,6 +216,9 @@ class Ingress:
         if scope["type"] == "http":
             route = self._paths.get(scope["path"]) or self._by_prefix(scope["path"])
             if route is not None:
+                if scope["method"] == "GET" and scope["path"] == "/" and _browser_visit(scope, route):
+                    await self._ops(scope, receive, send)  # the page, not a 422 for a missing body
+                    return
                 scope[ROUTE_PREFIX_KEY] = route.path
                 await route.serve(scope, receive, send)
                 return
@@ -224,6 +246,7 @@ class Ingress:
     async def startup(self) -> None:
         """Start every graph (its constructors run here); on failure stop those started."""
         self.loop = asyncio.get_running_loop()
+        self.observers.otel = exporter_if_configured(self._tracer_provider)
         started: list[GraphRuntime] = []
         try:
             for route in self.routes:
@@ -241,8 +264,13 @@ class Ingress:
             raise
         self.ready = True
 
+    def begin_shutdown(self) -> None:
+        """The server stops accepting connections: end the page's event streams."""
+        self.page.close()
+
     async def shutdown(self) -> None:
         """Stop every graph (the server has already finished in-flight requests)."""
+        self.page.close()
         self.stopping = True
         self.ready = False
         for route in reversed(self.routes):
@@ -252,20 +280,29 @@ class Ingress:
     def _ops_app(self) -> Starlette:
         return Starlette(
             routes=[
+                Route("/", self._root, methods=_ANY_METHOD),  # only a browser GET goes to the page
                 Route("/-/healthz", self._healthz, methods=["GET"]),
                 Route("/-/ready", self._ready, methods=["GET"]),
                 Route("/-/metrics", self._metrics, methods=["GET"]),
                 Route("/-/graphs", self._graphs, methods=["GET"]),
                 Route("/-/graphs/{file}", self._graph_file, methods=["GET"]),
                 Route("/openapi.json", self._openapi_json, methods=["GET"]),
+                *self.page.routes(),
             ],
             exception_handlers={404: self._not_found},
         )
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         """Ray Serve's words for a path no graph answers, and the routes that are served."""
-        routes = sorted(route.path for route in self.routes)
-        return _json_error(404, f"Path '{request.url.path}' not found. Routes served here: {routes}")
+        routes = {route.name: route.path for route in self.routes}
+        return _json_error(404, f"Path '{request.url.path}' not found. Graphs: {routes}")
+
+    async def _root(self, request: Request) -> Response:
+        """``/`` where no graph answers: a browser's GET goes to the page, others learn the routes."""
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/-/", status_code=307)
+        routes = {route.name: route.path for route in self.routes}
+        return _json_error(404, f"Path '/' not found (no graph at '/'). Graphs: {routes}; the live page is at /-/")
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -293,16 +330,39 @@ class Ingress:
             return Response(dumps(_plan_data(route.plan)), media_type="application/json")
         if fmt not in _RENDER_TYPES:
             return _json_error(404, f"unknown format {fmt!r}: use .json or one of {sorted(_RENDER_TYPES)}")
-        if self.render is None:
+        render = self.render
+        if render is None:
             return _json_error(501, "this server was started without a graph renderer")
+        figures = fmt == "svg" and request.query_params.get("figures") == "1"  # the live page's drawing
         try:
-            drawing = await asyncio.get_running_loop().run_in_executor(None, self.render, route.plan, fmt)
+            drawing = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: render(route.plan, fmt, figures=figures)
+            )
         except GraphError as exc:
             return _json_error(501, str(exc))
         return Response(drawing, media_type=_RENDER_TYPES[fmt])
 
     async def _openapi_json(self, request: Request) -> Response:
         return Response(self._openapi, media_type="application/json")
+
+    def _views(self) -> list[GraphView]:
+        """The served graphs as the live page sees them now."""
+        views = []
+        for route in self.routes:
+            backend = route.runtime.backend
+            load = backend.load() if backend is not None and route.runtime.ready else {}  # on this loop: never mid-stop
+            views.append(
+                GraphView(
+                    name=route.name,
+                    path=route.path,
+                    plan=route.plan,
+                    ready=route.runtime.ready,
+                    in_flight=route.in_flight,
+                    load=load,
+                    batching={name: dep.batching for name, dep in load.items() if dep.batching},
+                )
+            )
+        return views
 
     # -- metrics -------------------------------------------------------------------------
     def _describe_metrics(self) -> None:
@@ -314,22 +374,17 @@ class Ingress:
         m.describe("graphserve_in_flight_requests", "Requests being answered, by graph")
         m.describe("graphserve_queue_depth", "Calls waiting for a replica, by graph and deployment")
         m.describe("graphserve_deployment_ongoing_requests", "Calls running on replicas, by graph and deployment")
+        m.describe("graphserve_node_errors_total", "Failed requests, by graph and the node that failed")
         m.gauge("graphserve_in_flight_requests", lambda: {r.labels: float(r.in_flight) for r in self.routes})
-        m.gauge("graphserve_queue_depth", lambda: self._backend_gauge("queue_depth"))
-        m.gauge("graphserve_deployment_ongoing_requests", lambda: self._backend_gauge("in_flight"))
+        m.gauge("graphserve_queue_depth", lambda: self._load_gauge(lambda load: load.queued))
+        m.gauge("graphserve_deployment_ongoing_requests", lambda: self._load_gauge(lambda load: load.ongoing))
 
-    def _backend_gauge(self, reader: str) -> dict[Labels, float]:
+    def _load_gauge(self, figure: Callable[[DeploymentLoad], int]) -> dict[Labels, float]:
+        """One figure of every deployment's load, by graph and deployment."""
         values: dict[Labels, float] = {}
-        for route in self.routes:
-            read = getattr(route.runtime.backend, reader, None)
-            if read is None:
-                continue
-            try:
-                counts = read()
-            except Exception:  # a stopped or remote backend: no reading this time
-                continue
-            for deployment, count in counts.items():
-                values[(("graph", route.name), ("deployment", deployment))] = float(count)
+        for view in self._views():
+            for deployment, load in view.load.items():
+                values[(("graph", view.name), ("deployment", deployment))] = float(figure(load))
         return values
 
 
@@ -338,6 +393,19 @@ def _route_path(plan: Plan) -> str:
     if not path.startswith("/"):
         path = "/" + path
     return path.rstrip("/") or "/"
+
+
+def _browser_visit(scope: Scope, route: GraphRoute) -> bool:
+    """A browser opening ``/`` (it accepts HTML and sends no body) on a graph that reads JSON."""
+    if route.plan.http_request:  # the ingress answers GET itself (Ray Serve style)
+        return False
+    accept = length = b""
+    for name, value in scope["headers"]:
+        if name == b"accept":
+            accept = value
+        elif name == b"content-length":
+            length = value
+    return b"text/html" in accept and length in (b"", b"0")
 
 
 def _plan_data(plan: Plan) -> Any:

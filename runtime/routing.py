@@ -1,8 +1,8 @@
 """Routing calls to replicas: the less loaded of two drawn at random (power of two
 choices, as Ray Serve routes; the least loaded of all when both are full), at most
 ``max_ongoing_requests`` per replica, the rest waiting in a FIFO of at most
-``max_queued_requests`` (then :class:`OverloadedError`). Shared by the local and the Ray backend, which differ only
-in what a replica is and how a call runs on it.
+``max_queued_requests`` (then :class:`OverloadedError`). Shared by the local and the Ray
+backend, which differ only in what a replica is and how a call runs on it.
 
 A replica is anything with an ``ongoing`` count and a ``down`` flag (a replica that
 died and is restarting is avoided while another can take the call).
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from graphserve.errors import OverloadedError
@@ -32,6 +33,18 @@ def _draw_two(count: int) -> tuple[int, int]:
     first = random.randrange(count)
     second = random.randrange(count - 1)
     return first, second if second < first else second + 1
+
+
+@dataclass(frozen=True)
+class DeploymentLoad:
+    """How busy one deployment is right now (the live page and the gauges read it)."""
+
+    replicas: int  # how many it has
+    busy: int  # how many are running at least one call
+    ongoing: int  # calls running on them
+    queued: int  # calls waiting for a free replica
+    # method -> the batching limits its batchers use now (where the backend can see them)
+    batching: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class ReplicaRouter(Generic[R]):
@@ -54,6 +67,15 @@ class ReplicaRouter(Generic[R]):
     def ongoing(self) -> int:
         return sum(r.ongoing for r in self.replicas)
 
+    def load(self) -> DeploymentLoad:
+        replicas = self.replicas
+        return DeploymentLoad(
+            replicas=len(replicas),
+            busy=sum(1 for r in replicas if r.ongoing > 0),
+            ongoing=sum(r.ongoing for r in replicas),
+            queued=len(self._waiters),
+        )
+
     def _pick(self) -> R | None:
         replicas = self.replicas
         if len(replicas) == 1:
@@ -73,11 +95,21 @@ class ReplicaRouter(Generic[R]):
                 best = candidate if candidate is not None else min(replicas, key=lambda r: r.ongoing)
         return best if best.ongoing < self.limit else None
 
-    async def acquire(self) -> R:
-        """A replica with a slot reserved for the caller; :meth:`release` it after the call."""
-        replica = self._pick() if not self._waiters and not self.closed else None
+    def try_acquire(self) -> R | None:
+        """A replica with a slot reserved for the caller, if one is free and nobody waits (else None)."""
+        if self._waiters or self.closed:
+            return None
+        replica = self._pick()
         if replica is not None:
             replica.ongoing += 1
+        return replica
+
+    async def acquire(self) -> R:
+        """A replica with a slot reserved for the caller, waiting in the FIFO for one if needed;
+        :meth:`release` it after the call. ``router.try_acquire() or await router.acquire()``
+        is the fast path."""
+        replica = self.try_acquire()
+        if replica is not None:
             return replica
         if self.closed:
             raise OverloadedError(f"deployment {self.name!r} is stopping")

@@ -46,13 +46,13 @@ def test_on_ray_responses_travel_as_references(ray_cluster: Any) -> None:
     handle = serve.run(rc.composer_app, backend="ray", http=False)
     backend = handle.runtime.backend
     fetched: list[Any] = []
-    resolve = backend.resolve
+    fetch = backend.fetch
 
-    async def counting_resolve(value: Any) -> Any:
-        fetched.append(value)
-        return await resolve(value)
+    async def counting_fetch(values: list[Any]) -> list[Any]:
+        fetched.extend(values)
+        return await fetch(values)
 
-    backend.resolve = counting_resolve
+    backend.fetch = counting_fetch
     adder = handle.deployment("Adder")
     chained = adder.remote(adder.remote(adder.remote(1)))  # driver side: two responses passed on
     assert chained.result(timeout_s=60) == 4

@@ -69,9 +69,6 @@ class Caller:
     async def total(self, limit: int) -> int:
         return sum([i async for i in self._streamer.remote(limit)])
 
-    async def without_stream(self, limit: int) -> Any:
-        return await self._streamer.options(stream=False).remote(limit)
-
 
 @serve.deployment
 class Slow:
