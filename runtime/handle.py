@@ -282,17 +282,19 @@ def _at_once(value: Any) -> Generator[Any, None, Any]:
     yield  # pragma: no cover - makes this a generator
 
 
-_OLD_STYLE_AWAITS: dict[tuple[CodeType, int], bool] = {}
+_OLD_STYLE_AWAITS: dict[CodeType, dict[int, bool]] = {}
 _STORES = ("STORE_FAST", "STORE_NAME", "STORE_DEREF", "STORE_GLOBAL")
 
 
 def _awaited_twice(code: CodeType, lasti: int) -> bool:
     """Whether the ``await`` at ``lasti`` of ``code`` awaits its result again (Ray Serve's pre-2.7 API):
     ``await (await h.remote())``, or ``ref = await h.remote()`` followed by ``await ref``. Cached per site."""
-    key = (code, lasti)
-    found = _OLD_STYLE_AWAITS.get(key)
+    sites = _OLD_STYLE_AWAITS.get(code)
+    if sites is None:
+        sites = _OLD_STYLE_AWAITS[code] = {}
+    found = sites.get(lasti)
     if found is None:
-        found = _OLD_STYLE_AWAITS[key] = _scan_await(code, lasti)
+        found = sites[lasti] = _scan_await(code, lasti)
     return found
 
 
@@ -425,7 +427,7 @@ class DeploymentHandle(metaclass=ABCMeta):  # noqa: B024 - an ABC for register()
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Start the call now: a :class:`DeploymentResponse`, or with ``options(stream=True)`` a
         :class:`DeploymentResponseGenerator` of the method's items."""
-        if self._references is None and not self._stream and not _holds_response((args, kwargs)):
+        if self._references is None and not self._stream and not _may_hold_response(args, kwargs):
             return DeploymentResponse.start(self._call(self.deployment_name, self._method, args, kwargs), self._loop)
         if self._stream and self._references is not None:
             raise GraphError(
@@ -547,6 +549,18 @@ async def _close(source: Any) -> None:
         await source.aclose()
     elif inspect.isgenerator(source):
         source.close()
+
+
+def _may_hold_response(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a call's arguments hold a DeploymentResponse (cheap for the usual plain arguments)."""
+    for arg in args:
+        kind = type(arg)
+        if kind is DeploymentResponse or (kind in _CONTAINERS and _holds_response(arg)):
+            return True
+    return bool(kwargs) and _holds_response(kwargs)
+
+
+_CONTAINERS = {list, tuple, dict}
 
 
 def _holds_response(value: Any) -> bool:
