@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--cluster",
         default="detect",
-        help="cluster to place replicas on: 'cpus=8,gpus=2', 'detect' (this machine; default) or 'none' (no check)",
+        help="cluster to place replicas on: 'cpus=8,gpus=2', 'nodes=FILE', 'ray:auto' (the live Ray cluster's "
+        "nodes), 'detect' (this machine; default) or 'none' (no check)",
     )
     build.set_defaults(handler=build_command)
 
@@ -132,12 +133,15 @@ def _load_plan(target: str, cluster: str | None) -> Plan | int:
     from graphserve.targets import cluster_option, load_plan
 
     try:
-        cluster_option(cluster)
+        checked = cluster_option(cluster)  # ray:auto is read here, once
     except ValueError as exc:
         print(f"error: --cluster {cluster!r}: {exc}", file=sys.stderr)
         return 2
+    except GraphError as exc:
+        report(exc)
+        return 1
     try:
-        return load_plan(target, cluster)
+        return load_plan(target, checked)
     except GraphError as exc:
         report(exc)
         return 1

@@ -1,0 +1,282 @@
+"""Several Ray nodes on this machine (``ray.cluster_utils.Cluster``): a head with no CPUs and
+two workers with their own labels (``b`` also holds one logical GPU). Every answer says
+which node computed it.
+
+One cluster for the whole module (it takes ~15 s to start); the test that removes a node
+runs last and adds a fresh one back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graphserve.cli import main as cli_main
+from graphserve.compiler import compile_app
+from graphserve.errors import DeploymentStartError, GraphError, GraphValidationError, NodeExecutionError
+from graphserve.plan import Plan
+from graphserve.ray_cluster import read_ray_cluster
+from graphserve.runtime import GraphRuntime
+from graphserve.runtime.ray_backend import RayBackend
+from graphserve.targets import cluster_option
+from tests.conftest import start_session_ray
+from tests.graphs import cluster_graphs as cg
+
+pytestmark = pytest.mark.slow
+
+# A killed node is noticed in about a second (Ray's default is 5 missed checks of 3 s).
+FAST_NODE_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 3}
+
+
+@dataclass
+class Nodes:
+    cluster: Any
+    a: Any
+    b: Any
+
+
+@pytest.fixture(scope="module")
+def nodes() -> Iterator[Nodes]:
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    was_up = ray.is_initialized()
+    if was_up:  # the session's single-node instance: give way, and come back after
+        ray.shutdown()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_NODE_DEATH},
+    )
+    a = cluster.add_node(num_cpus=1, labels={"zone": "a"}, resources={"zone_a": 1})
+    b = cluster.add_node(num_cpus=1, num_gpus=1, labels={"zone": "b"}, resources={"zone_b": 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
+    try:
+        yield Nodes(cluster, a, b)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if was_up:
+            start_session_ray(ray)
+
+
+@contextlib.asynccontextmanager
+async def running(plan: Plan, **options: Any) -> AsyncIterator[tuple[GraphRuntime, RayBackend]]:
+    runtime = GraphRuntime(plan, backend="ray", **options)
+    await runtime.start()
+    assert isinstance(runtime.backend, RayBackend)
+    try:
+        yield runtime, runtime.backend
+    finally:
+        await runtime.stop()
+
+
+def live_plan(app: Any) -> Plan:
+    return compile_app(app, cluster=read_ray_cluster())
+
+
+# -- the plan names real nodes -----------------------------------------------------------------
+def test_ray_auto_reads_the_live_nodes(nodes: Nodes) -> None:
+    cluster = cluster_option("ray:auto")
+    by_id = {n.id: n for n in cluster.nodes}
+    assert set(by_id) == {nodes.cluster.head_node.node_id, nodes.a.node_id, nodes.b.node_id}
+    assert by_id[nodes.a.node_id].labels == {"zone": "a"} and by_id[nodes.a.node_id].cpus == 1
+    assert by_id[nodes.b.node_id].gpus == 1
+    assert by_id[nodes.cluster.head_node.node_id].cpus == 0
+
+
+def test_build_with_ray_auto_spreads_each_deployment_over_the_workers(nodes: Nodes, tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    assert cli_main(["build", "tests.graphs.cluster_graphs:chain_app", "--cluster", "ray:auto", "-o", str(out)]) == 0
+    plan = Plan.from_json(out.read_text())
+    ids = {n.name: n.id for n in plan.cluster.nodes} if plan.cluster else {}
+    for deployment in ("First", "Second"):
+        placed = {ids[r.node] for r in plan.replicas if r.deployment == deployment}
+        assert placed == {nodes.a.node_id, nodes.b.node_id}  # one replica per worker, none on the CPU-less head
+
+
+async def test_replicas_run_on_the_nodes_the_plan_names(nodes: Nodes) -> None:
+    plan = live_plan(cg.chain())
+    ids = {n.name: n.id for n in plan.cluster.nodes} if plan.cluster else {}
+    async with running(plan) as (runtime, backend):
+        reported = backend.replica_nodes()
+        for replica in plan.replicas:
+            assert reported[replica.deployment][replica.index][1] == ids[replica.node]
+        answers = await asyncio.gather(*(runtime.execute({"x": i}) for i in range(8)))
+    assert [a["x"] for a in answers] == [(i + 1) * 10 for i in range(8)]
+    assert {step["node"] for a in answers for step in a["path"]} == {nodes.a.node_id, nodes.b.node_id}
+
+
+async def test_a_planned_assignment_pins_replicas_to_a_node(nodes: Nodes) -> None:
+    plan = live_plan(cg.chain())
+    on_a = next(n.name for n in plan.cluster.nodes if n.id == nodes.a.node_id) if plan.cluster else ""
+    for replica in plan.replicas:
+        replica.node = on_a  # what a planner (e.g. the SLO planner) may decide: everything on one node
+    async with running(plan) as (_, backend):
+        assert {node for replicas in backend.replica_nodes().values() for _, node in replicas} == {nodes.a.node_id}
+
+
+async def test_a_plan_for_nodes_this_cluster_lacks_is_refused_before_any_actor(nodes: Nodes) -> None:
+    plan = live_plan(cg.chain())
+    assert plan.cluster is not None
+    plan.cluster.nodes[1].id = "f" * 56
+    with pytest.raises(GraphValidationError) as caught:
+        async with running(plan):
+            pass
+    assert caught.value.diagnostics[0].code == "GS201"
+    assert "which the Ray cluster does not have" in str(caught.value)
+
+
+async def test_a_gpu_deployment_goes_to_the_node_with_the_gpu(nodes: Nodes) -> None:
+    plan = live_plan(cg.gpu())
+    async with running(plan) as (runtime, _):
+        answer = await runtime.execute(None)
+    assert answer["node"] == nodes.b.node_id and answer["gpu_ids"] == ["0"]
+
+
+# -- deployment code reaches the workers ---------------------------------------------------------
+SHIPPED = '''
+import graphserve as gs
+
+@gs.deployment
+class Shipped:
+    async def __call__(self, x):
+        return {"x": x, "from": __file__}
+'''
+
+
+DRIVER = """
+import asyncio, json, sys
+sys.path.insert(0, sys.argv[2])  # this driver imports the module to compile; the workers get it from working_dir
+import graphserve as gs
+from graphserve.compiler import compile_app
+from graphserve.runtime import GraphRuntime
+import shipped_module_gs17 as shipped
+
+async def main():
+    with gs.InputNode() as inp:
+        app = gs.graph(shipped.Shipped.bind().__call__.bind(inp), name="shipped")
+    runtime = GraphRuntime(compile_app(app), backend="ray", address=sys.argv[1], runtime_env={"working_dir": sys.argv[2]})
+    await runtime.start()
+    try:
+        print(json.dumps(await runtime.execute(3)))
+    finally:
+        await runtime.stop()
+
+asyncio.run(main())
+"""
+
+
+async def test_deployment_code_reaches_workers_through_runtime_env_working_dir(nodes: Nodes, tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "shipped_module_gs17.py").write_text(SHIPPED)
+    sys.path.insert(0, str(code))  # the driver imports it to compile; the workers do not see this path
+    try:
+        import shipped_module_gs17 as shipped  # type: ignore[import-not-found]
+
+        import graphserve as gs
+
+        with gs.InputNode() as inp:
+            app = gs.graph(shipped.Shipped.bind().__call__.bind(inp), name="shipped")
+        plan = compile_app(app)
+        with pytest.raises(DeploymentStartError, match="Shipped.*shipped_module_gs17"):  # workers cannot import it
+            async with running(plan, start_timeout_s=60):
+                pass
+        with pytest.raises(DeploymentStartError, match="job level"):  # a local dir needs ray.init: a fresh driver
+            async with running(plan, runtime_env={"working_dir": str(code)}):
+                pass
+    finally:
+        sys.path.remove(str(code))
+        sys.modules.pop("shipped_module_gs17", None)
+    driver = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", DRIVER, nodes.cluster.address, str(code), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(driver.communicate(), 120)
+    assert driver.returncode == 0
+    answer = json.loads(out.decode().strip().splitlines()[-1])
+    assert answer["x"] == 3 and not answer["from"].startswith(str(code))  # Ray's unpacked copy ran
+
+
+async def test_ray_client_mode_is_refused_with_a_clear_error(nodes: Nodes) -> None:
+    plan = live_plan(cg.chain())
+    with pytest.raises(GraphError, match="ray:// client mode is not supported"):
+        async with running(plan, address="ray://127.0.0.1:10001"):
+            pass
+
+
+# -- a node dies under load (last: it removes node b, then adds a fresh node) ---------------------
+async def test_a_node_removed_under_load_fails_its_calls_naming_the_node_and_the_graph_recovers(
+    nodes: Nodes,
+) -> None:
+    plan = live_plan(cg.chain())
+    outcomes: list[tuple[float, BaseException | None]] = []
+    stop = asyncio.Event()
+    async with running(plan) as (runtime, backend):
+
+        async def client() -> None:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(runtime.execute({"x": 1}), 60)  # nothing may hang
+                    outcomes.append((time.monotonic(), None))
+                except NodeExecutionError as exc:
+                    outcomes.append((time.monotonic(), exc))
+
+        clients = [asyncio.ensure_future(client()) for _ in range(4)]
+        try:
+            while len(outcomes) < 20:  # under load
+                await asyncio.sleep(0.01)
+            held = [asyncio.ensure_future(runtime.execute({"x": 1, "sleep": 4})) for _ in range(4)]
+            first = backend.routers["First"]
+            while not all(r.ongoing >= 2 for r in first.replicas):  # the held calls are on both nodes
+                await asyncio.sleep(0.01)
+            removed_at = time.monotonic()
+            await asyncio.to_thread(nodes.cluster.remove_node, nodes.b, False)  # killed, not drained
+            results = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), 60)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            assert failed, results
+            for error in failed:
+                # the replica that died may be First's on node b, or Second's on b called from First on a
+                assert isinstance(error, NodeExecutionError) and error.deployment in ("First", "Second")
+                assert "died" in str(error) and nodes.b.node_id in str(error)
+
+            async def recovered() -> float:
+                while True:  # every replica answers again, each on the remaining worker
+                    try:
+                        where = [await a.ready.remote() for dep in ("First", "Second") for a in backend.actors(dep)]
+                    except Exception:  # still restarting
+                        await asyncio.sleep(0.05)
+                        continue
+                    if {node for _, node in where} == {nodes.a.node_id}:
+                        return time.monotonic()
+                    await asyncio.sleep(0.05)
+
+            back_at = await asyncio.wait_for(recovered(), 60)
+            count = len(outcomes)
+            while len(outcomes) < count + 40:
+                await asyncio.sleep(0.01)
+        finally:
+            stop.set()
+            for task in clients:
+                task.cancel()
+            await asyncio.gather(*clients, return_exceptions=True)
+
+    after = [error for t, error in outcomes[count:]]
+    assert after and all(error is None for error in after)  # serves fully again
+    print(json.dumps({"node_removed_recovery_s": round(back_at - removed_at, 2)}))
+
+    fresh = nodes.cluster.add_node(num_cpus=1, labels={"zone": "c"})  # a node added later takes new replicas
+    nodes.cluster.wait_for_nodes()
+    plan = live_plan(cg.chain())
+    assert {n.id for n in plan.cluster.nodes if n.cpus} == {nodes.a.node_id, fresh.node_id} if plan.cluster else False
+    async with running(plan) as (_, backend):
+        assert fresh.node_id in {node for _, node in backend.replica_nodes()["First"]}
