@@ -2,7 +2,8 @@
 
 ``GraphRuntime(plan, backend="ray", address=None)`` (or ``gs.run(app, backend="ray")``)
 joins the Ray instance this process already has, or the cluster at ``address``
-(``"auto"``, ``"ray://host:10001"``), or starts a local one (loopback only, no
+(``"auto"``, ``"HOST:6379"``; ``ray://`` client mode is refused, see :data:`CLIENT_MODE_REFUSED`),
+or starts a local one (loopback only, no
 dashboard). Ray is imported only here, when this backend is asked for.
 
 Mapping: one :class:`~graphserve.runtime.ray_actor.ReplicaActor` per replica, with the
@@ -20,7 +21,7 @@ failure back to the node where it happened. A request that fails or passes its
 deadline cancels its unfinished tasks (:meth:`RayBackend.cancel`).
 
 Options (``gs.run(app, backend="ray", **options)``, ``serve(..., backend_options=...)``):
-``address``; ``namespace`` and ``runtime_env`` (passed to ``ray.init``, e.g. a
+``address``; ``namespace`` and ``runtime_env`` (passed to ``ray.init`` and to every actor, e.g. a
 ``working_dir`` when workers cannot import the deployments' modules); ``num_cpus`` /
 ``num_gpus`` of a local instance started here; ``max_restarts`` (-1: always);
 ``start_timeout_s`` (replicas ready), ``connect_timeout_s`` (cluster answers);
@@ -43,17 +44,22 @@ from collections.abc import Callable
 from typing import Any
 
 from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError
-from graphserve.plan import DeploymentPlan, Plan, ReplicaPlan
+from graphserve.plan import DeploymentPlan, Plan
 
 from .construction import construction_order, load_target
+from .ray_placement import Placement
 from .ray_resources import check_fits
 from .routing import ReplicaRouter
 
 _owned_connections = 0  # backends sharing the Ray instance one of them started or connected
 
 
+CLIENT_MODE_REFUSED = (
+    "ray:// client mode is not supported: graphserve passes object references between actors and "
+    "waits on them from the ingress's event loop, which Ray Client does not offer; run graphserve on a "
+    "node of the cluster with --address auto (or the head's HOST:6379)"
+)
 _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray puts a local cluster on 127.0.0.1
-NODE_RESOURCE_SHARE = 0.001  # how much of Ray's node:<address> resource a placed replica asks for
 
 
 def _import_ray(start_local: bool) -> Any:
@@ -90,7 +96,7 @@ class RayValue:
 
 
 class _Replica:
-    __slots__ = ("actor", "actor_id", "down", "index", "ongoing")
+    __slots__ = ("actor", "actor_id", "down", "index", "ongoing", "pid", "ray_node")
 
     def __init__(self, actor: Any, index: int) -> None:
         self.actor = actor
@@ -98,6 +104,8 @@ class _Replica:
         self.index = index
         self.ongoing = 0
         self.down = False  # died and is being restarted: other replicas are preferred
+        self.ray_node: str | None = None  # the Ray node it runs on (and its pid), once ready
+        self.pid: int | None = None
 
 
 _Router = ReplicaRouter[_Replica]
@@ -128,6 +136,9 @@ class RayBackend:
         self.routers: dict[str, _Router] = {}
         self._on_batch = on_batch
         self._init_options: dict[str, Any] = {"namespace": namespace, "runtime_env": runtime_env}
+        # on every actor when this process had already joined Ray (ray.init never saw it); Ray accepts
+        # only URIs there (a local working_dir must go to ray.init: connect from a fresh process)
+        self._actor_env: dict[str, Any] = {"runtime_env": runtime_env} if runtime_env else {}
         if address is None:
             self._init_options.update(num_cpus=num_cpus, num_gpus=num_gpus)
         self._max_restarts = max_restarts
@@ -136,6 +147,7 @@ class RayBackend:
         self._metrics_interval_s = metrics_interval_s
         self._ray: Any = None
         self._owns_connection = False
+        self._initialized_here = False  # this backend called ray.init (with the runtime_env)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
@@ -144,6 +156,8 @@ class RayBackend:
     # -- lifecycle ---------------------------------------------------------------------
     async def _connect(self) -> Any:
         global _owned_connections
+        if self.address is not None and self.address.startswith("ray://"):
+            raise GraphError(f"cannot start graph {self.plan.name!r} on {self.address}: {CLIENT_MODE_REFUSED}")
         ray = _import_ray(start_local=self.address is None)
         if ray.is_initialized():
             if _owned_connections > 0:  # another backend of ours connected: share it
@@ -167,7 +181,7 @@ class RayBackend:
         except Exception as exc:
             raise GraphError(f"cannot start graph {self.plan.name!r} on {where}: {type(exc).__name__}: {exc}") from exc
         _owned_connections += 1
-        self._owns_connection = True
+        self._owns_connection = self._initialized_here = True
         return ray
 
     def _disconnect(self) -> None:
@@ -200,6 +214,7 @@ class RayBackend:
         from .ray_actor import ReplicaActor, ReplicaSpec
 
         actor_class = ray.remote(concurrency_groups={"control": 1})(ReplicaActor)
+        placement = Placement(self.plan, [n for n in ray.nodes() if n.get("Alive")])
         for name in construction_order(self.plan):
             dep = self.plan.deployment(name)
             target = self._shipped_target(dep)
@@ -222,34 +237,20 @@ class RayBackend:
                     batch_plans=list(dep.batching),
                     threads=max(1, min(dep.max_ongoing_requests, 32)),
                 )
-                replica = self._replica_plan(name, index)
-                actor = actor_class.options(
-                    num_cpus=replica.num_cpus if replica is not None else dep.resources.num_cpus,
-                    num_gpus=replica.num_gpus if replica is not None else dep.resources.num_gpus,
-                    resources=self._node_resources(replica),
-                    max_concurrency=dep.max_ongoing_requests,
-                    max_restarts=self._max_restarts,
-                    max_task_retries=dep.max_retries,
-                    name=self._actor_name(name, index),
-                ).remote(spec)
+                try:
+                    options = actor_class.options(
+                        **placement.options(name, index),
+                        **(self._actor_env if not self._initialized_here else {}),
+                        max_concurrency=dep.max_ongoing_requests,
+                        max_restarts=self._max_restarts,
+                        max_task_retries=dep.max_retries,
+                        name=self._actor_name(name, index),
+                    )
+                except ValueError as exc:  # e.g. a local working_dir on a Ray this process had joined already
+                    raise DeploymentStartError(name, f"Ray refused its actor options: {exc}") from None
+                actor = options.remote(spec)
                 replicas.append(_Replica(actor, index))
             self.routers[name] = _Router(dep, replicas)
-
-    def _replica_plan(self, deployment: str, index: int) -> ReplicaPlan | None:
-        for replica in self.plan.replicas:
-            if replica.deployment == deployment and replica.index == index:
-                return replica
-        return None
-
-    def _node_resources(self, replica: ReplicaPlan | None) -> dict[str, float]:
-        """A replica planned on a cluster node with an address asks for Ray's ``node:<address>``
-        resource, so Ray starts it on that node (the SLO planner's placement)."""
-        if replica is None or self.plan.cluster is None:
-            return {}
-        for node in self.plan.cluster.nodes:
-            if node.name == replica.node and node.address:
-                return {f"node:{node.address}": NODE_RESOURCE_SHARE}
-        return {}
 
     def _actor_name(self, deployment: str, index: int) -> str:
         return f"graphserve:{self.plan.name}:{self._id}:{deployment}:{index}"
@@ -274,9 +275,9 @@ class RayBackend:
         current = pending[0][0] if pending else ""
         try:
             async with asyncio.timeout(self._start_timeout_s):
-                for name, _, ref in pending:
+                for name, replica, ref in pending:
                     current = name
-                    await ref
+                    replica.pid, replica.ray_node = await ref
         except TimeoutError:
             raise DeploymentStartError(
                 current,
@@ -379,7 +380,7 @@ class RayBackend:
         retries = router.retries if router is not None else 0
         if isinstance(cause, RayActorError) and router is not None:
             self._mark_down(router, origin.replica)
-        return node_error(cause, origin.node, origin.deployment, origin.replica.index, retries)
+        return node_error(cause, origin.node, origin.deployment, origin.replica.index, retries, origin.replica.ray_node)
 
     def _mark_down(self, router: _Router, replica: _Replica) -> None:
         """Route around a replica that died until Ray has restarted it and it rebuilt its instance."""
@@ -390,7 +391,7 @@ class RayBackend:
         async def probe() -> None:
             try:
                 async with asyncio.timeout(self._start_timeout_s):
-                    await replica.actor.ready.remote()
+                    replica.pid, replica.ray_node = await replica.actor.ready.remote()
             except Exception:  # not back (restarts exhausted?): its calls will fail, naming it
                 pass
             replica.down = False
@@ -431,6 +432,10 @@ class RayBackend:
 
     def in_flight(self) -> dict[str, int]:
         return {name: r.ongoing for name, r in self.routers.items()}
+
+    def replica_nodes(self) -> dict[str, list[tuple[int | None, str | None]]]:
+        """Per deployment, each replica's (pid, Ray node id) as last reported (at start, after a restart)."""
+        return {name: [(r.pid, r.ray_node) for r in router.replicas] for name, router in self.routers.items()}
 
     def actors(self, deployment: str) -> list[Any]:
         """The actor handles of ``deployment``'s replicas, in replica order."""
