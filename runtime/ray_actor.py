@@ -107,16 +107,24 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def death_message(deployment: str | None, replica: int | None, exc: BaseException, retries: int) -> str:
+def death_message(
+    deployment: str | None, replica: int | None, exc: BaseException, retries: int, ray_node: str | None = None
+) -> str:
     who = f"replica {replica} of deployment {deployment!r}" if replica is not None else f"a replica of {deployment!r}"
     reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
     tried = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
     hint = "" if retries else "; set max_retries on the deployment to retry such calls"
-    return f"{who} died while running this call{tried} ({type(exc).__name__}: {reason}); Ray restarts it{hint}"
+    where = f" on Ray node {ray_node}" if ray_node else ""
+    return f"{who} died while running this call{tried}{where} ({type(exc).__name__}: {reason}); Ray restarts it{hint}"
 
 
 def node_error(
-    exc: BaseException, node: str, deployment: str | None, replica: int | None = None, retries: int = 0
+    exc: BaseException,
+    node: str,
+    deployment: str | None,
+    replica: int | None = None,
+    retries: int = 0,
+    ray_node: str | None = None,
 ) -> NodeExecutionError:
     """A Ray failure seen while waiting on ``node``'s result, as a NodeExecutionError.
 
@@ -129,7 +137,7 @@ def node_error(
     if isinstance(cause, NodeExecutionError):
         return cause
     if isinstance(cause, RayActorError):
-        error = NodeExecutionError(node, deployment, death_message(deployment, replica, cause, retries))
+        error = NodeExecutionError(node, deployment, death_message(deployment, replica, cause, retries, ray_node))
     elif isinstance(cause, TaskCancelledError):
         error = NodeExecutionError(node, deployment, "the call was cancelled")
     else:
@@ -206,10 +214,10 @@ class ReplicaActor:
         self._batches: list[tuple[str, int]] = []
 
     # -- construction ------------------------------------------------------------------
-    async def ready(self) -> int:
-        """Build the instance now (the driver waits on every replica at start)."""
+    async def ready(self) -> tuple[int, str]:
+        """Build the instance now (the driver waits on every replica at start); its pid and Ray node id."""
         await self._ensure()
-        return os.getpid()
+        return os.getpid(), ray.get_runtime_context().get_node_id()
 
     async def _ensure(self) -> Any:
         if self._instance is None:  # the constructor is synchronous: no other call interleaves
