@@ -34,7 +34,11 @@ from tests.graphs import cluster_graphs as cg
 pytestmark = pytest.mark.slow
 
 # A killed node is noticed in about a second (Ray's default is 5 missed checks of 3 s).
-FAST_NODE_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 3}
+FAST_NODE_DEATH = {
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 500,
+    "health_check_failure_threshold": 3,
+}
 
 
 @dataclass
@@ -78,6 +82,16 @@ async def running(plan: Plan, **options: Any) -> AsyncIterator[tuple[GraphRuntim
         yield runtime, runtime.backend
     finally:
         await runtime.stop()
+
+
+async def until(condition: Any, seconds: float = 60.0) -> None:
+    """Wait for ``condition()``; fail the test (never hang) after ``seconds``."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), seconds)
 
 
 def live_plan(app: Any) -> Plan:
@@ -144,14 +158,14 @@ async def test_a_gpu_deployment_goes_to_the_node_with_the_gpu(nodes: Nodes) -> N
 
 
 # -- deployment code reaches the workers ---------------------------------------------------------
-SHIPPED = '''
+SHIPPED = """
 import graphserve as gs
 
 @gs.deployment
 class Shipped:
     async def __call__(self, x):
         return {"x": x, "from": __file__}
-'''
+"""
 
 
 DRIVER = """
@@ -165,7 +179,8 @@ import shipped_module_gs17 as shipped
 async def main():
     with gs.InputNode() as inp:
         app = gs.graph(shipped.Shipped.bind().__call__.bind(inp), name="shipped")
-    runtime = GraphRuntime(compile_app(app), backend="ray", address=sys.argv[1], runtime_env={"working_dir": sys.argv[2]})
+    env = {"working_dir": sys.argv[2]}
+    runtime = GraphRuntime(compile_app(app), backend="ray", address=sys.argv[1], runtime_env=env)
     await runtime.start()
     try:
         print(json.dumps(await runtime.execute(3)))
@@ -189,7 +204,7 @@ async def test_deployment_code_reaches_workers_through_runtime_env_working_dir(n
         with gs.InputNode() as inp:
             app = gs.graph(shipped.Shipped.bind().__call__.bind(inp), name="shipped")
         plan = compile_app(app)
-        with pytest.raises(DeploymentStartError, match="Shipped.*shipped_module_gs17"):  # workers cannot import it
+        with pytest.raises(DeploymentStartError, match=r"Shipped.*shipped_module_gs17"):  # workers cannot import it
             async with running(plan, start_timeout_s=60):
                 pass
         with pytest.raises(DeploymentStartError, match="job level"):  # a local dir needs ray.init: a fresh driver
@@ -224,7 +239,7 @@ async def test_a_node_removed_under_load_fails_its_calls_naming_the_node_and_the
     async with running(plan) as (runtime, backend):
 
         async def client() -> None:
-            while not stop.is_set():
+            while not stop.is_set() and len(outcomes) < 20_000:  # bounded, whatever happens
                 try:
                     await asyncio.wait_for(runtime.execute({"x": 1}), 60)  # nothing may hang
                     outcomes.append((time.monotonic(), None))
@@ -233,12 +248,10 @@ async def test_a_node_removed_under_load_fails_its_calls_naming_the_node_and_the
 
         clients = [asyncio.ensure_future(client()) for _ in range(4)]
         try:
-            while len(outcomes) < 20:  # under load
-                await asyncio.sleep(0.01)
+            await until(lambda: len(outcomes) >= 20)  # under load
             held = [asyncio.ensure_future(runtime.execute({"x": 1, "sleep": 4})) for _ in range(4)]
             first = backend.routers["First"]
-            while not all(r.ongoing >= 2 for r in first.replicas):  # the held calls are on both nodes
-                await asyncio.sleep(0.01)
+            await until(lambda: all(r.ongoing >= 2 for r in first.replicas))  # held calls on both nodes
             removed_at = time.monotonic()
             await asyncio.to_thread(nodes.cluster.remove_node, nodes.b, False)  # killed, not drained
             results = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), 60)
@@ -262,8 +275,7 @@ async def test_a_node_removed_under_load_fails_its_calls_naming_the_node_and_the
 
             back_at = await asyncio.wait_for(recovered(), 60)
             count = len(outcomes)
-            while len(outcomes) < count + 40:
-                await asyncio.sleep(0.01)
+            await until(lambda: len(outcomes) >= count + 40)
         finally:
             stop.set()
             for task in clients:
