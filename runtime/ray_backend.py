@@ -21,8 +21,10 @@ failure back to the node where it happened. A request that fails or passes its
 deadline cancels its unfinished tasks (:meth:`RayBackend.cancel`).
 
 Options (``gs.run(app, backend="ray", **options)``, ``serve(..., backend_options=...)``):
-``address``; ``namespace`` and ``runtime_env`` (passed to ``ray.init`` and to every actor, e.g. a
-``working_dir`` when workers cannot import the deployments' modules); ``num_cpus`` /
+``address``; ``shared`` (replicas owned by the graph's named controller and shared by several
+ingress processes, see ``ray_controller.py``); ``namespace`` and ``runtime_env`` (passed to
+``ray.init`` and to every actor, e.g. a ``working_dir`` when workers cannot import the
+deployments' modules); ``num_cpus`` /
 ``num_gpus`` of a local instance started here; ``max_restarts`` (-1: always);
 ``start_timeout_s`` (replicas ready), ``connect_timeout_s`` (cluster answers);
 ``metrics_interval_s`` (how often batch sizes are collected from the replicas).
@@ -40,10 +42,10 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError
+from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError, OverloadedError
 from graphserve.plan import DeploymentPlan, Plan
 
 from .construction import construction_order, load_target
@@ -59,6 +61,7 @@ CLIENT_MODE_REFUSED = (
     "waits on them from the ingress's event loop, which Ray Client does not offer; run graphserve on a "
     "node of the cluster with --address auto (or the head's HOST:6379)"
 )
+SHARED_NAMESPACE = "graphserve"  # where shared graphs' controllers and replicas live unless told otherwise
 _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray puts a local cluster on 127.0.0.1
 
 
@@ -127,6 +130,7 @@ class RayBackend:
         num_cpus: int | None = None,
         num_gpus: int | None = None,
         max_restarts: int = -1,
+        shared: bool = False,
         start_timeout_s: float = 300.0,
         connect_timeout_s: float = 120.0,
         metrics_interval_s: float = 1.0,
@@ -135,13 +139,20 @@ class RayBackend:
         self.address = address
         self.routers: dict[str, _Router] = {}
         self._on_batch = on_batch
-        self._init_options: dict[str, Any] = {"namespace": namespace, "runtime_env": runtime_env}
+        self._init_options: dict[str, Any] = {
+            "namespace": namespace or (SHARED_NAMESPACE if shared else None),
+            "runtime_env": runtime_env,
+        }
         # on every actor when this process had already joined Ray (ray.init never saw it); Ray accepts
         # only URIs there (a local working_dir must go to ray.init: connect from a fresh process)
         self._actor_env: dict[str, Any] = {"runtime_env": runtime_env} if runtime_env else {}
         if address is None:
             self._init_options.update(num_cpus=num_cpus, num_gpus=num_gpus)
         self._max_restarts = max_restarts
+        # shared: the replicas belong to the graph's named controller (ray_controller.py), not to this process
+        self._shared = shared
+        self._namespace = namespace or SHARED_NAMESPACE
+        self._controller: Any = None
         self._start_timeout_s = start_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._metrics_interval_s = metrics_interval_s
@@ -202,7 +213,7 @@ class RayBackend:
                 ray.cluster_resources(),
                 [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")],
             )
-            self._create_actors(ray)
+            await self._create_actors(ray)
             await self._wait_ready()
         except BaseException:
             await self.stop()
@@ -210,11 +221,11 @@ class RayBackend:
         if self._on_batch is not None and any(d.batching for d in self.plan.deployments):
             self._poller = self._loop.create_task(self._poll_batches(), name=f"graphserve-ray-batches:{self.plan.name}")
 
-    def _create_actors(self, ray: Any) -> None:
+    async def _create_actors(self, ray: Any) -> None:
         from .ray_actor import ReplicaActor, ReplicaSpec
 
-        actor_class = ray.remote(concurrency_groups={"control": 1})(ReplicaActor)
         placement = Placement(self.plan, [n for n in ray.nodes() if n.get("Alive")])
+        creations: list[tuple[str, dict[str, Any], ReplicaSpec]] = []
         for name in construction_order(self.plan):
             dep = self.plan.deployment(name)
             target = self._shipped_target(dep)
@@ -222,7 +233,6 @@ class RayBackend:
                 t: [self._actor_name(t, i) for i in range(self.plan.deployment(t).num_replicas)] for t in dep.handles
             }
             retries = {t: self.plan.deployment(t).max_retries for t in dep.handles}
-            replicas = []
             for index in range(dep.num_replicas):
                 spec = ReplicaSpec(
                     deployment=name,
@@ -236,23 +246,64 @@ class RayBackend:
                     batching=bool(dep.batching),
                     batch_plans=list(dep.batching),
                     threads=max(1, min(dep.max_ongoing_requests, 32)),
+                    handle_plans={t: self.plan.deployment(t) for t in dep.handles},
+                    namespace=self._namespace if self._shared else None,
                 )
+                options = {
+                    **placement.options(name, index),
+                    **(self._actor_env if not self._initialized_here else {}),
+                    "max_concurrency": dep.max_ongoing_requests,
+                    "max_restarts": self._max_restarts,
+                    "max_task_retries": dep.max_retries,
+                }
+                creations.append((self._actor_name(name, index), options, spec))
+        if self._shared:
+            actors = await self._attach(ray, creations)
+        else:
+            actor_class = ray.remote(concurrency_groups={"control": 1})(ReplicaActor)
+            actors = []
+            for actor_name, options, spec in creations:
                 try:
-                    options = actor_class.options(
-                        **placement.options(name, index),
-                        **(self._actor_env if not self._initialized_here else {}),
-                        max_concurrency=dep.max_ongoing_requests,
-                        max_restarts=self._max_restarts,
-                        max_task_retries=dep.max_retries,
-                        name=self._actor_name(name, index),
-                    )
+                    configured = actor_class.options(**options, name=actor_name)
                 except ValueError as exc:  # e.g. a local working_dir on a Ray this process had joined already
-                    raise DeploymentStartError(name, f"Ray refused its actor options: {exc}") from None
-                actor = options.remote(spec)
-                replicas.append(_Replica(actor, index))
-            self.routers[name] = _Router(dep, replicas)
+                    raise DeploymentStartError(spec.deployment, f"Ray refused its actor options: {exc}") from None
+                actors.append(configured.remote(spec))
+        by_deployment: dict[str, list[_Replica]] = {}
+        for actor, (_, _, spec) in zip(actors, creations, strict=True):
+            by_deployment.setdefault(spec.deployment, []).append(_Replica(actor, spec.index))
+        for name, replicas in by_deployment.items():
+            self.routers[name] = _Router(self.plan.deployment(name), replicas)
+
+    async def _attach(self, ray: Any, creations: list[Any]) -> list[Any]:
+        """Shared mode: the graph's controller creates the replicas once; this ingress attaches to them."""
+        import hashlib
+
+        from .ray_actor import root_cause
+        from .ray_controller import controller_class, controller_name
+
+        fingerprint = hashlib.sha256(self.plan.model_dump_json().encode()).hexdigest()
+        self._controller = (
+            controller_class()
+            .options(
+                name=controller_name(self.plan.name), namespace=self._namespace, lifetime="detached", get_if_exists=True
+            )
+            .remote(self.plan.name, self._namespace)
+        )
+        try:
+            names = await self._controller.ensure.remote(fingerprint, creations)
+            await self._controller.attach.remote(self._id)
+        except Exception as exc:
+            self._controller = None
+            cause = root_cause(exc)
+            if isinstance(cause, GraphError):
+                raise cause from None
+            what = f"{type(cause).__name__}: {cause}"
+            raise GraphError(f"graph {self.plan.name!r}: its controller failed: {what}") from exc
+        return [ray.get_actor(name, namespace=self._namespace) for name in names]
 
     def _actor_name(self, deployment: str, index: int) -> str:
+        if self._shared:  # one name for every ingress that attaches
+            return f"graphserve:{self.plan.name}:{deployment}:{index}"
         return f"graphserve:{self.plan.name}:{self._id}:{deployment}:{index}"
 
     def _shipped_target(self, dep: DeploymentPlan) -> Any:
@@ -302,11 +353,18 @@ class RayBackend:
         for probe in list(self._probes):
             probe.cancel()
         routers, self.routers = self.routers, {}
+        controller, self._controller = self._controller, None
         for router in routers.values():
             router.close()
+            if controller is not None or self._shared:  # the controller's, not this process's
+                continue
             for replica in router.replicas:
                 with contextlib.suppress(Exception):
                     self._ray.kill(replica.actor)
+        if controller is not None:  # the last ingress to detach removes the replicas, then the controller
+            with contextlib.suppress(Exception):
+                if await asyncio.wait_for(controller.detach.remote(self._id), 30) == 0:
+                    self._ray.kill(controller)
         self._disconnect()
 
     # -- calls -------------------------------------------------------------------------
@@ -357,6 +415,10 @@ class RayBackend:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            from .ray_actor import root_cause
+
+            if isinstance(root_cause(exc), OverloadedError):  # a handle inside an actor was refused: 503
+                raise root_cause(exc) from None
             raise self._node_error(value, exc)  # noqa: B904 - the error keeps its own __cause__
 
     def cancel(self, values: list[Any]) -> None:
@@ -443,6 +505,25 @@ class RayBackend:
         if router is None:
             raise GraphError(f"graph {self.plan.name!r} has no running deployment {deployment!r}")
         return [r.actor for r in router.replicas]
+
+
+@contextlib.contextmanager
+def connect_briefly(address: str, namespace: str) -> Iterator[Any]:
+    """Ray, joined at ``address`` in ``namespace`` for the block (unless this process already is)."""
+    if address.startswith("ray://"):
+        raise GraphError(CLIENT_MODE_REFUSED)
+    ray = _import_ray(start_local=False)
+    joined_here = not ray.is_initialized()
+    if joined_here:
+        try:
+            ray.init(address=address, namespace=namespace, logging_level="warning", log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise GraphError(f"cannot reach the Ray cluster at {address!r}: {type(exc).__name__}: {exc}") from exc
+    try:
+        yield ray
+    finally:
+        if joined_here:
+            ray.shutdown()
 
 
 def _in_daemon_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
