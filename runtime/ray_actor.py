@@ -33,12 +33,13 @@ import ray
 from ray import cloudpickle
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
-from graphserve.errors import NodeExecutionError, PlanError
-from graphserve.plan import ArgPlan, BatchingPlan, import_object
+from graphserve.errors import NodeExecutionError, OverloadedError, PlanError
+from graphserve.plan import ArgPlan, BatchingPlan, DeploymentPlan, import_object
 
 from .batcher import configure_batching, observe_batches
 from .construction import build_args
 from .handle import DeploymentHandle
+from .routing import ReplicaRouter
 
 
 class ReplicaCallError(Exception):
@@ -161,6 +162,9 @@ class ReplicaSpec:
     batching: bool = False
     batch_plans: list[BatchingPlan] = field(default_factory=list)  # the plan's batching values, applied
     threads: int = 32
+    # the handles' targets: their limits (max_ongoing_requests, max_queued_requests) route calls as the driver does
+    handle_plans: dict[str, DeploymentPlan] = field(default_factory=dict)
+    namespace: str | None = None  # where the handles' actors are named (None: this job's)
 
 
 def load_spec_target(target: Any) -> Any:
@@ -171,36 +175,55 @@ def load_spec_target(target: Any) -> Any:
     return obj
 
 
+class _Target:
+    """One actor a handle may call, with the calls this process has in flight on it."""
+
+    __slots__ = ("actor", "down", "index", "ongoing")
+
+    def __init__(self, actor: Any, index: int) -> None:
+        self.actor = actor
+        self.index = index
+        self.ongoing = 0
+        self.down = False
+
+
 class RemoteHandles:
-    """Calls from inside one actor to other deployments' actors (least in-flight first)."""
+    """Calls from inside one actor to other deployments' actors, through the same routing and
+    limits as the driver's calls: least in-flight first, at most ``max_ongoing_requests`` per
+    replica from this process, then a FIFO of at most ``max_queued_requests`` (OverloadedError)."""
 
     def __init__(self, spec: ReplicaSpec) -> None:
         # Looked up by name (not passed in): the constructor's arguments stay plain data, so Ray can
         # always rebuild a restarted actor from them.
-        self._actors = {name: [ray.get_actor(actor) for actor in actors] for name, actors in spec.handles.items()}
+        self._routers: dict[str, ReplicaRouter[_Target]] = {}
+        for name, actors in spec.handles.items():
+            plan = spec.handle_plans.get(name) or DeploymentPlan(name=name, import_path="", kind="class")
+            targets = [_Target(ray.get_actor(actor, namespace=spec.namespace), i) for i, actor in enumerate(actors)]
+            self._routers[name] = ReplicaRouter(plan, targets)
         self._retries = spec.retries
-        self._inflight = {name: [0] * len(actors) for name, actors in spec.handles.items()}
 
     def handle(self, deployment: str, loop: asyncio.AbstractEventLoop) -> DeploymentHandle:
-        if deployment not in self._actors:
+        if deployment not in self._routers:
             raise PlanError(f"no actors for deployment {deployment!r}")
         return DeploymentHandle(deployment, self.call, loop)
 
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        counts = self._inflight[deployment]
-        index = min(range(len(counts)), key=counts.__getitem__)
+        router = self._routers[deployment]
+        target = await router.acquire()  # may wait in the queue, or raise OverloadedError
         node = f"{deployment}.{method}"
-        ref: Any = self._actors[deployment][index].call.remote(node, method, *args, **kwargs)
-        counts[index] += 1
         try:
-            return await ref
-        except asyncio.CancelledError:
-            ray.cancel(ref)
+            ref: Any = target.actor.call.remote(node, method, *args, **kwargs)
+            try:
+                return await ref
+            except asyncio.CancelledError:
+                ray.cancel(ref)
+                raise
+        except (asyncio.CancelledError, OverloadedError):
             raise
         except Exception as exc:
-            raise node_error(exc, node, deployment, index, self._retries.get(deployment, 0))  # noqa: B904 - keeps its own __cause__
+            raise node_error(exc, node, deployment, target.index, self._retries.get(deployment, 0))  # noqa: B904 - keeps its own __cause__
         finally:
-            counts[index] -= 1
+            router.release(target)
 
 
 class ReplicaActor:
@@ -273,6 +296,8 @@ class ReplicaActor:
             return result
         except ReplicaStartError as exc:
             raise ReplicaCallError(node, spec.deployment, f"the replica could not be rebuilt: {exc.message}") from None
+        except OverloadedError:  # a handle's target is full: the request gets a 503, as on the driver
+            raise
         except Exception as exc:
             raise ReplicaCallError.wrap(node, spec.deployment, exc) from None
 
