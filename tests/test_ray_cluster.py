@@ -229,6 +229,133 @@ async def test_ray_client_mode_is_refused_with_a_clear_error(nodes: Nodes) -> No
             pass
 
 
+# -- several ingress processes share one replica set -------------------------------------------
+async def test_shared_backends_attach_to_one_replica_set_and_the_last_one_out_removes_it(nodes: Nodes) -> None:
+    import ray
+
+    plan = live_plan(cg.chain())
+    async with running(plan, shared=True) as (first_runtime, first):
+        async with running(plan, shared=True) as (second_runtime, second):
+            assert second.replica_nodes() == first.replica_nodes()  # the same actors: same pids, same nodes
+            answers = await asyncio.gather(*(r.execute({"x": 1}) for r in (first_runtime, second_runtime)))
+            assert [a["x"] for a in answers] == [20, 20]
+        assert await first_runtime.execute({"x": 2}) == {"x": 30, "path": ANY_PATH}  # the other one left
+        controller = ray.get_actor("graphserve:chain", namespace="graphserve")
+        assert len(await controller.attached.remote()) == 1
+    with pytest.raises(ValueError):  # the last one out removed the replicas and the controller
+        ray.get_actor("graphserve:chain:First:0", namespace="graphserve")
+    with pytest.raises(ValueError):
+        ray.get_actor("graphserve:chain", namespace="graphserve")
+
+
+async def test_a_shared_graph_with_another_plan_is_refused_naming_it(nodes: Nodes) -> None:
+    plan = live_plan(cg.chain())
+    other = live_plan(cg.chain())
+    other.deployments[0].max_ongoing_requests = 7
+    async with running(plan, shared=True):
+        with pytest.raises(GraphError, match=r"'chain' already runs on this Ray cluster .* different plan"):
+            async with running(other, shared=True):
+                pass
+
+
+class _AnyPath:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, list) and len(other) == 2
+
+
+ANY_PATH = _AnyPath()
+
+
+async def _start_ingress(address: str) -> tuple[asyncio.subprocess.Process, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "graphserve",
+        "deploy",
+        "tests.graphs.cluster_graphs:chain_app",
+        "--backend",
+        "ray",
+        "--address",
+        address,
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    route = ""
+    while True:
+        line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
+        assert line, "the ingress exited before it was ready"
+        if " at POST " in line:
+            route = line.rsplit(" at POST ", 1)[1].strip()
+        if "ready at" in line:
+            return process, route
+
+
+async def test_two_ingress_processes_share_the_replicas_and_one_dying_leaves_the_other_serving(
+    nodes: Nodes,
+) -> None:
+    import httpx
+    import ray
+
+    (one, url_one), (two, url_two) = await asyncio.gather(
+        _start_ingress(nodes.cluster.address), _start_ingress(nodes.cluster.address)
+    )
+    try:
+        async with httpx.AsyncClient(timeout=60) as client:
+
+            async def pids(url: str) -> set[int]:
+                answers = await asyncio.gather(*(client.post(url, json={"x": i}) for i in range(8)))
+                assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+                return {step["pid"] for a in answers for step in a.json()["path"]}
+
+            seen_one, seen_two = await pids(url_one), await pids(url_two)
+            replicas = await asyncio.gather(
+                *(
+                    ray.get_actor(f"graphserve:chain:{d}:{i}", namespace="graphserve").ready.remote()
+                    for d in ("First", "Second")
+                    for i in range(2)
+                )
+            )
+            assert seen_one | seen_two <= {pid for pid, _ in replicas}  # both answered from the one set
+            assert len({pid for pid, _ in replicas}) == 4
+
+            statuses: list[int] = []
+
+            async def load() -> None:
+                while len(statuses) < 400:
+                    statuses.append((await client.post(url_two, json={"x": 1})).status_code)
+
+            loaders = [asyncio.ensure_future(load()) for _ in range(4)]
+            await until(lambda: len(statuses) >= 40)
+            one.kill()  # SIGKILL: it never detaches
+            await one.wait()
+            await asyncio.wait_for(asyncio.gather(*loaders), 120)
+        assert statuses.count(200) == len(statuses) >= 400  # the other kept 100% success
+    finally:
+        for process in (one, two):
+            if process.returncode is None:
+                process.terminate()
+                await asyncio.wait_for(process.wait(), 60)
+    # the killed ingress is still counted: the replicas stay until deleted
+    assert (await ray.get_actor("graphserve:chain:First:0", namespace="graphserve").ready.remote())[0] > 0
+    deleted = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "graphserve",
+        "delete",
+        "chain",
+        "--address",
+        nodes.cluster.address,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(deleted.communicate(), 120)
+    assert deleted.returncode == 0 and "deleted (4 replicas)" in out.decode()
+    with pytest.raises(ValueError):
+        ray.get_actor("graphserve:chain", namespace="graphserve")
+
+
 # -- a node dies under load (last: it removes node b, then adds a fresh node) ---------------------
 async def test_a_node_removed_under_load_fails_its_calls_naming_the_node_and_the_graph_recovers(
     nodes: Nodes,
