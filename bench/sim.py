@@ -5,17 +5,28 @@ conditional, a batched GPU-like model):
 
 1. profile it in this process (``gs.profile`` with the 100 sample requests);
 2. serve it on the local runtime (a subprocess, ``bench.sim_server``) and measure its
-   capacity: the closed-loop peak (``wrk``, 32 connections);
+   capacity: the closed-loop peak (``wrk``, 32 connections); and, to tell the runtime from
+   HTTP, the peak of 32 closed-loop callers on the runtime in this process;
 3. at 30%, 60% and 85% of that capacity, draw one Poisson arrival trace (seeded) and send
-   it over HTTP with the open-loop client (latency counted from each intended send time;
-   each request's body drawn at random from the samples), and simulate the same trace
-   with the profile (the mean of ``SIM_SEEDS`` simulator seeds);
-4. compare predicted and measured p50, p99 and throughput.
+   it over HTTP with the open-loop client (each request's body drawn at random from the
+   samples), and simulate the times the requests really left the client with the profile
+   (the mean of ``SIM_SEEDS`` simulator seeds). Measured latency counts from the moment a
+   request was sent (``measured``), and also from its scheduled time
+   (``measured_from_schedule``: adds whatever the client itself fell behind);
+4. compare predicted and measured p50, p99 and throughput. Latency is measured twice: by
+   the client, from the moment each request was sent (``measured``), and by the server,
+   from the ingress receiving it to the response starting (``measured_server``, from a
+   ``Server-Timing`` header ``bench.sim_server`` adds). The two differ by HTTP on loopback
+   and by whatever stalls the client or the machine; throughput is the client's.
 
 Target (issue 15): predicted p99 within 20% of measured and throughput within 5%, at
 every rate. The simulator's own speed is measured too: 100,000 simulated requests of each
 graph, target under 5 s on one core. Results go to ``bench/results/sim.json``; the README
-table is generated from it (``python -m bench.sim_report``).
+table is generated from it (``python -m bench.readme``).
+
+On a machine shared with other work, tail latencies measure that work as much as the
+server; the benchmark therefore runs itself and its servers at ``nice -10`` where it may
+(root), and records the niceness it got.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ THROUGHPUT_TOLERANCE = 0.05
 SPEED_REQUESTS = 100_000
 SPEED_TARGET_S = 5.0
 SIM_SEEDS = 5
+NICE = -10  # on a shared machine, other work delays the measured processes less (needs root)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -98,6 +110,41 @@ def _error(predicted: float, measured: float) -> float | None:
     return round((predicted - measured) / measured, 4) if measured else None
 
 
+def in_process_capacity(plan: Any, seconds: float, callers: int = 32) -> float:
+    """Requests/s of ``callers`` closed-loop callers on the runtime in this process (no HTTP)."""
+    import asyncio
+
+    from graphserve.runtime.background_loop import BackgroundLoop
+    from graphserve.runtime.running_graph import GraphRuntime
+
+    bodies = [orjson.loads(b) for b in sim_workloads.BODIES]
+
+    async def drive(runtime: GraphRuntime) -> float:
+        done = 0
+        end = time.perf_counter() + seconds
+
+        async def caller(k: int) -> None:
+            nonlocal done
+            i = k
+            while time.perf_counter() < end:
+                await runtime.execute(bodies[i % len(bodies)])
+                i += callers
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(k) for k in range(callers)))
+        return done / (time.perf_counter() - started)
+
+    loop = BackgroundLoop(name="bench-sim")
+    runtime = GraphRuntime(plan)
+    try:
+        loop.run(runtime.start())
+        return loop.run(drive(runtime))
+    finally:
+        loop.run(runtime.stop())
+        loop.close()
+
+
 def measure_graph(name: str, args: Any, log_dir: Path) -> dict[str, Any]:
     import graphserve as gs
     from graphserve.compiler.simulate import Simulator
@@ -136,48 +183,66 @@ def measure_graph(name: str, args: Any, log_dir: Path) -> dict[str, Any]:
         closed = load.closed_loop(url, sim_workloads.BODIES, 32, args.capacity_s)
         capacity = closed["rps"]
         predicted_capacity = sim.run(rate=2 * capacity, arrivals="uniform", duration_s=args.capacity_s).throughput_rps
-        out["capacity"] = {"measured_rps": capacity, "predicted_rps": round(predicted_capacity, 1)}
-        _log(f"{name}: capacity {capacity:.0f} req/s measured, {predicted_capacity:.0f} predicted")
+        in_process = in_process_capacity(plan, args.capacity_s)
+        out["capacity"] = {
+            "measured_rps": capacity,
+            "in_process_rps": round(in_process, 1),
+            "predicted_rps": round(predicted_capacity, 1),
+        }
+        _log(
+            f"{name}: capacity {capacity:.0f} req/s measured over HTTP, {in_process:.0f} in process, "
+            f"{predicted_capacity:.0f} predicted"
+        )
         for i, fraction in enumerate(FRACTIONS):
             rate = fraction * capacity
             from graphserve.compiler.arrivals import poisson
 
             trace = poisson(rate, args.duration_s, seed=1000 + i)
             bodies = [rng.choice(sim_workloads.BODIES) for _ in trace]
-            measured = load.open_loop(url, bodies, rate, args.duration_s, schedule=trace)
-            runs = [sim.run(arrivals=trace, seed=seed) for seed in range(SIM_SEEDS)]
+            measured = load.open_loop(url, bodies, rate, args.duration_s, schedule=trace, record_sends=True)
+            sends = measured.pop("sends")
+            # the simulator replays the times the requests really left the client (a client that
+            # fell behind its schedule delayed them; that delay is the client's, not the server's)
+            sent_at = [s for s, _, _ in sends] or trace
+            served = sorted(latency for _, latency, _ in sends)
+            inside = sorted(t for _, _, t in sends if t is not None)
+            runs = [sim.run(arrivals=sent_at, seed=seed) for seed in range(SIM_SEEDS)]
             predicted = {
                 "p50_ms": round(sum(r.latency.p50_s for r in runs) / len(runs) * 1000, 3),
                 "p99_ms": round(sum(r.latency.p99_s for r in runs) / len(runs) * 1000, 3),
                 "throughput_rps": round(sum(r.throughput_rps for r in runs) / len(runs), 1),
             }
-            got = _summary(measured["latency_ms"], measured["achieved_rps"]) if measured["completed"] else {}
+            got = _summary(load._summary_ms(served), measured["achieved_rps"]) if served else {}
             row: dict[str, Any] = {
                 "fraction": fraction,
                 "rate": round(rate, 1),
                 "requests": len(trace),
                 "predicted": predicted,
                 "measured": got,
-                "measured_errors": measured["error_count"],
+                "measured_server": _summary(load._summary_ms(inside), measured["achieved_rps"]) if inside else {},
+                "measured_from_schedule": _summary(measured["latency_ms"], measured["achieved_rps"]) if served else {},
+                "measured_errors": measured["errors"],
                 "max_send_lag_ms": measured["max_send_lag_ms"],
             }
-            if got:
-                row["error"] = {k: _error(predicted[k], got[k]) for k in predicted}
-                p99_err, tput_err = row["error"]["p99_ms"], row["error"]["throughput_rps"]
-                row["passed"] = (
-                    p99_err is not None
-                    and abs(p99_err) <= P99_TOLERANCE
-                    and tput_err is not None
-                    and abs(tput_err) <= THROUGHPUT_TOLERANCE
-                    and measured["error_count"] == 0
+            complete = measured["error_count"] == 0 and len(served) == len(trace)
+            for key, seen in (("", got), ("_server", row["measured_server"])):
+                if not seen:
+                    row["passed" + key] = False
+                    continue
+                row["error" + key] = errors = {k: _error(predicted[k], seen[k]) for k in predicted}
+                row["passed" + key] = (
+                    complete
+                    and errors["p99_ms"] is not None
+                    and abs(errors["p99_ms"]) <= P99_TOLERANCE
+                    and errors["throughput_rps"] is not None
+                    and abs(errors["throughput_rps"]) <= THROUGHPUT_TOLERANCE
                 )
-            else:
-                row["passed"] = False
             out["rates"].append(row)
             _log(
                 f"{name} {fraction:.0%} ({rate:.0f}/s): p99 predicted {predicted['p99_ms']} ms, "
                 f"measured {got.get('p99_ms')} ms; throughput {predicted['throughput_rps']} vs "
-                f"{got.get('throughput_rps')}; {'pass' if row['passed'] else 'FAIL'}"
+                f"{got.get('throughput_rps')}; {'pass' if row['passed'] else 'FAIL'}; server-side p99 "
+                f"{row['measured_server'].get('p99_ms')} ms, {'pass' if row['passed_server'] else 'FAIL'}"
             )
     finally:
         servers.stop(server)
@@ -238,8 +303,18 @@ def _assumed(plan: Any, name: str) -> Any:
     return Profile.assumed(plan, costs, paths=paths)
 
 
+def _raise_priority() -> int:
+    """Run this process and the servers it starts (they inherit it) at ``NICE`` where allowed."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, NICE)
+    except OSError:
+        pass
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def run(args: Any) -> dict[str, Any]:
     started = time.time()
+    nice = _raise_priority()
     results: dict[str, Any] = {
         "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="seconds"),
         "machine": report.machine_info(),
@@ -254,6 +329,7 @@ def run(args: Any) -> dict[str, Any]:
             "speed_requests": SPEED_REQUESTS,
             "speed_target_s": SPEED_TARGET_S,
             "quick": args.quick,
+            "nice": nice,
         },
         "load": {"before": [round(x, 2) for x in os.getloadavg()]},
         "graphs": {},
@@ -270,7 +346,11 @@ def run(args: Any) -> dict[str, Any]:
     results["elapsed_s"] = round(time.time() - started, 1)
     rows = [r for g in results["graphs"].values() for r in g.get("rates", [])]
     results["targets"] = {
-        "accuracy": {"rows": len(rows), "passed": sum(bool(r["passed"]) for r in rows)},
+        "accuracy": {
+            "rows": len(rows),
+            "passed": sum(bool(r["passed"]) for r in rows),
+            "passed_server": sum(bool(r["passed_server"]) for r in rows),
+        },
         "speed": {
             "worst_s": max(s["seconds"] for s in results["speed"].values()),
             "passed": all(s["seconds"] < SPEED_TARGET_S for s in results["speed"].values()),

@@ -47,6 +47,7 @@ from graphserve.plan import (
     StructValue,
     import_path_of,
 )
+from graphserve.resources import Capacity, shortfalls
 
 from . import edgetypes, placement
 from .codes import Code
@@ -349,28 +350,18 @@ class _Planner:
             )
 
     def check_feasible(self, deployments: list[DeploymentPlan]) -> None:
-        assert self.cluster is not None
-        for resource, total in (("cpus", self.cluster.cpus), ("gpus", self.cluster.gpus)):
-            field = "num_" + resource
-            wanted = {d.name: d.num_replicas * getattr(d.resources, field) for d in deployments}
-            asked = sum(wanted.values())
-            if asked <= total + 1e-9:
-                continue
-            for d in deployments:
-                if wanted[d.name] <= 0:
-                    continue
-                dep = self.ir.deployments[d.name]
-                self.errors.append(
-                    Diagnostic(
-                        Code.INFEASIBLE,
-                        f"{d.name} needs {wanted[d.name]:g} {resource} ({d.num_replicas} replica(s) x "
-                        f"{getattr(d.resources, field):g}); the graph asks {asked:g} {resource} in all but the cluster "
-                        f"({self.cluster.source}) has {total:g}: short by {asked - total:g}",
-                        d.name,
-                        dep.location,
-                        f"lower num_replicas or {field}, or plan for a bigger cluster (--cluster {resource}=N)",
-                    )
-                )
+        """GS201 (``graphserve/resources.py``, the rule the Ray backend checks too) for the planned cluster."""
+        cluster = self.cluster
+        if cluster is None:
+            return
+        capacity = Capacity(
+            cpus=cluster.cpus,
+            gpus=cluster.gpus,
+            name=f"the cluster ({cluster.source})",
+            remedy="plan for a bigger cluster (--cluster {resource}=N)",
+        )
+        locations = {d.name: self.ir.deployments[d.name].location for d in deployments}
+        self.errors += shortfalls(deployments, capacity, locations)
 
     # -- the plan ----------------------------------------------------------------------
     def run(self) -> Plan:

@@ -17,8 +17,10 @@ and per switch how often each arm was taken, plus ``paths``: how often each comb
 of arms was taken together by one request (the simulator draws a request's branches
 from these, so correlated switches stay correlated).
 
-A distribution keeps 101 quantiles (0%, 1%, ..., 100%) of its samples, so a simulator
-draws service times from the measured shape (tails included), not from a mean.
+A distribution keeps 119 quantiles of its samples (``QUANTILE_LEVELS``: every 1% up to
+99%, every 0.1% up to 99.9%, every 0.01% up to 100%), so a simulator draws service times
+from the measured shape, not from a mean; the finer tail keeps a rare outlier (a pause of
+the machine while profiling) at its own weight instead of spreading it over the top 1%.
 
 The JSON is byte-stable apart from the measurements: keys sorted, nodes in plan order,
 times rounded to 0.1 us. ``fingerprint`` identifies the graph's structure (nodes,
@@ -41,7 +43,14 @@ from graphserve.errors import ProfileError
 from graphserve.plan import Plan
 
 PROFILE_VERSION = 1
-QUANTILES = 101  # 0%, 1%, ..., 100%
+#: the levels the quantiles of a distribution are kept at: 0, 0.01, ..., 0.99 (100), then
+#: 0.991, ..., 0.999 (9), then 0.9991, ..., 0.9999 and 1 (10)
+QUANTILE_LEVELS: tuple[float, ...] = tuple(
+    [i / 100 for i in range(100)] + [round(0.99 + i / 1000, 4) for i in range(1, 10)]
+    + [round(0.999 + i / 10000, 5) for i in range(1, 11)]
+)  # fmt: skip
+# draw(): u in [start, next start) maps linearly onto quantiles from index ``first``, ``scale`` per unit of u
+_SEGMENTS = ((0.999, 10000.0, 108), (0.99, 1000.0, 99), (0.0, 100.0, 0))
 FEW_SAMPLES = 50  # fewer samples than this for a distribution: a warning
 _DIGITS = 7  # seconds rounded to 0.1 us
 
@@ -59,14 +68,14 @@ class Distribution(_Data):
     p90_s: float
     p99_s: float
     max_s: float
-    quantiles_s: list[float] = Field(description="101 quantiles: 0%, 1%, ..., 100%")
+    quantiles_s: list[float] = Field(description="the quantiles at QUANTILE_LEVELS (119)")
 
     @classmethod
     def of(cls, samples: Sequence[float]) -> Distribution:
         if not samples:
             raise ProfileError("a distribution needs at least one sample")
         ordered = sorted(samples)
-        qs = [_round(_quantile(ordered, i / (QUANTILES - 1))) for i in range(QUANTILES)]
+        qs = [_round(_quantile(ordered, level)) for level in QUANTILE_LEVELS]
         return cls(
             count=len(ordered),
             mean_s=_round(sum(ordered) / len(ordered)),
@@ -84,12 +93,7 @@ class Distribution(_Data):
 
     def sample(self, u: float) -> float:
         """The value at quantile ``u`` in [0, 1) (linear between the stored quantiles)."""
-        x = u * (QUANTILES - 1)
-        i = int(x)
-        q = self.quantiles_s
-        if i >= QUANTILES - 1:
-            return q[-1]
-        return q[i] + (q[i + 1] - q[i]) * (x - i)
+        return draw(self.quantiles_s, u)
 
 
 class BatchPoint(_Data):
@@ -351,6 +355,20 @@ def batch_service(points: Sequence[BatchPoint], size: int, u: float) -> float:
     t_lo, t_hi = points[lo].latency.sample(u), points[hi].latency.sample(u)
     b_lo, b_hi = sizes[lo], sizes[hi]
     return max(0.0, t_lo + (t_hi - t_lo) * (size - b_lo) / (b_hi - b_lo))
+
+
+def draw(quantiles: Sequence[float], u: float) -> float:
+    """The value at quantile ``u`` in [0, 1) of a distribution kept at ``QUANTILE_LEVELS``
+    (linear between neighbouring levels)."""
+    for start, scale, first in _SEGMENTS:
+        if u >= start:
+            x = (u - start) * scale
+            k = int(x)
+            i = first + k
+            if i >= len(quantiles) - 1:
+                return quantiles[-1]
+            return quantiles[i] + (quantiles[i + 1] - quantiles[i]) * (x - k)
+    return quantiles[0]
 
 
 def _quantile(ordered: Sequence[float], q: float) -> float:

@@ -27,11 +27,15 @@ a reason; the plan carries the prediction end to end and per node. When no plan 
 SLO the pass raises a ``GS203`` diagnostic naming the bottleneck node, the best p99 found at
 the rate and the highest rate that meets the p99.
 
-Resources: a replica the user gave no resources to is planned with CPUs for its profiled
-CPU share (0.1 to 1 CPU in steps of 0.1); GPUs only where the user asked for them.
-Placement: replicas in graph order, each on the node of the cluster that already holds
-most replicas of its neighbours in the graph (a chain stays on one node and saves
-transfers), else on the node with most room; a node is never over-committed.
+Resources: a replica the user gave no resources to is planned with the CPU it uses at the
+SLO's rate (profiled CPU share x busy time, 0.1 to 1 CPU in steps of 0.1); GPUs only where
+the user asked for them.
+Placement (``placement.py``, the rule plans without an SLO follow too): replicas in graph
+order, each on the node that fits it and holds the fewest replicas of its deployment (a
+deployment's replicas spread over the nodes, so losing one never takes them all), then
+the most replicas of its neighbours in the graph (a chain stays together where spreading
+allows, saving transfers), then the most room; a node is never over-committed; a node
+without CPUs or GPUs takes none.
 
 Deterministic: the same plan, profile, SLO and cluster give a byte-identical plan.
 """
@@ -58,6 +62,7 @@ from graphserve.plan import (
 )
 
 from .codes import Code
+from .placement import Demand, place
 from .profile import NodeProfile, Profile, batch_service
 from .simulate import SimulationResult, Simulator
 
@@ -217,7 +222,13 @@ def _seed(search: _Search, dep: DeploymentPlan) -> _Knobs:
         replicas = min(MAX_REPLICAS, max(1, replicas))
     cpus, gpus = dep.resources.num_cpus, dep.resources.num_gpus
     if "num_cpus" not in user and "num_gpus" not in user:
-        cpus = _cpus_for(max((search.profile.node(n.id).cpu_share for n in nodes), default=0.0))
+        # the CPU one replica uses at the SLO's rate: CPU share x its busy time per second
+        used = 0.0
+        for n in nodes:
+            measured = search.profile.node(n.id)
+            t = measured.latency.mean_s if measured.latency is not None else _single_cost(measured)
+            used += measured.cpu_share * t * search.slo.rate_rps * measured.visit_rate
+        cpus = _cpus_for(used / replicas)
     return _Knobs(replicas=replicas, ongoing=ongoing, cpus=cpus, gpus=gpus, batch=tuple(batch))
 
 
@@ -372,6 +383,11 @@ def _infeasible(search: _Search, knobs: dict[str, _Knobs], current: _Eval) -> No
     slo = search.slo
     worst = _over_budget(search, current.result)
     node_id = worst[0][1] if worst else next(iter(search.calls), "")
+    # a node that alone takes longer than the whole target is the bottleneck, whatever the queues say
+    target = slo.p99_s * slo.headroom
+    alone = sorted((-_single_cost(search.profile.node(c)), c) for c in search.calls)
+    if alone and -alone[0][0] >= target:
+        node_id = alone[0][1]
     node = search.calls.get(node_id)
     dep = node.deployment if node is not None else None
     node_result = next((n for n in current.result.nodes if n.node == node_id), None)
@@ -433,41 +449,23 @@ def _neighbours(search: _Search, dep: str) -> set[str]:
 
 
 def _place(search: _Search, knobs: dict[str, _Knobs]) -> list[ReplicaPlan] | None:
-    """Replicas on cluster nodes (see the module docstring), or None when they do not fit."""
+    """Replicas on cluster nodes (``placement.py``: spread, then near their neighbours), or
+    None when they do not fit."""
     nodes = _cluster_nodes(search.cluster)
     order = list(dict.fromkeys(n.deployment or "" for n in search.calls.values()))
     order += sorted(set(knobs) - set(order))
-    replicas: list[ReplicaPlan] = []
     if nodes is None:
-        for dep in order:
-            k = knobs[dep]
-            replicas += [
-                ReplicaPlan(deployment=dep, index=i, node="node-0", num_cpus=k.cpus, num_gpus=k.gpus)
-                for i in range(k.replicas)
-            ]
-        return replicas
-    free = {n.name: [n.cpus, n.gpus] for n in nodes}
-    held: dict[str, dict[str, int]] = {n.name: {} for n in nodes}
-    for dep in order:
-        k = knobs[dep]
-        near = _neighbours(search, dep)
-        for i in range(k.replicas):
-            fits = [n.name for n in nodes if free[n.name][0] + _EPS >= k.cpus and free[n.name][1] + _EPS >= k.gpus]
-            if not fits:
-                return None
-            chosen = min(
-                fits,
-                key=lambda name: (
-                    -sum(held[name].get(d, 0) for d in near | {dep}),
-                    -(free[name][0] + free[name][1]),
-                    name,
-                ),
-            )
-            free[chosen][0] -= k.cpus
-            free[chosen][1] -= k.gpus
-            held[chosen][dep] = held[chosen].get(dep, 0) + 1
-            replicas.append(ReplicaPlan(deployment=dep, index=i, node=chosen, num_cpus=k.cpus, num_gpus=k.gpus))
-    return replicas
+        return [
+            ReplicaPlan(deployment=dep, index=i, node="node-0", num_cpus=knobs[dep].cpus, num_gpus=knobs[dep].gpus)
+            for dep in order
+            for i in range(knobs[dep].replicas)
+        ]
+    demands = [
+        Demand(dep, knobs[dep].replicas, knobs[dep].cpus, knobs[dep].gpus, frozenset(_neighbours(search, dep)))
+        for dep in order
+    ]
+    replicas, unplaced = place(demands, nodes)
+    return None if unplaced else replicas
 
 
 def _check_placeable(search: _Search, knobs: dict[str, _Knobs]) -> None:
@@ -524,8 +522,8 @@ def _write(search: _Search, knobs: dict[str, _Knobs], final: _Eval) -> Plan:
     replicas = _place(search, knobs)
     assert replicas is not None  # every candidate the search kept was placed
     utilization: dict[str, list[float]] = {}
-    for r in result.replicas:
-        utilization.setdefault(r.deployment, []).append(r.utilization)
+    for replica_result in result.replicas:
+        utilization.setdefault(replica_result.deployment, []).append(replica_result.utilization)
     util = {d: round(sum(v) / len(v), 3) for d, v in sorted(utilization.items())}
     node_results = {n.node: n for n in result.nodes}
     for dep in out.deployments:

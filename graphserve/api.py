@@ -126,14 +126,14 @@ class GraphHandle:
         if self._stopped:
             coro.close()
             raise GraphError(f"graph {self.plan.name!r} was shut down")
-        if _running_loop() is self._loop:
-            return DeploymentResponse(self._loop.create_task(coro), self._loop)
-        return DeploymentResponse(asyncio.run_coroutine_threadsafe(coro, self._loop), self._loop)
+        return DeploymentResponse.start(coro, self._loop)
 
     # -- graphserve's -----------------------------------------------------------------------------
     def call(self, request: Any = None, timeout_s: float | None = None) -> Any:
         """Run the graph for ``request`` and wait for its output (from blocking code)."""
-        if _running_loop() is self._loop:
+        from graphserve.runtime.background_loop import running_loop
+
+        if running_loop() is self._loop:
             raise GraphError("handle.call() would block the loop the graph runs on; use `await handle.remote(...)`")
         return self._start(self.runtime.execute(request, timeout_s)).result()
 
@@ -165,13 +165,6 @@ def ingress_deployment(plan: Any) -> str | None:
         if node.kind == "call" and node.deployment and any(getattr(a, "node", None) == plan.input for a in node.args):
             return str(node.deployment)
     return None
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def run(

@@ -48,13 +48,12 @@ class SLO:
     """A latency objective: ``p99_ms`` milliseconds at ``rate`` requests per second.
 
     ``gs.graph(output, slo=gs.SLO(p99_ms=50, rate=400, profile="profile.json"))``: the planner
-    chooses batch sizes, waits, replicas and placement from the profile (or, with ``requests=``
-    a JSON Lines file of sample requests, from a profile it measures first)."""
+    chooses batch sizes, waits, replicas and placement from the profile (``graphserve profile``
+    writes one)."""
 
     p99_ms: float
     rate: float
     profile: str | None = None
-    requests: str | None = None
     headroom: float = 0.8
 
     def __post_init__(self) -> None:

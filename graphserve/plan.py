@@ -290,6 +290,12 @@ class Plan(_Data):
         return problems
 
 
+def has_import_path(path: str) -> bool:
+    """Whether ``path`` (``module:qualname``) can name its object in another process: not
+    defined inside a function (``<locals>``), not a lambda, not in ``__main__``."""
+    return not ("<locals>" in path or "<lambda>" in path or path.startswith("__main__:"))
+
+
 def _path_problems(path: str, what: str) -> list[str]:
     if "<locals>" in path or "<lambda>" in path:
         return [f"{what} is {path}, which cannot be imported by name: define it at module level"]

@@ -1,8 +1,9 @@
-"""Building for an SLO: the profile (read from a file, or measured first from sample requests),
-then the compiler's SLO pass (:mod:`graphserve.compiler.slo`) on the plan.
+"""Building for an SLO: the profile (a file or a Profile), then the compiler's SLO pass
+(:mod:`graphserve.compiler.slo`) on the plan.
 
-``graphserve build --slo-p99-ms/--rate``, ``gs.run``/``gs.serve`` of an app made with
-``gs.graph(..., slo=gs.SLO(...))`` and ``graphserve build --from-metrics URL`` all come here.
+``graphserve build --slo-p99-ms/--rate`` and ``gs.run``/``gs.serve`` of an app made with
+``gs.graph(..., slo=gs.SLO(...))`` come here. Measuring a profile first (``build --requests``)
+is the CLI's step: profiling runs the graph, a layer above this one.
 """
 
 from __future__ import annotations
@@ -23,12 +24,9 @@ def plan_for_slo(
     slo: SLOPlan,
     *,
     profile: str | Profile | None = None,
-    requests: str | None = None,
     cluster: Any = None,
-    duration_s: float = 10.0,
 ) -> Plan:
-    """``plan`` with its tunables chosen for ``slo`` from ``profile`` (a path or a Profile), or
-    from a profile measured with the sample ``requests`` (a JSON Lines file)."""
+    """``plan`` with its tunables chosen for ``slo`` from ``profile`` (a path or a Profile)."""
     from graphserve.compiler.planner import parse_cluster
     from graphserve.compiler.profile import Profile
     from graphserve.compiler.slo import plan_for_slo as plan_pass
@@ -37,20 +35,17 @@ def plan_for_slo(
         measured = Profile.load(profile)
     elif profile is not None:
         measured = profile
-    elif requests is not None:
-        from graphserve.profiling import profile as measure
-
-        measured = measure(plan, requests, duration_s=duration_s, batch_sizes=_batch_sizes(plan))
     else:
         raise GraphError(
-            f"graph {plan.name!r} has an SLO but no profile: give a profile (--profile FILE, "
-            "gs.SLO(profile=...)) or sample requests to measure one (--requests FILE, gs.SLO(requests=...))"
+            f"graph {plan.name!r} has an SLO but no profile: give one (gs.SLO(profile=...), --profile FILE), "
+            "measure one with `graphserve profile`, or let `graphserve build --requests FILE` measure it"
         )
     parsed = cluster if cluster is None or not isinstance(cluster, (str, dict)) else parse_cluster(cluster)
     return plan_pass(plan, measured, slo, parsed if parsed is not None else plan.cluster)
 
 
-def _batch_sizes(plan: Plan) -> list[int]:
+def batch_sizes(plan: Plan) -> list[int]:
+    """The batch sizes to profile when planning: powers of two to 32 and every planned maximum."""
     largest = max((b.max_batch_size for d in plan.deployments for b in d.batching), default=1)
     return sorted({*PROFILE_BATCH_SIZES, largest})
 
@@ -60,4 +55,4 @@ def plan_app_slo(app: Any, plan: Plan, cluster: Any) -> Plan:
     slo = getattr(app, "slo", None)
     if slo is None or plan.slo is None:
         return plan
-    return plan_for_slo(plan, plan.slo, profile=slo.profile, requests=slo.requests, cluster=cluster)
+    return plan_for_slo(plan, plan.slo, profile=slo.profile, cluster=cluster)

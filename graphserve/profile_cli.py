@@ -142,7 +142,7 @@ def print_profile(measured: Profile, console: Console) -> None:
         + (f", GPUs: {escape(', '.join(m.gpus))}" if m.gpus else ", no GPU")
     )
     table = Table(title="nodes", title_justify="left")
-    for column in ("node", "visit rate", "batch", "calls timed", "p50 ms", "p99 ms", "cpu share", "runs on"):
+    for column in ("node", "visit rate", "batch", "timed", "p50 ms", "p99 ms", "cpu share", "runs on"):
         table.add_column(column, justify="left" if column in ("node", "runs on") else "right")
     for node in measured.nodes:
         rows: list[tuple[int | None, Distribution | None]] = [(p.batch_size, p.latency) for p in node.batches]

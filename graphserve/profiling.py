@@ -46,7 +46,7 @@ from graphserve.compiler.profile import (
     fit_line,
 )
 from graphserve.errors import ProfileError, RequestError
-from graphserve.plan import Plan
+from graphserve.plan import NodePlan, Plan
 
 if TYPE_CHECKING:
     from graphserve.compiler.simulate import SimulationResult
@@ -180,6 +180,8 @@ class _Profiler:
         self.progress = progress or (lambda what, done, total: None)
         self.calls = [n for n in plan.nodes if n.kind == "call" and n.deployment]
         self.warnings: list[str] = []
+        self.started = 0.0
+        self.steps = self.steps_left = self.done = 0  # progress: measurements in all, still to make, made
 
     def sizes(self, max_batch_size: int) -> list[int]:
         if self.batch_sizes is not None:
@@ -187,102 +189,18 @@ class _Profiler:
         return sorted({b for b in DEFAULT_BATCH_SIZES if b <= max_batch_size} | {max_batch_size})
 
     async def run(self) -> Profile:
-        started = time.perf_counter()
-        executor = self.runtime.executor
-        if executor is None:  # pragma: no cover - started above
-            raise ProfileError(f"graph {self.plan.name!r} did not start")
-        requests = []
-        for number, body in self.samples:
-            try:
-                requests.append((number, executor.validate_request(body)))
-            except RequestError as exc:
-                raise ProfileError(f"{self.source} line {number}: {exc}") from None
-        units = [
-            (n, self.sizes(self._batching(n.deployment or "", n.method).max_batch_size))
-            if self._batching(n.deployment or "", n.method) is not None
-            else (n, None)
-            for n in self.calls
-        ]
-        steps = 1 + sum(len(sizes) if sizes else 1 for _, sizes in units)
-        self.progress("sample requests through the graph", 0, steps)
-        recorder = _Recorder()
-        executor.observer = recorder
-        paths: Counter[tuple[tuple[str, int], ...]] = Counter()
-        ran = 0
-        budget = REQUESTS_SHARE * self.duration_s
-        try:
-            for number, request in requests:
-                recorder.path = {}
-                try:
-                    await executor.execute(request)
-                except RequestError as exc:
-                    raise ProfileError(f"{self.source} line {number}: the request failed: {exc}") from None
-                ran += 1
-                paths[tuple(sorted(recorder.path.items()))] += 1
-                if time.perf_counter() - started > budget:
-                    break
-        finally:
-            executor.observer = None
-        if ran < len(requests):
-            self.warnings.append(
-                f"ran {ran} of the {len(requests)} sample requests within {budget:.3g}s "
-                f"({REQUESTS_SHARE:.0%} of --duration); visit rates come from those"
-            )
-        done = 1
-        self.progress("sample requests through the graph", done, steps)
-        nodes: list[NodeProfile] = []
-        remaining_units = steps - 1
-        for node, sizes in units:
-            inputs = recorder.inputs.get(node.id, [])
-            visits = recorder.visits.get(node.id, 0)
-            runs_on: Literal["event_loop", "thread_pool"] = "event_loop" if self._is_async(node) else "thread_pool"
-            measured = NodeProfile(
-                node=node.id,
-                deployment=node.deployment or "",
-                method=node.method or "__call__",
-                visits=visits,
-                visit_rate=round(visits / ran, 6),
-                runs_on=runs_on,
-                cpu_share=0.0,
-                latency=None,
-            )
-            if not inputs:
-                measured.warnings.append("no sample request reached this node: nothing measured")
-                done += len(sizes) if sizes else 1
-                remaining_units -= len(sizes) if sizes else 1
-                self.progress(node.id, done, steps)
-                nodes.append(measured)
-                continue
-            if sizes is None:
-                slice_s = self._slice(started, remaining_units)
-                walls, cpu = await self._time_calls(
-                    node.id, node.deployment or "", node.method or "__call__", inputs, slice_s
-                )
-                measured.latency = Distribution.of(walls)
-                measured.cpu_share = round(min(1.0, cpu / sum(walls)) if sum(walls) > 0 else 0.0, 4)
-                if len(walls) < FEW_SAMPLES:
-                    measured.warnings.append(f"only {len(walls)} calls timed: raise --duration")
-                done += 1
-                remaining_units -= 1
-                self.progress(node.id, done, steps)
-            else:
-                total_wall = total_cpu = 0.0
-                for size in sizes:
-                    slice_s = self._slice(started, remaining_units)
-                    walls, cpu = await self._time_batches(
-                        node.id, node.deployment or "", node.method or "__call__", inputs, size, slice_s
-                    )
-                    measured.batches.append(BatchPoint(batch_size=size, latency=Distribution.of(walls)))
-                    total_wall += sum(walls)
-                    total_cpu += cpu
-                    if len(walls) < FEW_SAMPLES:
-                        measured.warnings.append(f"only {len(walls)} batches of {size} timed: raise --duration")
-                    done += 1
-                    remaining_units -= 1
-                    self.progress(f"{node.id} batch {size}", done, steps)
-                measured.fit = fit_line([(p.batch_size, p.latency.p50_s) for p in measured.batches])
-                measured.cpu_share = round(min(1.0, total_cpu / total_wall) if total_wall > 0 else 0.0, 4)
-            nodes.append(measured)
+        self.started = time.perf_counter()
+        plan: list[tuple[NodePlan, list[int] | None]] = []
+        for node in self.calls:
+            batching = self._batching(node.deployment or "", node.method)
+            plan.append((node, self.sizes(batching.max_batch_size) if batching is not None else None))
+        self.steps_left = sum(len(sizes) if sizes else 1 for _, sizes in plan)
+        self.steps = 1 + self.steps_left
+        self.done = 0
+        self.progress("sample requests through the graph", 0, self.steps)
+        recorder, paths, ran = await self._run_requests()
+        self._step("sample requests through the graph")
+        nodes = [await self._measure(node, sizes, recorder, ran) for node, sizes in plan]
         switches = [
             SwitchProfile(
                 node=switch,
@@ -295,8 +213,6 @@ class _Profiler:
             PathProfile(arms=dict(arms), requests=count)
             for arms, count in sorted(paths.items(), key=lambda kv: orjson.dumps(kv[0]))
         ]
-        warnings = list(self.warnings)
-        warnings += [f"{n.node}: {w}" for n in nodes for w in n.warnings]
         return Profile(
             graph=self.plan.name,
             fingerprint=fingerprint(self.plan),
@@ -307,13 +223,96 @@ class _Profiler:
             nodes=nodes,
             switches=switches,
             paths=path_list,
-            warnings=warnings,
+            warnings=self.warnings + [f"{n.node}: {w}" for n in nodes for w in n.warnings],
         )
 
-    def _slice(self, started: float, units_left: int) -> float:
+    def _step(self, what: str, steps: int = 1) -> None:
+        self.done += steps
+        self.progress(what, self.done, self.steps)
+
+    async def _run_requests(self) -> tuple[_Recorder, Counter[tuple[tuple[str, int], ...]], int]:
+        """Phase 1: every sample request through the graph once, one at a time, observed."""
+        executor = self.runtime.executor
+        if executor is None:  # pragma: no cover - started by profile()
+            raise ProfileError(f"graph {self.plan.name!r} did not start")
+        requests = []
+        for number, body in self.samples:
+            try:
+                requests.append((number, executor.validate_request(body)))
+            except RequestError as exc:
+                raise ProfileError(f"{self.source} line {number}: {exc}") from None
+        recorder = _Recorder()
+        paths: Counter[tuple[tuple[str, int], ...]] = Counter()
+        budget = REQUESTS_SHARE * self.duration_s
+        ran = 0
+        executor.observer = recorder
+        try:
+            for number, request in requests:
+                recorder.path = {}
+                try:
+                    await executor.execute(request)
+                except RequestError as exc:
+                    raise ProfileError(f"{self.source} line {number}: the request failed: {exc}") from None
+                ran += 1
+                paths[tuple(sorted(recorder.path.items()))] += 1
+                if time.perf_counter() - self.started > budget:
+                    break
+        finally:
+            executor.observer = None
+        if ran < len(requests):
+            self.warnings.append(
+                f"ran {ran} of the {len(requests)} sample requests within {budget:.3g}s "
+                f"({REQUESTS_SHARE:.0%} of --duration); visit rates come from those"
+            )
+        return recorder, paths, ran
+
+    async def _measure(self, node: NodePlan, sizes: list[int] | None, recorder: _Recorder, ran: int) -> NodeProfile:
+        """Phase 2 for one node: its calls (or batches of each size) replayed and timed."""
+        deployment, method = node.deployment or "", node.method or "__call__"
+        inputs = recorder.inputs.get(node.id, [])
+        visits = recorder.visits.get(node.id, 0)
+        measured = NodeProfile(
+            node=node.id,
+            deployment=deployment,
+            method=method,
+            visits=visits,
+            visit_rate=round(visits / ran, 6),
+            runs_on="event_loop" if self._is_async(node) else "thread_pool",
+            cpu_share=0.0,
+            latency=None,
+        )
+        if not inputs:
+            measured.warnings.append("no sample request reached this node: nothing measured")
+            self.steps_left -= len(sizes) if sizes else 1
+            self._step(node.id, len(sizes) if sizes else 1)
+            return measured
+        if sizes is None:
+            walls, cpu = await self._time_calls(node.id, deployment, method, inputs, self._slice())
+            measured.latency = Distribution.of(walls)
+            measured.cpu_share = _share(cpu, sum(walls))
+            if len(walls) < FEW_SAMPLES:
+                measured.warnings.append(f"only {len(walls)} calls timed: raise --duration")
+            self.steps_left -= 1
+            self._step(node.id)
+            return measured
+        total_wall = total_cpu = 0.0
+        for size in sizes:
+            walls, cpu = await self._time_batches(node.id, deployment, method, inputs, size, self._slice())
+            measured.batches.append(BatchPoint(batch_size=size, latency=Distribution.of(walls)))
+            total_wall += sum(walls)
+            total_cpu += cpu
+            if len(walls) < FEW_SAMPLES:
+                measured.warnings.append(f"only {len(walls)} batches of {size} timed: raise --duration")
+            self.steps_left -= 1
+            self._step(f"{node.id} batch {size}")
+        measured.fit = fit_line([(p.batch_size, p.latency.p50_s) for p in measured.batches])
+        measured.cpu_share = _share(total_cpu, total_wall)
+        return measured
+
+    def _slice(self) -> float:
         """The time left in the box, shared equally by the measurements still to make."""
-        left = self.duration_s - (time.perf_counter() - started)
-        return max(0.0, left) / max(1, units_left)
+        left = self.duration_s - (time.perf_counter() - self.started)
+        return max(0.0, left) / max(1, self.steps_left)
 
     def _batching(self, deployment: str, method: str | None) -> Any:
         for b in self.plan.deployment(deployment).batching:
@@ -327,7 +326,7 @@ class _Profiler:
         backend = self.runtime.backend
         if not isinstance(backend, LocalBackend):  # pragma: no cover - profile() starts a local runtime
             raise ProfileError("profiling needs the local runtime")
-        return backend.sets[deployment].replicas[0]
+        return backend.routers[deployment].replicas[0]
 
     def _is_async(self, node: Any) -> bool:
         _, is_async = self._replica(node.deployment).method(node.method or "__call__")
@@ -400,6 +399,10 @@ class _Profiler:
             walls.append(t1 - t0)
             cpu += c1 - c0
         return walls, cpu
+
+
+def _share(cpu_s: float, wall_s: float) -> float:
+    return round(min(1.0, cpu_s / wall_s), 4) if wall_s > 0 else 0.0
 
 
 def machine() -> MachineProfile:

@@ -195,12 +195,13 @@ def _new_server(http: dict[str, Any], explicit: bool) -> Server:
     server = Server(ingress, host, port)  # binds now: a busy port is a GraphError here
     server.start(timeout=SERVER_TIMEOUT_S)
     _STATE.server, _STATE.explicit = server, explicit
-    logger.info("graphserve: HTTP server at %s", server.url)
+    logger.info("graphserve: HTTP server at %s (live graph page at %s)", server.url, server.page_url)
     return server
 
 
-def default_render(plan: Plan, fmt: str) -> bytes | str:
-    """Draw ``plan`` with ``graphserve.compiler.render`` (graphviz), imported when first asked for.
+def default_render(plan: Plan, fmt: str, *, figures: bool = False) -> bytes | str:
+    """Draw ``plan`` with ``graphserve.compiler.render`` (graphviz), imported when first asked for;
+    ``figures``: with room for the live page's figures in each deployment node.
 
     What every server of this package draws ``/-/graphs/<name>.svg`` with.
     """
@@ -209,19 +210,12 @@ def default_render(plan: Plan, fmt: str) -> bytes | str:
     except ImportError as exc:
         raise GraphError(f"graph rendering is not available: {exc}") from exc
     try:
-        drawing: bytes | str = render(plan, fmt)
+        drawing: bytes | str = render(plan, fmt, figures=figures)
     except GraphError:
         raise
     except Exception as exc:  # graphviz missing, or its `dot` binary
         raise GraphError(f"cannot render graph {plan.name!r} as {fmt}: {type(exc).__name__}: {exc}") from exc
     return drawing
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def serve_plan(
@@ -235,13 +229,15 @@ def serve_plan(
     """
     if route_prefix is not None and not (isinstance(route_prefix, str) and route_prefix.startswith("/")):
         raise GraphError(f"route_prefix={route_prefix!r} is invalid: expected a path starting with '/'")
+    from graphserve.runtime.background_loop import running_loop
+
     path = route_prefix or plan.route_prefix or "/"
     name = plan.name
     # The lock is never held while waiting on the server's loop: constructors running there
     # may call back in here (a 1.x deployment's __init__ calling other.get_handle()).
     with _LOCK:
         server = _STATE.server
-        if server is not None and server.ingress.loop is _running_loop():
+        if server is not None and server.ingress.loop is running_loop():
             raise GraphError(f"cannot deploy {name!r} from inside a deployment (the server's own event loop)")
         old = _STATE.served.pop(name, None)
         if server is None:

@@ -2,8 +2,8 @@
 so the node stays inside its latency budget (its share of the graph's SLO) as load changes.
 
 Clipper's AIMD on the size limit (NSDI 2017): a batch whose oldest item took longer than the
-budget (from entering the batcher to its result) cuts the limit by 10%; a full batch inside
-90% of the budget raises it by one, never above the planned ``max_batch_size``. The wait is
+budget (from entering the batcher to its result) cuts the limit by 10%; a batch inside 90%
+of the budget raises it by one, never above the planned ``max_batch_size``. The wait is
 BentoML's rule: a batch may wait only as long as the budget leaves after running a batch of
 the current limit, estimated from a decaying least-squares fit of batch time on batch size,
 never above the planned ``batch_wait_timeout_s``.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 DECREASE = 0.9  # multiplicative decrease when a batch breaks the budget (Clipper backs off 10%)
-INCREASE = 1  # additive increase after a full batch well inside the budget
+INCREASE = 1  # additive increase after a batch well inside the budget
 INSIDE = 0.9  # "well inside": under this share of the budget
 DECAY = 0.9  # weight of older batches in the batch-time fit
 
@@ -41,7 +41,7 @@ class AdaptiveLimits:
         if latency_s > self.budget_s:
             self.limit = max(1, min(self.limit - 1, math.floor(self.limit * DECREASE)))
             self.decreases += 1
-        elif size >= self.limit and latency_s <= INSIDE * self.budget_s:
+        elif latency_s <= INSIDE * self.budget_s:
             self.limit = min(self.max_batch_size, self.limit + INCREASE)
         self.wait_s = min(self.max_wait_s, max(0.0, self.budget_s - 2 * self.estimate(self.limit)))
 

@@ -1,4 +1,5 @@
-"""An event loop in a background thread, for blocking callers (``gs.run(app).call(x)``)."""
+"""Event loops: one in a background thread for blocking callers (``gs.run(app).call(x)``),
+and :func:`running_loop`, the loop running in this thread if any."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None (where ``asyncio.get_running_loop`` raises)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

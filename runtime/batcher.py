@@ -23,6 +23,8 @@ from graphserve.errors import GraphError
 from graphserve.plan import BatchingPlan
 
 from .adaptive import AdaptiveLimits
+from .backend import BatchLimits
+from .tracing import CURRENT
 
 BatchObserver = Callable[[str, int], None]
 
@@ -37,6 +39,7 @@ class _Pending:
     kwargs: dict[str, Any]
     future: asyncio.Future[Any]
     enqueued: float
+    span: Any  # a traced call's span or actor record (learns the batch size), else None
 
 
 class Batcher:
@@ -79,7 +82,7 @@ class Batcher:
     async def submit(self, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Pending(args, kwargs, future, loop.time()))
+        self._queue.append(_Pending(args, kwargs, future, loop.time(), CURRENT.get()))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run(), name=f"batcher:{self.name}")
         if len(self._queue) == 1 or len(self._queue) >= self.size_limit:
@@ -96,12 +99,13 @@ class Batcher:
         """The batch wait now: the adaptive one, else ``batch_wait_timeout_s``."""
         return self.adaptive.wait_s if self.adaptive is not None else self.batch_wait_timeout_s
 
-    def limits(self) -> dict[str, float | int | bool | None]:
+    def limits(self) -> BatchLimits:
         """What ``/-/metrics`` shows of this batcher."""
         return {
             "adaptive": self.adaptive is not None,
             "max_batch_size": self.max_batch_size,
             "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            "max_concurrent_batches": self.max_concurrent_batches,
             "size_limit": self.size_limit,
             "wait_s": round(self.wait_s, 6),
             "latency_budget_s": self.adaptive.budget_s if self.adaptive is not None else None,
@@ -173,6 +177,9 @@ class Batcher:
         try:
             for observe in self.observers:
                 observe(self.name, len(batch))
+            for pending in batch:
+                if pending.span is not None:
+                    pending.span.batch_size = len(batch)
             nargs = len(batch[0].args)
             args = [[p.args[i] if i < len(p.args) else None for p in batch] for i in range(nargs)]
             kwargs = {k: [p.kwargs.get(k) for p in batch] for k in batch[0].kwargs}
@@ -253,7 +260,7 @@ def configure_batching(owner: Any, plans: list[BatchingPlan]) -> None:
         _set(owner, _CONFIG_ATTR, {b.method: b for b in plans})
 
 
-def batch_limits(owner: Any) -> dict[str, dict[str, float | int | bool | None]]:
+def batch_limits(owner: Any) -> dict[str, BatchLimits]:
     """The current limits of ``owner``'s batchers (``/-/metrics``)."""
     batchers: dict[str, Batcher] = getattr(owner, _BATCHERS_ATTR, None) or _MODULE_BATCHERS.get(id(owner), {})
     return {name: b.limits() for name, b in sorted(batchers.items())}
@@ -265,6 +272,12 @@ def close_batchers(owner: Any) -> None:
     for batcher in batchers.values():
         batcher.close()
     batchers.clear()
+
+
+def limits_by_method(limits: dict[str, BatchLimits]) -> dict[str, BatchLimits]:
+    """``batch_limits(owner)`` keyed by method name alone (``Model.predict`` -> ``predict``),
+    as the live page shows a deployment's batching."""
+    return {name.rpartition(".")[2]: values for name, values in limits.items()}
 
 
 def observe_batches(owner: Any, observer: BatchObserver) -> None:

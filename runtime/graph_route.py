@@ -3,17 +3,25 @@
 :meth:`GraphRoute.serve` answers one HTTP request with plain ASGI (no Starlette
 objects, no middleware) in these steps, each a method or function below::
 
-    read_head      the headers it needs, in one pass (request id, auth, length, timeout)
+    read_head      the headers it needs, in one pass (request id, auth, length, timeout, trace)
     admit          method, bearer token, graph ready, in-flight bound, declared length
     deadline       the graph's timeout_s, shortened by X-Request-Timeout-S
     read_body      the body, at most max_body_bytes (a client that leaves raises ClientLeft)
     request_value  the body as JSON, or a Starlette Request for a graph that takes it
     execute        await runtime.execute(request, deadline)
     encode         the output as JSON (or as it is: a Response, bytes, text)
+    (finish_trace  the trace beside the output, when X-Graphserve-Trace asked for it)
 
 A step that cannot go on raises :class:`Refused` carrying the :class:`Answer` to send
 (the statuses are listed in ``http_errors``); :class:`ClientLeft` means there is nobody
-to answer (counted as status 499 in the metrics, as nginx logs it).
+to answer (counted as status 499 in the metrics, as nginx logs it). A failure on the
+server's side (500, 504) is kept for the live page with its request id (``observers``).
+
+A request with ``X-Graphserve-Trace: 1`` runs with a :class:`~graphserve.runtime.tracing.Trace`
+and gets it back: ``{"output": ..., "trace": ...}`` for a JSON output, ``{"error": ...,
+"trace": ...}`` for an error, else (an output sent as it is) in the ``X-Graphserve-Trace``
+response header. With OpenTelemetry configured every request is traced and exported.
+Untraced requests take none of these branches beyond one ``is None`` check.
 """
 
 from __future__ import annotations
@@ -31,12 +39,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from graphserve.errors import RequestError
+from graphserve.errors import NodeExecutionError, RequestError
 
+from .drift import DriftMonitor
 from .encoding import JSONDecodeError, dumps, loads
 from .http_errors import Answer, error_answer, request_error, retry_after
+from .live_stats import LiveStats
 from .metrics import Labels, Metrics
+from .otel import OtelExporter
 from .running_graph import GraphRuntime
+from .tracing import Trace
 
 logger = logging.getLogger("graphserve.ingress")
 
@@ -47,6 +59,7 @@ _REQUEST_ID = re.compile(rb"[!-~]{1,200}")
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
 _CLOSE = (b"connection", b"close")
+_TRACE_HEADER = b"x-graphserve-trace"
 
 
 class Refused(Exception):
@@ -75,13 +88,24 @@ class RouteLimits:
         self.default_timeout_s = default_timeout_s
 
 
+class RouteObservers:
+    """What watches every graph route of one server: the live page's figures and error log,
+    and the OpenTelemetry exporter (set at startup when a tracer provider is configured)."""
+
+    __slots__ = ("live", "otel")
+
+    def __init__(self, live: LiveStats) -> None:
+        self.live = live
+        self.otel: OtelExporter | None = None
+
+
 class RequestHead:
     """The headers a graph route reads, taken from the ASGI scope in one pass."""
 
-    __slots__ = ("auth", "length", "request_id", "timeout")
+    __slots__ = ("auth", "length", "request_id", "timeout", "trace")
 
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
-        request_id = auth = length = timeout = None
+        request_id = auth = length = timeout = trace = None
         for name, value in headers:
             if name == b"x-request-id":
                 request_id = value
@@ -91,10 +115,13 @@ class RequestHead:
                 auth = value
             elif name == b"x-request-timeout-s":
                 timeout = value
+            elif name == _TRACE_HEADER:
+                trace = value
         self.request_id = valid_request_id(request_id)
         self.auth: bytes | None = auth
         self.length: bytes | None = length
         self.timeout: bytes | None = timeout
+        self.trace: bytes | None = trace if trace is not None and trace.strip() not in (b"", b"0") else None
 
 
 def valid_request_id(sent: bytes | None) -> bytes:
@@ -108,11 +135,13 @@ class GraphRoute:
     """One graph at one path: its admission counter, metric labels and request path."""
 
     __slots__ = (
+        "drift",
         "in_flight",
         "labels",
         "limits",
         "metrics",
         "name",
+        "observers",
         "path",
         "plan",
         "runtime",
@@ -120,8 +149,11 @@ class GraphRoute:
         "timeout_s",
     )
 
-    def __init__(self, runtime: GraphRuntime, path: str, limits: RouteLimits, metrics: Metrics) -> None:
+    def __init__(
+        self, runtime: GraphRuntime, path: str, limits: RouteLimits, metrics: Metrics, observers: RouteObservers
+    ) -> None:
         self.runtime = runtime
+        self.observers = observers
         self.plan = runtime.plan
         self.name = runtime.plan.name
         self.path = path
@@ -131,23 +163,30 @@ class GraphRoute:
         self.in_flight = 0
         self.labels: Labels = (("graph", self.name),)
         self.status_labels: dict[int, Labels] = {}
+        self.drift: DriftMonitor | None = None  # set by the ingress for a graph planned for an SLO
 
     # -- the request path ----------------------------------------------------------------
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one HTTP request (see the module docstring) and count it."""
         start = time.perf_counter()
         head = RequestHead(scope["headers"])
-        try:
-            answer = await self.answer(scope, receive, head)
-        except ClientLeft:
-            status = CLIENT_LEFT
+        if head.trace is None and self.observers.otel is None:
+            try:
+                answer = await self.answer(scope, receive, head)
+            except ClientLeft:
+                status = CLIENT_LEFT
+            else:
+                await send_answer(send, answer, head.request_id)
+                status = answer.status
         else:
-            await send_answer(send, answer, head.request_id)
-            status = answer.status
+            status = await self.serve_traced(scope, receive, send, head)
         self.metrics.inc("graphserve_requests_total", self.status(status))
-        self.metrics.observe("graphserve_request_duration_seconds", time.perf_counter() - start, self.labels)
+        now = time.perf_counter()
+        self.metrics.observe("graphserve_request_duration_seconds", now - start, self.labels)
+        if self.drift is not None:
+            self.drift.request(now, now - start)
 
-    async def answer(self, scope: Scope, receive: Receive, head: RequestHead) -> Answer:
+    async def answer(self, scope: Scope, receive: Receive, head: RequestHead, trace: Trace | None = None) -> Answer:
         """What to send for one request; raises ClientLeft when nobody is left to answer."""
         try:
             self.admit(scope["method"], head)
@@ -155,7 +194,7 @@ class GraphRoute:
             self.in_flight += 1
             try:
                 body = await read_body(receive, self.limits.max_body_bytes)
-                result = await self.execute(self.request_value(scope, body), deadline, head.request_id)
+                result = await self.execute(self.request_value(scope, body), deadline, head.request_id, trace)
                 return self.encode(result, head.request_id)
             finally:
                 self.in_flight -= 1
@@ -210,17 +249,19 @@ class GraphRoute:
         except JSONDecodeError as exc:
             raise Refused(error_answer(400, f"malformed JSON: {exc}")) from None
 
-    async def execute(self, request: Any, deadline: float | None, request_id: bytes) -> Any:
+    async def execute(self, request: Any, deadline: float | None, request_id: bytes, trace: Trace | None = None) -> Any:
         """The graph's output; a failure becomes its answer (logged when it is the server's fault)."""
         try:
-            return await self.runtime.execute(request, deadline)
+            if trace is None:
+                return await self.runtime.execute(request, deadline)
+            return await self.execute_traced(request, deadline, trace)
         except RequestError as exc:
             answer = request_error(exc)
-            if answer.status >= 500 and answer.status not in (503, 504):
-                self.log_failure(request_id, exc)
+            if answer.status >= 500 and answer.status != 503:
+                self.failed(request_id, answer.status, exc)
             raise Refused(answer) from None
         except Exception as exc:  # a bug, not the request's fault: logged with its traceback, answered 500
-            self.log_failure(request_id, exc)
+            self.failed(request_id, 500, exc)
             raise Refused(error_answer(500, f"graph {self.name!r} failed: {type(exc).__name__}", node=None)) from None
         except asyncio.CancelledError:
             # only the server cancels a request task: its graceful-shutdown bound ran out
@@ -233,9 +274,47 @@ class GraphRoute:
         try:
             return encode_result(result, text_as_text=self.plan.raw_ingress)
         except TypeError as exc:
-            self.log_failure(request_id, exc)
+            self.failed(request_id, 500, exc)
             text = f"the output of graph {self.name!r} cannot be sent as JSON: {exc}"
             return error_answer(500, text, node=self.plan.output)
+
+    # -- traced requests (X-Graphserve-Trace, OpenTelemetry) ----------------------------------
+    async def serve_traced(self, scope: Scope, receive: Receive, send: Send, head: RequestHead) -> int:
+        """:meth:`serve`'s steps with a Trace (and the request's OpenTelemetry span); the status."""
+        otel = self.observers.otel
+        trace = Trace(self.plan, head.request_id.decode(), otel, self.runtime.backend_name)
+        request_span = None
+        if otel is not None:
+            headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+            request_span = otel.start_request(trace, headers, self.path)
+        status = CLIENT_LEFT
+        try:
+            answer = await self.answer(scope, receive, head, trace)
+            if head.trace is not None and trace.started:
+                answer = with_trace(answer, trace)
+            await send_answer(send, answer, head.request_id)
+            status = answer.status
+        except ClientLeft:
+            pass
+        finally:
+            if request_span is not None and otel is not None:
+                otel.end_request(*request_span, status)
+        return status
+
+    async def execute_traced(self, request: Any, deadline: float | None, trace: Trace) -> Any:
+        """Execute with ``trace`` recording; the actors' records are fetched before answering."""
+        trace.started = True
+        try:
+            return await self.runtime.execute(request, deadline, trace)
+        except NodeExecutionError as exc:
+            trace.failed(exc.node, exc)
+            raise
+        except BaseException as exc:
+            trace.status = "error"
+            trace.error = f"{type(exc).__name__}: {exc}"[:300]
+            raise
+        finally:
+            await trace.settle()
 
     # -- helpers -------------------------------------------------------------------------
     def status(self, status: int) -> Labels:
@@ -244,6 +323,16 @@ class GraphRoute:
         if labels is None:
             labels = self.status_labels[status] = (("graph", self.name), ("status", str(status)))
         return labels
+
+    def failed(self, request_id: bytes, status: int, exc: BaseException) -> None:
+        """A request failed on the server's side: log it (past deadlines are expected) and keep
+        it, with its request id, for the live page."""
+        if status != 504:
+            self.log_failure(request_id, exc)
+        node = exc.node if isinstance(exc, NodeExecutionError) else None
+        deployment = exc.deployment if isinstance(exc, NodeExecutionError) else None
+        message = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+        self.observers.live.record_error(self.plan, request_id.decode(), status, message, node, deployment)
 
     def log_failure(self, request_id: bytes, exc: BaseException) -> None:
         cause = exc.__cause__ if exc.__cause__ is not None else exc
@@ -307,6 +396,21 @@ def encode_result(result: Any, text_as_text: bool) -> Answer:
     if text_as_text and isinstance(result, str):
         return Answer(200, result.encode(), [(b"content-type", _TEXT)])
     return Answer(200, dumps(result))
+
+
+def with_trace(answer: Answer, trace: Trace) -> Answer:
+    """``answer`` with ``trace``: beside a JSON output (``{"output": ..., "trace": ...}``) or
+    error (``{"error": ..., "trace": ...}``); for an output sent as it is, in the
+    ``X-Graphserve-Trace`` header."""
+    status, body, headers = answer
+    data = dumps(trace.to_json())
+    if headers is not None and any(name == b"content-type" for name, _ in headers):
+        return Answer(status, body, [*headers, (_TRACE_HEADER, data)])
+    if status == 200:
+        return Answer(status, b'{"output":' + body + b',"trace":' + data + b"}", headers)
+    if body.endswith(b"}"):
+        return Answer(status, body[:-1] + b',"trace":' + data + b"}", headers)
+    return Answer(status, body, [*(headers or []), (_TRACE_HEADER, data)])
 
 
 def too_large(max_bytes: int) -> Answer:

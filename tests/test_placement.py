@@ -1,4 +1,4 @@
-"""Placement without an SLO (compiler/placement.py): replicas spread over named nodes."""
+"""Placement (compiler/placement.py): replicas spread over named nodes, then near their neighbours."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 
 import graphserve as gs
 from graphserve.compiler import compile_app
+from graphserve.compiler.placement import Demand, place
 from graphserve.errors import GraphValidationError
+from graphserve.plan import ClusterNodePlan
 from tests.graphs import backends as g
 
 
@@ -61,3 +63,17 @@ def test_without_named_nodes_every_replica_is_on_node_0() -> None:
     with gs.InputNode() as inp:
         plan = compile_app(gs.graph(g.Add.bind().__call__.bind(inp)), cluster="cpus=4")
     assert {r.node for r in plan.replicas} == {"node-0"}
+
+
+def test_place_spreads_a_deployment_first_then_keeps_neighbours_together() -> None:
+    nodes = [ClusterNodePlan(name="a", cpus=4), ClusterNodePlan(name="b", cpus=4), ClusterNodePlan(name="head", cpus=0)]
+    demands = [Demand("First", 1, 1, 0), Demand("Second", 2, 1, 0, frozenset({"First"})), Demand("Alone", 1, 3, 0)]
+    placed, unplaced = place(demands, nodes)
+    where = {(r.deployment, r.index): r.node for r in placed}
+    assert where[("First", 0)] == "a"  # most room, then by name
+    assert where[("Second", 0)] == "a"  # next to its neighbour
+    assert where[("Second", 1)] == "b"  # its second replica spreads, although a still has room
+    assert where[("Alone", 0)] == "b"  # only b has 3 CPUs left; the CPU-less head takes nothing
+    assert unplaced == []
+    _, unplaced = place([Demand("Big", 1, 5, 0)], nodes)
+    assert [(u.deployment, u.index) for u in unplaced] == [("Big", 0)]

@@ -7,7 +7,15 @@ import json
 import pytest
 
 import graphserve as gs
-from graphserve.compiler.profile import PROFILE_VERSION, Distribution, Profile, batch_service, fingerprint, fit_line
+from graphserve.compiler.profile import (
+    PROFILE_VERSION,
+    QUANTILE_LEVELS,
+    Distribution,
+    Profile,
+    batch_service,
+    fingerprint,
+    fit_line,
+)
 from graphserve.errors import ProfileError
 from tests.graphs import sim_graphs
 
@@ -26,7 +34,7 @@ def test_a_profile_round_trips_through_json_byte_for_byte(profile):
     assert again.to_json() == text
     data = json.loads(text)
     assert data["version"] == PROFILE_VERSION and list(data) == sorted(data)
-    assert len(data["nodes"][0]["latency"]["quantiles_s"]) == 101
+    assert len(data["nodes"][0]["latency"]["quantiles_s"]) == len(QUANTILE_LEVELS) == 119
 
 
 def test_a_profile_file_loads(profile, tmp_path):
@@ -76,6 +84,17 @@ def test_distributions_keep_quantiles_and_sample_between_them():
     assert dist.sample(0.999999) == pytest.approx(100, abs=0.01)
     with pytest.raises(ProfileError):
         Distribution.of([])
+
+
+def test_a_rare_outlier_keeps_its_own_weight():
+    """1 pause of 1 s among 1000 samples of 10 ms: drawn about 0.1% of the time, not spread over the top 1%."""
+    dist = Distribution.of([0.010] * 999 + [1.0])
+    draws = [dist.sample(i / 100_000) for i in range(100_000)]
+    assert QUANTILE_LEVELS[:3] == (0.0, 0.01, 0.02) and QUANTILE_LEVELS[99:101] == (0.99, 0.991)
+    assert QUANTILE_LEVELS[-2:] == (0.9999, 1.0)
+    assert sum(d > 0.1 for d in draws) / len(draws) == pytest.approx(0.0009, abs=0.0002)
+    assert sum(draws) / len(draws) == pytest.approx(0.010 + 0.001 * 0.99 / 2, rel=0.1)
+    assert dist.sample(0.5) == 0.010
 
 
 def test_the_batch_cost_line_and_interpolation():

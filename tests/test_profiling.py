@@ -116,3 +116,16 @@ def test_bad_options_are_refused():
         gs.profile(sim_graphs.batched, [{"x": 1.0}], batch_sizes=[0])
     with pytest.raises(ProfileError, match="no sample requests"):
         gs.profile(sim_graphs.single, [], duration_s=1)
+
+
+def test_two_profiles_of_a_graph_differ_only_in_their_measurements():
+    def shape(value):
+        if isinstance(value, dict):
+            return {k: shape(v) for k, v in value.items() if k not in ("machine", "warnings")}
+        if isinstance(value, list):
+            return [shape(v) for v in value]
+        return 0 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    first, second = (gs.profile(sim_graphs.conditional, [{"x": 0.1}, {"x": 0.95}], duration_s=0.5) for _ in "ab")
+    assert shape(json.loads(first.to_json())) == shape(json.loads(second.to_json()))
+    assert list(json.loads(first.to_json())) == list(json.loads(second.to_json()))

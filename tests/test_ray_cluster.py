@@ -142,7 +142,9 @@ async def test_a_planned_assignment_pins_replicas_to_a_node(nodes: Nodes) -> Non
 async def test_a_plan_for_nodes_this_cluster_lacks_is_refused_before_any_actor(nodes: Nodes) -> None:
     plan = live_plan(cg.chain())
     assert plan.cluster is not None
-    plan.cluster.nodes[1].id = "f" * 56
+    # a node that holds replicas (the nodes are sorted by id: the CPU-less head may be any of them)
+    used = next(n for n in plan.cluster.nodes if any(r.node == n.name for r in plan.replicas))
+    used.id = "f" * 56
     with pytest.raises(GraphValidationError) as caught:
         async with running(plan):
             pass

@@ -193,3 +193,17 @@ def test_variants_share_the_compiled_graph(single):
     assert variant.templates is sim.templates
     assert sim.settings["Sleeper"].num_replicas == 1 and variant.settings["Sleeper"].num_replicas == 3
     assert len(variant.run(rate=10, duration_s=1).replicas) == 3
+
+
+def test_power_of_two_choices_spreads_sequential_calls(single):
+    """The runtime's alternative replica choice: two drawn at random, the less loaded one."""
+    plan, profile = single
+    least = Simulator(plan, profile).with_deployment("Sleeper", num_replicas=2)
+    drawn = Simulator(plan, profile, routing="power_of_two").with_deployment("Sleeper", num_replicas=2)
+    quiet = {"rate": 20, "arrivals": "uniform", "duration_s": 50}
+    assert [r.busy for r in least.run(**quiet).replicas] == pytest.approx([0.2, 0.0], abs=0.01)
+    assert [r.busy for r in drawn.run(**quiet).replicas] == pytest.approx([0.1, 0.1], abs=0.02)
+    busy = {"rate": 150, "arrivals": "uniform", "duration_s": 10}
+    assert drawn.run(**busy).throughput_rps == pytest.approx(least.run(**busy).throughput_rps, rel=0.01)
+    with pytest.raises(ProfileError, match="unknown routing"):
+        Simulator(plan, profile, routing="random")  # type: ignore[arg-type]
