@@ -1,26 +1,40 @@
 # Two commands for a newcomer: `make demo` (serve an example graph) and `make test`.
-# Both create .venv on first use and install everything the project needs.
+# Both create .venv on first use. The demo installs only what its example needs (the
+# package, no extras: under a minute); the tests install everything.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := dev,ray,torch,mlflow,examples
+DEMO_STAMP := $(VENV)/.installed-demo
+EXTRAS := dev,ray,torch,mlflow,examples,otel
 PORT ?= 8000
 
 .PHONY: setup demo test lint typecheck pytest bench clean
 
+# $(call apt,command,package,why): install a system package with apt-get when the command is
+# missing and we are root; otherwise say how.
+apt = @command -v $(1) >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	(apt-get update -qq && apt-get install -y -qq $(2) >/dev/null) || \
+	echo "note: '$(1)' not found; install it (apt-get install $(2)) $(3)"; }
+
 $(STAMP): pyproject.toml
-	@command -v dot >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
-		(apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) || \
-		echo "note: Graphviz 'dot' not found; install it (apt-get install graphviz) for svg/png rendering"; }
+	$(call apt,dot,graphviz,for svg/png rendering and the live page's drawings)
+	$(call apt,chromium,chromium,for the live page's browser tests)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0" -e ".[$(EXTRAS)]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	$(call apt,dot,graphviz,for the live page's drawings)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	touch $(DEMO_STAMP)
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/graphserve build examples.quickstart:app
+	@echo "graphserve: the live page will be at http://127.0.0.1:$(PORT)/-/"
 	$(VENV)/bin/graphserve deploy examples.quickstart:app --port $(PORT)
 
 lint: $(STAMP)
@@ -38,9 +52,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	@command -v wrk >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
-		(apt-get update -qq && apt-get install -y -qq wrk >/dev/null) || \
-		echo "note: wrk not found; install it (apt-get install wrk) for the HTTP load"; }
+	$(call apt,wrk,wrk,for the HTTP load)
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:

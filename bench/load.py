@@ -159,6 +159,7 @@ def open_loop(
     timeout_s: float = 10.0,
     schedule: list[float] | None = None,
     record_sends: bool = False,
+    within_s: float | None = None,
 ) -> dict:
     """Send ``rate`` requests per second for ``duration_s``; latency from each intended send time.
 
@@ -167,14 +168,15 @@ def open_loop(
     ``record_sends`` adds ``sends``: (when it was really sent, seconds from the start; its
     latency from that moment; the server's own time from a ``Server-Timing`` header, or None)
     for each answered request. A request whose reused keep-alive
-    connection was closed by the server is sent again once on a new connection."""
+    connection was closed by the server is sent again once on a new connection.
+    ``within_s``: also count the requests answered 200 within that many seconds (``within``)."""
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    coro = _open_loop(url, bodies, rate, duration_s, max_connections, timeout_s, schedule, record_sends)
+    coro = _open_loop(url, bodies, rate, duration_s, max_connections, timeout_s, schedule, record_sends, within_s)
     return runner(coro)  # type: ignore[no-any-return]
 
 
@@ -187,6 +189,7 @@ async def _open_loop(
     timeout_s: float,
     schedule: list[float] | None = None,
     record_sends: bool = False,
+    within_s: float | None = None,
 ) -> dict:
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
@@ -208,9 +211,10 @@ async def _open_loop(
     errors = {"connect": 0, "read": 0, "timeout": 0, "status": 0}
     lag_max = 0.0
     sends: list[tuple[float, float, float | None]] | None = [] if record_sends else None
+    within = 0
 
     async def one(i: int, due: float) -> None:
-        nonlocal opened
+        nonlocal opened, within
         async with slots:
             k = i % len(bodies)
             for attempt in (0, 1):
@@ -245,6 +249,8 @@ async def _open_loop(
             statuses[str(status)] = statuses.get(str(status), 0) + 1
             if status != 200:
                 errors["status"] += 1
+            elif within_s is not None and answered - due <= within_s:
+                within += 1
             idle.append(conn)
 
     tasks: list[asyncio.Task[None]] = []
@@ -281,6 +287,7 @@ async def _open_loop(
         "errors": errors,
         "error_count": sum(errors.values()),
         **({"sends": sorted(sends)} if sends is not None else {}),
+        **({"within": within} if within_s is not None else {}),
     }
 
 

@@ -3,6 +3,8 @@ tools and tests match on them, so never rename one."""
 
 from __future__ import annotations
 
+from graphserve.resources import INFEASIBLE as _INFEASIBLE
+
 
 class Code:
     SIGNATURE = "GS101"  # wrong number of arguments / unknown or missing keyword
@@ -23,5 +25,6 @@ class Code:
     BAD_SCHEMA = "GS116"  # InputNode schema is not a pydantic model
     UNSUPPORTED_OPTION = "GS117"  # a Ray Serve option graphserve accepts but ignores (warning)
     NOT_CALLABLE = "GS118"  # the deployment method is not callable
-    INFEASIBLE = "GS201"  # the cluster cannot place the replicas (planning)
+    INFEASIBLE = _INFEASIBLE  # GS201: the cluster cannot place the replicas (graphserve/resources.py)
     NOT_SERIALIZABLE = "GS202"  # the plan cannot be written as JSON
+    SLO_INFEASIBLE = "GS203"  # no plan meets the latency SLO at the rate on the cluster (planning)

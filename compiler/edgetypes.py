@@ -2,17 +2,20 @@
 
 :func:`is_compatible` decides whether a producer's type fits a consumer's parameter.
 It is deliberately forgiving where hints say nothing (missing hints, ``Any``, type
-variables, unresolvable strings all pass) and strict where they do: classes by
-subclass (with int -> float -> complex), pydantic models by subclass, ``Optional`` and
-``Union`` member by member, ``list[...]``/``dict[...]``/``tuple[...]`` element by element.
-A ``@gs.batch`` method's ``list[T]`` parameter and ``list[R]`` return are ``T`` and ``R``
-per request on the graph.
+variables, and an annotation that cannot be resolved, such as a name imported only
+under ``TYPE_CHECKING``, all pass, while the function's other hints are still
+checked) and strict where they do: classes by subclass (with int -> float -> complex),
+pydantic models by subclass, ``Optional`` and ``Union`` member by member,
+``list[...]``/``dict[...]``/``tuple[...]`` element by element. A ``@gs.batch``
+method's ``list[T]`` parameter and ``list[R]`` return are ``T`` and ``R`` per request
+on the graph.
 """
 
 from __future__ import annotations
 
 import collections.abc as cabc
 import inspect
+import sys
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -24,14 +27,50 @@ ANY: Any = Any
 _NUMERIC = {bool: (int, float, complex), int: (float, complex), float: (complex,)}
 
 
+#: What resolving an annotation raises when it names something not importable at run time
+#: (an import under ``TYPE_CHECKING``), is not valid Python, or is not a type.
+_UNRESOLVABLE = (NameError, AttributeError, TypeError, SyntaxError)
+
+
 def hints(fn: Any) -> dict[str, Any]:
-    """Resolved type hints of ``fn`` (unwrapping decorators); {} when they can't be resolved."""
+    """Resolved type hints of ``fn`` (unwrapping decorators).
+
+    When one annotation cannot be resolved, the others still are: only that one is
+    left out (it passes every check, as a missing hint does)."""
     target = inspect.unwrap(fn) if callable(fn) else fn
     try:
         return typing.get_type_hints(target, include_extras=False)
-    except Exception:
-        annotations = getattr(target, "__annotations__", {}) or {}
-        return {k: v for k, v in annotations.items() if not isinstance(v, str)}
+    except _UNRESOLVABLE:
+        return _hints_one_by_one(target)
+
+
+def _hints_one_by_one(target: Any) -> dict[str, Any]:
+    """``typing.get_type_hints`` annotation by annotation, leaving out those that do not resolve."""
+    scopes: list[tuple[Any, dict[str, Any] | None, Any]]  # globals, locals, annotated object
+    if isinstance(target, type):  # a class's fields, base classes first
+        scopes = [
+            (vars(sys.modules[base.__module__]) if base.__module__ in sys.modules else {}, dict(vars(base)), base)
+            for base in reversed(target.__mro__)
+        ]
+    else:
+        scopes = [(getattr(target, "__globals__", {}), None, target)]
+    out: dict[str, Any] = {}
+    for globalns, localns, owner in scopes:
+        try:
+            annotations = inspect.get_annotations(owner)
+        except TypeError:  # not a class, module or function (a callable object)
+            annotations = getattr(owner, "__annotations__", None) or {}
+        for name, annotation in annotations.items():
+            if isinstance(annotation, typing.ForwardRef):  # TypedDict keeps its strings so
+                annotation = annotation.__forward_arg__
+            if not isinstance(annotation, str):
+                out[name] = annotation
+                continue
+            try:
+                out[name] = eval(annotation, dict(globalns), localns)  # what get_type_hints does with a string
+            except _UNRESOLVABLE:
+                out.pop(name, None)
+    return out
 
 
 def return_type(fn: Any) -> Any:

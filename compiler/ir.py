@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from graphserve.errors import Location
+from graphserve.plan import SLOPlan
 
 from .digraph import DiGraph
 
@@ -128,6 +129,7 @@ class GraphIR:
     route_prefix: str | None = None
     location: Location | None = None
     raw_ingress: bool = False  # app without an InputNode: the ingress gets the request itself
+    slo: SLOPlan | None = None  # the app's latency objective (planned by compiler/slo.py)
 
     def node(self, node_id: str) -> IRNode:
         data: IRNode = self.dag.nodes[node_id]["ir"]

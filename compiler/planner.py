@@ -18,16 +18,20 @@ Decides, in this order:
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from graphserve.dsl import batch_config
+from pydantic import ValidationError as PydanticValidationError
+
+from graphserve.dsl import batch_config, batch_explicit
 from graphserve.errors import Diagnostic, GraphValidationError, PlanError
 from graphserve.plan import (
     ArgPlan,
     BatchingPlan,
     BranchPlan,
+    ClusterNodePlan,
     ClusterPlan,
     ConstValue,
     DeploymentPlan,
@@ -42,6 +46,7 @@ from graphserve.plan import (
     StructValue,
     import_path_of,
 )
+from graphserve.resources import Capacity, shortfalls
 
 from . import edgetypes
 from .codes import Code
@@ -75,12 +80,17 @@ def detect_cluster() -> ClusterPlan:
 
 
 def parse_cluster(cluster: Cluster | str) -> ClusterPlan | None:
-    """``{"cpus": 8, "gpus": 2}``, ``"cpus=8,gpus=2"``, ``"detect"``, or None (no check)."""
+    """``{"cpus": 8, "gpus": 2}``, ``"cpus=8,gpus=2"``, ``"nodes=FILE"``, ``"detect"``, or None (no check).
+
+    A nodes file is JSON: ``{"nodes": [{"name": "a", "cpus": 16, "gpus": 2, "address": "10.0.0.5",
+    "labels": {"zone": "x"}}, ...]}`` (or the list alone); the cluster is their sum."""
     if cluster is None:
         return None
     if isinstance(cluster, str):
         if cluster == "detect":
             return detect_cluster()
+        if cluster.strip().startswith("nodes="):
+            return _read_nodes(cluster.strip()[len("nodes=") :])
         parsed: dict[str, float] = {}
         for part in filter(None, (p.strip() for p in cluster.split(","))):
             key, _, value = part.partition("=")
@@ -88,8 +98,31 @@ def parse_cluster(cluster: Cluster | str) -> ClusterPlan | None:
         cluster = parsed
     unknown = set(cluster) - {"cpus", "gpus"}
     if unknown:
-        raise ValueError(f"unknown cluster keys {sorted(unknown)}: expected cpus and gpus")
+        raise ValueError(f"unknown cluster keys {sorted(unknown)}: expected cpus and gpus, or nodes=FILE")
     return ClusterPlan(cpus=float(cluster.get("cpus", 0)), gpus=float(cluster.get("gpus", 0)), source="given")
+
+
+def _read_nodes(path: str) -> ClusterPlan:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read nodes file {path!r}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"nodes file {path!r} is not JSON: {exc}") from None
+    items = data.get("nodes") if isinstance(data, dict) else data
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"nodes file {path!r} must hold a non-empty list of nodes (name, cpus, gpus)")
+    try:
+        nodes = [ClusterNodePlan.model_validate(item) for item in items]
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"nodes file {path!r}: {where}: {first['msg']}") from None
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"nodes file {path!r} names a node twice: {sorted(names)}")
+    return ClusterPlan(cpus=sum(n.cpus for n in nodes), gpus=sum(n.gpus for n in nodes), source="given", nodes=nodes)
 
 
 class _Planner:
@@ -245,7 +278,30 @@ class _Planner:
             handles=sorted(self.ir.handles.successors(dep.name)),
             route_prefix=options.get("route_prefix"),
             location=str(dep.location) if dep.location else None,
+            user_set=self.user_set(dep),
         )
+
+    def user_set(self, dep: IRDeployment) -> list[str]:
+        """The tunables the user wrote: the SLO planner keeps them."""
+        options = dep.options
+        actor = options.get("ray_actor_options") or {}
+        written = set()
+        if isinstance(options.get("num_replicas"), int) and not isinstance(options.get("num_replicas"), bool):
+            written.add("num_replicas")
+        for key in ("max_ongoing_requests", "max_queued_requests"):
+            if key in options:
+                written.add(key)
+        if "max_concurrent_queries" in options:
+            written.add("max_ongoing_requests")
+        for key in ("num_cpus", "num_gpus"):
+            if key in options or key in actor:
+                written.add(key)
+        members = [(dep.name, dep.target)] if dep.is_function else inspect.getmembers(dep.target)
+        for name, member in members:
+            if batch_config(member) is not None:
+                method = "__call__" if dep.is_function else name
+                written.update(f"{method}.{key}" for key in batch_explicit(member))
+        return sorted(written)
 
     def batching(self, dep: IRDeployment) -> list[BatchingPlan]:
         members = [(dep.name, dep.target)] if dep.is_function else inspect.getmembers(dep.target)
@@ -253,7 +309,8 @@ class _Planner:
         for name, member in members:
             config = batch_config(member)
             if config is not None:
-                out.append(BatchingPlan(method="__call__" if dep.is_function else name, **config))
+                adaptive = bool(config.pop("adaptive", False))
+                out.append(BatchingPlan(method="__call__" if dep.is_function else name, adaptive=adaptive, **config))
         return out
 
     def replicas(self, deployments: list[DeploymentPlan]) -> list[ReplicaPlan]:
@@ -269,28 +326,18 @@ class _Planner:
         return replicas
 
     def check_feasible(self, deployments: list[DeploymentPlan]) -> None:
-        assert self.cluster is not None
-        for resource, total in (("cpus", self.cluster.cpus), ("gpus", self.cluster.gpus)):
-            field = "num_" + resource
-            wanted = {d.name: d.num_replicas * getattr(d.resources, field) for d in deployments}
-            asked = sum(wanted.values())
-            if asked <= total + 1e-9:
-                continue
-            for d in deployments:
-                if wanted[d.name] <= 0:
-                    continue
-                dep = self.ir.deployments[d.name]
-                self.errors.append(
-                    Diagnostic(
-                        Code.INFEASIBLE,
-                        f"{d.name} needs {wanted[d.name]:g} {resource} ({d.num_replicas} replica(s) x "
-                        f"{getattr(d.resources, field):g}); the graph asks {asked:g} {resource} in all but the cluster "
-                        f"({self.cluster.source}) has {total:g}: short by {asked - total:g}",
-                        d.name,
-                        dep.location,
-                        f"lower num_replicas or {field}, or plan for a bigger cluster (--cluster {resource}=N)",
-                    )
-                )
+        """GS201 (``graphserve/resources.py``, the rule the Ray backend checks too) for the planned cluster."""
+        cluster = self.cluster
+        if cluster is None:
+            return
+        capacity = Capacity(
+            cpus=cluster.cpus,
+            gpus=cluster.gpus,
+            name=f"the cluster ({cluster.source})",
+            remedy="plan for a bigger cluster (--cluster {resource}=N)",
+        )
+        locations = {d.name: self.ir.deployments[d.name].location for d in deployments}
+        self.errors += shortfalls(deployments, capacity, locations)
 
     # -- the plan ----------------------------------------------------------------------
     def run(self) -> Plan:
@@ -323,6 +370,7 @@ class _Planner:
             stages=[waves[k] for k in sorted(waves)],
             replicas=replicas,
             cluster=self.cluster,
+            slo=self.ir.slo,
             warnings=[
                 DiagnosticPlan(
                     code=w.code,

@@ -10,7 +10,13 @@ A pure function of the Plan, deterministic (same plan, same bytes). What the dra
 * stages as clusters (``cluster_stage_N``), in order;
 * edges labelled with the producer's type; switch branch edges name their case;
 * guarded (conditional) edges dashed: an edge runs only under some switch outcomes when
-  its producer or its consumer has a guard; guarded nodes say when they run.
+  its producer or its consumer has a guard; guarded nodes say when they run;
+* stable SVG ids: node ``X`` is ``<g id="node:X">``, the edge from ``A`` to ``B`` is
+  ``<g id="edge:A->B">`` (what the live page at ``/-/`` looks nodes up by).
+
+``figures=True`` (the live page's drawing) adds :data:`FIGURE_LINES` placeholder lines
+at the end of each deployment node's label, sized for the live figures the page
+writes into them.
 """
 
 from __future__ import annotations
@@ -26,6 +32,13 @@ from graphserve.plan import GuardTerm, NodePlan, NodeRef, Plan, StructValue
 FORMATS = ("dot", "svg", "png")
 INSTALL_HINT = "install Graphviz: `apt-get install graphviz` (or `brew install graphviz`), or run `make setup`"
 _DOT_TIMEOUT_S = 120.0
+#: Placeholder lines (as wide as the figures the live page writes there) ending each
+#: deployment node's label when drawn with ``figures=True``; the page replaces their text.
+FIGURE_LINES = (
+    "0000000 calls, 0000.0 req/s",
+    "p50 000.00 ms, p99 000.00 ms",
+    "errors 00000, batch 000.0, queue 0000, busy 00/00",
+)
 
 _STYLE: dict[str, dict[str, str]] = {
     "input": {"shape": "invhouse", "style": "filled", "fillcolor": "#cfe2f3", "color": "#3d85c6"},
@@ -51,8 +64,18 @@ def guard_label(plan: Plan, guard: list[list[GuardTerm]] | None) -> str:
     return " or ".join(" and ".join(f"{t.switch}={_arm(plan, t)}" for t in conj) for conj in guard)
 
 
-def to_dot(plan: Plan) -> str:
-    """The plan as DOT text."""
+def node_svg_id(node_id: str) -> str:
+    """The ``id`` of a node's ``<g>`` element in the SVG."""
+    return f"node:{node_id}"
+
+
+def edge_svg_id(source: str, target: str) -> str:
+    """The ``id`` of an edge's ``<g>`` element in the SVG."""
+    return f"edge:{source}->{target}"
+
+
+def to_dot(plan: Plan, figures: bool = False) -> str:
+    """The plan as DOT text (``figures``: with the live page's placeholder lines)."""
     lines = [
         f"digraph {_q(plan.name)} {{",
         f"  graph [label={_q(_graph_label(plan))}, labelloc=t, fontname=Helvetica, rankdir=TB, "
@@ -67,7 +90,7 @@ def to_dot(plan: Plan) -> str:
         lines.append(f"  subgraph cluster_stage_{stage} {{")
         lines.append(f'    id="stage-{stage}"; label="stage {stage}"; style="rounded,dashed"; color="#bbbbbb";')
         for node in by_stage[stage]:
-            lines.append("    " + _node_line(plan, node))
+            lines.append("    " + _node_line(plan, node, figures))
         lines.append("  }")
     known = {n.id for n in plan.nodes}
     for node in plan.nodes:
@@ -79,17 +102,20 @@ def to_dot(plan: Plan) -> str:
             if producer.guard is not None or node.guard is not None:
                 attrs["style"] = "dashed"
                 attrs["class"] = "guarded"
+            attrs["id"] = edge_svg_id(source, node.id)
             lines.append(f"  {_q(source)} -> {_q(node.id)} [{_attrs(attrs)}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def render(plan: Plan, fmt: str = "svg") -> bytes:
-    """The drawing in ``fmt`` (dot, svg or png); svg and png run Graphviz's ``dot``."""
+def render(plan: Plan, fmt: str = "svg", figures: bool = False) -> bytes:
+    """The drawing in ``fmt`` (dot, svg or png); svg and png run Graphviz's ``dot``.
+
+    ``figures``: room for live figures in deployment nodes (see :data:`FIGURE_LINES`)."""
     fmt = fmt.lower().lstrip(".")
     if fmt not in FORMATS:
         raise GraphError(f"cannot draw a graph as {fmt!r}: the formats are {', '.join(FORMATS)}")
-    text = to_dot(plan)
+    text = to_dot(plan, figures)
     if fmt == "dot":
         return text.encode("utf-8")
     binary = shutil.which("dot")
@@ -132,10 +158,14 @@ def _graph_label(plan: Plan) -> str:
         parts.append(f"timeout {plan.timeout_s:g}s")
     if plan.cluster is not None:
         parts.append(f"cluster {plan.cluster.cpus:g} cpus, {plan.cluster.gpus:g} gpus ({plan.cluster.source})")
+    if plan.slo is not None:
+        parts.append(f"SLO p99 {plan.slo.p99_s * 1000:g} ms at {plan.slo.rate_rps:g} req/s")
+    if plan.prediction is not None:
+        parts.append(f"predicted p50 {plan.prediction.p50_s * 1000:.1f} ms, p99 {plan.prediction.p99_s * 1000:.1f} ms")
     return " | ".join(parts)
 
 
-def _node_line(plan: Plan, node: NodePlan) -> str:
+def _node_line(plan: Plan, node: NodePlan, figures: bool = False) -> str:
     kind = node_kind(node)
     lines = [node.id]
     tooltip = [f"{kind} node {node.id} (stage {node.stage})"]
@@ -155,6 +185,14 @@ def _node_line(plan: Plan, node: NodePlan) -> str:
                         f"batch<={b.max_batch_size} wait={b.batch_wait_timeout_s:g}s x{b.max_concurrent_batches}"
                     )
             tooltip.append(f"{dep.import_path}, max_ongoing_requests={dep.max_ongoing_requests}")
+            planned = sorted(c.field for c in dep.choices if c.source == "planned")
+            if planned:
+                lines.append("planned: " + ", ".join(planned))
+            if dep.reason:
+                tooltip.append(dep.reason)
+        if node.predicted is not None:
+            budget = f" of {node.latency_budget_s * 1000:.1f}" if node.latency_budget_s is not None else ""
+            lines.append(f"predicted p99 {node.predicted.p99_s * 1000:.1f}{budget} ms")
     elif kind == "glue":
         lines.append(f"glue {(node.function or '').rpartition(':')[2]}")
         tooltip.append(node.function or "")
@@ -171,7 +209,10 @@ def _node_line(plan: Plan, node: NodePlan) -> str:
     if guard:
         lines.append(f"if {guard}")
         tooltip.append(f"runs if {guard}")
+    if figures and kind == "deployment":
+        lines.extend(FIGURE_LINES)
     attrs = dict(_STYLE[kind])
+    attrs["id"] = node_svg_id(node.id)
     if node.guard is not None:
         attrs["style"] += ",dashed"
     attrs["label"] = "\n".join(lines)

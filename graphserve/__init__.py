@@ -36,7 +36,7 @@ if TYPE_CHECKING:
         list_deployments,
         start,
     )
-    from graphserve.dsl import App, InputNode, cond, glue, graph, switch
+    from graphserve.dsl import SLO, App, InputNode, cond, glue, graph, switch
     from graphserve.errors import (
         DeadlineExceededError,
         DeploymentStartError,
@@ -74,7 +74,7 @@ _EXPORTS = {
         ),
         "graphserve.compat",
     ),
-    **dict.fromkeys(("App", "InputNode", "cond", "glue", "graph", "switch"), "graphserve.dsl"),
+    **dict.fromkeys(("App", "InputNode", "SLO", "cond", "glue", "graph", "switch"), "graphserve.dsl"),
     **dict.fromkeys(
         (
             "DeadlineExceededError",
@@ -97,6 +97,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "SLO",
     "App",
     "DeadlineExceededError",
     "Deployment",

@@ -24,11 +24,12 @@ def build(app: Any, cluster: Any = None) -> Any:
     """Validate and plan ``app``; returns a :class:`graphserve.compiler.Plan`.
 
     ``cluster`` ({"cpus": 8, "gpus": 2}, "cpus=8,gpus=2" or "detect") makes infeasible
-    placements errors; None checks no resources.
+    placements errors; None checks no resources. An app with a ``gs.SLO`` is planned for it
+    (batch sizes, waits, replicas, placement) from its profile.
     """
-    from graphserve.compiler import compile_app
+    from graphserve.targets import load_plan
 
-    return compile_app(app, cluster=cluster)
+    return load_plan(app, cluster)
 
 
 class GraphHandle:
@@ -125,14 +126,14 @@ class GraphHandle:
         if self._stopped:
             coro.close()
             raise GraphError(f"graph {self.plan.name!r} was shut down")
-        if _running_loop() is self._loop:
-            return DeploymentResponse(self._loop.create_task(coro), self._loop)
-        return DeploymentResponse(asyncio.run_coroutine_threadsafe(coro, self._loop), self._loop)
+        return DeploymentResponse.start(coro, self._loop)
 
     # -- graphserve's -----------------------------------------------------------------------------
     def call(self, request: Any = None, timeout_s: float | None = None) -> Any:
         """Run the graph for ``request`` and wait for its output (from blocking code)."""
-        if _running_loop() is self._loop:
+        from graphserve.runtime.background_loop import running_loop
+
+        if running_loop() is self._loop:
             raise GraphError("handle.call() would block the loop the graph runs on; use `await handle.remote(...)`")
         return self._start(self.runtime.execute(request, timeout_s)).result()
 
@@ -164,13 +165,6 @@ def ingress_deployment(plan: Any) -> str | None:
         if node.kind == "call" and node.deployment and any(getattr(a, "node", None) == plan.input for a in node.args):
             return str(node.deployment)
     return None
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def run(

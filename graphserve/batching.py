@@ -14,9 +14,11 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from graphserve.dsl import BATCH_ATTR, batch_config
+from graphserve.dsl import BATCH_ATTR, BATCH_EXPLICIT_ATTR, batch_config
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULTS: dict[str, Any] = {"max_batch_size": 10, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1}
 
 
 def unbatched(fn: Any) -> Callable[..., Any] | None:
@@ -37,25 +39,37 @@ def batch(_fn: F) -> F: ...
 def batch(
     _fn: None = None,
     *,
-    max_batch_size: int = 10,
-    batch_wait_timeout_s: float = 0.01,
-    max_concurrent_batches: int = 1,
+    max_batch_size: int | None = None,
+    batch_wait_timeout_s: float | None = None,
+    max_concurrent_batches: int | None = None,
+    adaptive: bool | None = None,
 ) -> Callable[[F], F]: ...
 
 
 def batch(
     _fn: Any = None,
     *,
-    max_batch_size: int = 10,
-    batch_wait_timeout_s: float = 0.01,
-    max_concurrent_batches: int = 1,
+    max_batch_size: int | None = None,
+    batch_wait_timeout_s: float | None = None,
+    max_concurrent_batches: int | None = None,
+    adaptive: bool | None = None,
 ) -> Any:
-    """Batch calls to an async method: bare ``@gs.batch`` or ``@gs.batch(max_batch_size=32)``."""
-    config = {
+    """Batch calls to an async method: bare ``@gs.batch`` or ``@gs.batch(max_batch_size=32)``.
+
+    Options left out take the defaults (10 items, 10 ms, one batch at a time); in an app with an
+    SLO the planner chooses them instead, and keeps the ones written here. ``adaptive=True`` lets
+    the batcher shrink its size limit and wait at run time to stay inside the node's latency
+    budget (on by default for batch sizes the planner chose; ``adaptive=False`` turns it off)."""
+    given = {
         "max_batch_size": max_batch_size,
         "batch_wait_timeout_s": batch_wait_timeout_s,
         "max_concurrent_batches": max_concurrent_batches,
     }
+    explicit = sorted(k for k, v in given.items() if v is not None)
+    config: dict[str, Any] = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
+    if adaptive is not None:
+        config["adaptive"] = adaptive
+        explicit.append("adaptive")
 
     def wrap(fn: Any) -> Any:
         params = list(inspect.signature(fn).parameters)
@@ -75,6 +89,7 @@ def batch(
             return await batcher.submit(*args, **kwargs)
 
         setattr(wrapper, BATCH_ATTR, dict(config))
+        setattr(wrapper, BATCH_EXPLICIT_ATTR, list(explicit))
         return wrapper
 
     if _fn is not None:

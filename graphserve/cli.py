@@ -7,14 +7,12 @@
     graphserve profile module:app --requests requests.jsonl [-o profile.json]
     graphserve simulate plan.json --profile profile.json --rate 100 [--json]
 
-``profile`` and ``simulate`` live in :mod:`graphserve.profile_cli`.
-
 Every command reads its target with the one plan loader (:func:`graphserve.targets.load_plan`)
 and reports a failure with the one error printer (:func:`report`): every diagnostic of an
 invalid graph with its file:line, else ``error: <message>``, never a traceback. Every
 handler returns the exit status: 0 on success, 1 when the graph or the request failed,
 2 for bad command-line usage. What a command needs (the compiler, the runtime, rich) is
-imported when it runs.
+imported when it runs; ``profile`` and ``simulate`` live in :mod:`graphserve.profile_cli`.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graphserve.errors import GraphError, GraphValidationError, RequestError
+from graphserve.runtime import http_defaults
 
 if TYPE_CHECKING:
     from graphserve.plan import Plan
@@ -44,14 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     build = commands.add_parser("build", help="validate and plan a graph; print a summary")
-    build.add_argument("target", help="module:app or path/to/file.py:app")
+    build.add_argument(
+        "target", nargs="?", help="module:app or path/to/file.py:app (with --from-metrics: default the served plan)"
+    )
     build.add_argument("-o", "--output", help="write the plan as JSON to this file")
     build.add_argument("--render", metavar="FILE", help="also draw the graph (.svg, .png or .dot)")
     build.add_argument(
         "--cluster",
         default="detect",
-        help="cluster to place replicas on: 'cpus=8,gpus=2', 'detect' (this machine; default) or 'none' (no check)",
+        help="cluster to place replicas on: 'cpus=8,gpus=2', 'nodes=FILE' (JSON list of nodes: name, cpus, gpus, "
+        "address, labels), 'detect' (this machine; default) or 'none' (no check)",
     )
+    build.add_argument("--slo-p99-ms", type=float, help="plan for this p99 latency (ms) at --rate")
+    build.add_argument("--rate", type=float, help="requests per second the SLO must hold at")
+    build.add_argument("--profile", help="profile.json from `graphserve profile` (else measured with --requests)")
+    build.add_argument("--requests", help="JSON Lines sample requests to profile with when no --profile is given")
+    build.add_argument(
+        "--from-metrics",
+        metavar="URL",
+        help="re-plan for what the server at URL measured (its observed rate; its plan's SLO p99) "
+        "from --profile or --requests",
+    )
+    build.add_argument("--graph", help="with --from-metrics: the served graph to re-plan (default: the only one)")
     build.set_defaults(handler=build_command)
 
     render = commands.add_parser("render", help="draw a graph with graphviz")
@@ -65,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("targets", nargs="+", help="module:app or plan.json (one or more)")
     deploy.add_argument("--backend", choices=("local", "ray"), default="local")
     deploy.add_argument("--address", default=None, help="Ray cluster address (ray backend)")
-    deploy.add_argument("--host", default="127.0.0.1")
-    deploy.add_argument("--port", type=int, default=8000)
+    deploy.add_argument("--host", default=http_defaults.HOST)
+    deploy.add_argument("--port", type=int, default=http_defaults.PORT)
     deploy.add_argument(
         "--token",
         default=None,
@@ -74,7 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("--timeout-s", type=float, default=None, help="deadline for graphs that set none")
     deploy.add_argument(
-        "--max-body-bytes", type=int, default=None, help="largest accepted request body (default: the server's, 16 MiB)"
+        "--max-body-bytes",
+        type=int,
+        default=None,  # the server's: one constant
+        help=f"largest accepted request body (default {http_defaults.mib(http_defaults.MAX_BODY_BYTES)})",
+    )
+    deploy.add_argument(
+        "--drift-window-s",
+        type=float,
+        default=None,
+        help="how long a graph planned for an SLO must leave its planned rate or p99 to count as drift (default 30)",
     )
     deploy.add_argument(
         "--cluster",
@@ -163,12 +185,28 @@ def simulate_command(args: argparse.Namespace) -> int:
 # -- build / render --------------------------------------------------------------------
 def build_command(args: argparse.Namespace) -> int:
     """Validate and plan ``args.target``; print the summary; write ``-o`` / ``--render``."""
-    from graphserve.build_summary import console, print_summary
+    from graphserve.build_summary import console, print_slo, print_summary
 
-    plan = _load_plan(args.target, args.cluster)
-    if isinstance(plan, int):
-        return plan
+    if args.from_metrics is not None:
+        replanned = _replan_from_metrics(args)
+        if isinstance(replanned, int):
+            return replanned
+        plan = replanned
+    elif args.target is None:
+        print("error: build needs a TARGET (or --from-metrics URL)", file=sys.stderr)
+        return 2
+    else:
+        loaded = _load_plan(args.target, args.cluster)
+        if isinstance(loaded, int):
+            return loaded
+        plan = loaded
+    if args.from_metrics is None and (args.slo_p99_ms is not None or args.rate is not None):
+        planned = _plan_slo(plan, args)
+        if isinstance(planned, int):
+            return planned
+        plan = planned
     print_summary(plan, console())
+    print_slo(plan, console())
     if args.output:
         from graphserve.compiler.codes import Code
 
@@ -188,6 +226,53 @@ def build_command(args: argparse.Namespace) -> int:
         if status:
             return status
     return 0
+
+
+def _replan_from_metrics(args: argparse.Namespace) -> Plan | int:
+    """``--from-metrics URL``: the SLO planner's plan for the rate the server measured."""
+    from graphserve.replan import read_server
+
+    try:
+        measured = read_server(args.from_metrics, args.graph)
+    except GraphError as exc:
+        report(exc)
+        return 1
+    plan = measured.plan
+    if args.target is not None:  # the graph's code as it is now, planned for what was measured
+        loaded = _load_plan(args.target, args.cluster)
+        if isinstance(loaded, int):
+            return loaded
+        plan = loaded
+    print(
+        f"measured at {args.from_metrics}: {measured.rate_rps:.1f} req/s, p99 {measured.p99_s * 1000:.1f} ms "
+        f"(planned for {measured.slo.rate_rps:g} req/s, p99 {measured.slo.p99_s * 1000:g} ms)"
+    )
+    if args.rate is None:
+        args.rate = round(measured.rate_rps, 3)
+    if args.slo_p99_ms is None:
+        args.slo_p99_ms = measured.slo.p99_s * 1000
+    return _plan_slo(plan, args)
+
+
+def _plan_slo(plan: Plan, args: argparse.Namespace) -> Plan | int:
+    """``--slo-p99-ms``/``--rate``: the SLO planner's plan, or the exit status with the error reported."""
+    from graphserve.plan import SLOPlan
+    from graphserve.planning import batch_sizes, plan_for_slo
+
+    if args.slo_p99_ms is None or args.rate is None or not args.slo_p99_ms > 0 or not args.rate > 0:
+        print("error: --slo-p99-ms and --rate go together, both positive numbers", file=sys.stderr)
+        return 2
+    try:
+        slo = SLOPlan(p99_s=args.slo_p99_ms / 1000, rate_rps=args.rate)
+        profile: Any = args.profile
+        if profile is None and args.requests is not None:  # profile first
+            from graphserve.profiling import profile as measure
+
+            profile = measure(plan, args.requests, duration_s=10.0, batch_sizes=batch_sizes(plan))
+        return plan_for_slo(plan, slo, profile=profile)
+    except GraphError as exc:
+        report(exc)
+        return 1
 
 
 def render_command(args: argparse.Namespace) -> int:
@@ -224,7 +309,7 @@ def deploy_command(args: argparse.Namespace) -> int:
         "cluster": getattr(args, "cluster", None) or ("detect" if backend == "local" else None),
         "on_ready": _announce,
     }
-    for name in ("timeout_s", "max_body_bytes", "max_in_flight", "shutdown_timeout_s"):
+    for name in ("timeout_s", "max_body_bytes", "max_in_flight", "shutdown_timeout_s", "drift_window_s"):
         value = getattr(args, name, None)
         if value is not None:
             options[name] = value
@@ -235,8 +320,8 @@ def deploy_command(args: argparse.Namespace) -> int:
     try:
         serve(
             getattr(args, "targets", None) or getattr(args, "target", None),
-            host=getattr(args, "host", None) or "127.0.0.1",
-            port=8000 if port is None else int(port),
+            host=getattr(args, "host", None) or http_defaults.HOST,
+            port=http_defaults.PORT if port is None else int(port),
             backend=backend,
             token=getattr(args, "token", None),
             **options,
@@ -252,6 +337,7 @@ def _announce(server: Server) -> None:
     for name, url in server.routes.items():
         print(f"graphserve: graph {name!r} at POST {url}", flush=True)
     print(f"graphserve: ready at {server.url} (metrics at {server.url}/-/metrics)", flush=True)
+    print(f"graphserve: see the graphs run at {server.page_url}", flush=True)
 
 
 # -- call --------------------------------------------------------------------------------

@@ -326,7 +326,7 @@ class _Profiler:
         backend = self.runtime.backend
         if not isinstance(backend, LocalBackend):  # pragma: no cover - profile() starts a local runtime
             raise ProfileError("profiling needs the local runtime")
-        return backend.sets[deployment].replicas[0]
+        return backend.routers[deployment].replicas[0]
 
     def _is_async(self, node: Any) -> bool:
         _, is_async = self._replica(node.deployment).method(node.method or "__call__")

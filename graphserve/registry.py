@@ -43,8 +43,6 @@ logger = logging.getLogger("graphserve.registry")
 PORT_ENV = "GRAPHSERVE_HTTP_PORT"
 HOST_ENV = "GRAPHSERVE_HTTP_HOST"
 TOKEN_ENV = "GRAPHSERVE_TOKEN"
-DEFAULT_PORT = 8000
-STARTUP_TIMEOUT_S = 600.0  # constructors (model loading) may take a while; never forever
 SERVER_TIMEOUT_S = 60.0
 
 
@@ -165,9 +163,11 @@ def start_server(http: dict[str, Any]) -> Server | None:
 
 
 def _env_port() -> int:
+    from graphserve.runtime import http_defaults
+
     text = os.environ.get(PORT_ENV, "").strip()
     if not text:
-        return DEFAULT_PORT
+        return http_defaults.PORT
     try:
         port = int(text)
     except ValueError:
@@ -179,10 +179,11 @@ def _env_port() -> int:
 
 def _new_server(http: dict[str, Any], explicit: bool) -> Server:
     """Start the process-wide server (under ``_LOCK``)."""
+    from graphserve.runtime import http_defaults
     from graphserve.runtime.http_server import Server
     from graphserve.runtime.ingress import Ingress
 
-    host = str(http.get("host") or os.environ.get(HOST_ENV) or "127.0.0.1")
+    host = str(http.get("host") or os.environ.get(HOST_ENV) or http_defaults.HOST)
     port = int(http["port"]) if "port" in http else _env_port()
     ingress = Ingress(
         [],
@@ -194,12 +195,13 @@ def _new_server(http: dict[str, Any], explicit: bool) -> Server:
     server = Server(ingress, host, port)  # binds now: a busy port is a GraphError here
     server.start(timeout=SERVER_TIMEOUT_S)
     _STATE.server, _STATE.explicit = server, explicit
-    logger.info("graphserve: HTTP server at %s", server.url)
+    logger.info("graphserve: HTTP server at %s (live graph page at %s)", server.url, server.page_url)
     return server
 
 
-def default_render(plan: Plan, fmt: str) -> bytes | str:
-    """Draw ``plan`` with ``graphserve.compiler.render`` (graphviz), imported when first asked for.
+def default_render(plan: Plan, fmt: str, *, figures: bool = False) -> bytes | str:
+    """Draw ``plan`` with ``graphserve.compiler.render`` (graphviz), imported when first asked for;
+    ``figures``: with room for the live page's figures in each deployment node.
 
     What every server of this package draws ``/-/graphs/<name>.svg`` with.
     """
@@ -208,19 +210,12 @@ def default_render(plan: Plan, fmt: str) -> bytes | str:
     except ImportError as exc:
         raise GraphError(f"graph rendering is not available: {exc}") from exc
     try:
-        drawing: bytes | str = render(plan, fmt)
+        drawing: bytes | str = render(plan, fmt, figures=figures)
     except GraphError:
         raise
     except Exception as exc:  # graphviz missing, or its `dot` binary
         raise GraphError(f"cannot render graph {plan.name!r} as {fmt}: {type(exc).__name__}: {exc}") from exc
     return drawing
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def serve_plan(
@@ -234,13 +229,15 @@ def serve_plan(
     """
     if route_prefix is not None and not (isinstance(route_prefix, str) and route_prefix.startswith("/")):
         raise GraphError(f"route_prefix={route_prefix!r} is invalid: expected a path starting with '/'")
+    from graphserve.runtime.background_loop import running_loop
+
     path = route_prefix or plan.route_prefix or "/"
     name = plan.name
     # The lock is never held while waiting on the server's loop: constructors running there
     # may call back in here (a 1.x deployment's __init__ calling other.get_handle()).
     with _LOCK:
         server = _STATE.server
-        if server is not None and server.ingress.loop is _running_loop():
+        if server is not None and server.ingress.loop is running_loop():
             raise GraphError(f"cannot deploy {name!r} from inside a deployment (the server's own event loop)")
         old = _STATE.served.pop(name, None)
         if server is None:
@@ -260,6 +257,7 @@ def serve_plan(
 def _add_app(
     server: Server, plan: Plan, path: str, backend: str, backend_options: dict[str, Any], attach: Attach[App]
 ) -> App:
+    from graphserve.runtime import http_defaults
     from graphserve.runtime.running_graph import GraphRuntime
 
     name = plan.name
@@ -268,9 +266,9 @@ def _add_app(
         raise GraphError("the HTTP server has no event loop")
     runtime = GraphRuntime(plan, backend=backend, metrics=ingress.metrics, **backend_options)
     try:
-        asyncio.run_coroutine_threadsafe(ingress.add_graph(runtime, path), loop).result(STARTUP_TIMEOUT_S)
+        asyncio.run_coroutine_threadsafe(ingress.add_graph(runtime, path), loop).result(http_defaults.STARTUP_TIMEOUT_S)
     except TimeoutError:
-        raise GraphError(f"app {name!r} did not start within {STARTUP_TIMEOUT_S:g}s") from None
+        raise GraphError(f"app {name!r} did not start within {http_defaults.STARTUP_TIMEOUT_S:g}s") from None
     except RouteConflictError as exc:
         hint = "give this app another route_prefix=..., or run it under the same name= to replace the other"
         raise RouteConflictError(f"{exc}; {hint}", exc.path) from None

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from graphserve.errors import GraphError
 from graphserve.registry import TOKEN_ENV, default_render
+from graphserve.runtime import http_defaults
+from graphserve.runtime.http_defaults import MAX_BODY_BYTES, SHUTDOWN_TIMEOUT_S, STARTUP_TIMEOUT_S, mib
 from graphserve.targets import load_plan
 
 if TYPE_CHECKING:
@@ -31,29 +33,32 @@ if TYPE_CHECKING:
     from graphserve.runtime.http_server import Server
 
 _SERVER_OPTIONS = {
-    "shutdown_timeout_s": "how long in-flight requests may take to finish on shutdown (default 30)",
+    "shutdown_timeout_s": f"how long in-flight requests may finish on shutdown (default {SHUTDOWN_TIMEOUT_S:g})",
     "access_log": "log every request (uvicorn's access log; off by default)",
     "on_ready": "called with the Server once it accepts connections",
 }
 _INGRESS_OPTIONS = {
-    "max_body_bytes": "largest accepted request body (413 above; default 16 MiB)",
+    "max_body_bytes": f"largest accepted request body (413 above; default {mib(MAX_BODY_BYTES)})",
     "max_in_flight": "requests one graph answers at once before answering 503 (default unbounded)",
     "timeout_s": "deadline for graphs that set no timeout_s of their own (504 past it)",
-    "render": "render(plan, format) -> bytes for /-/graphs/<name>.svg (default: graphserve.compiler.render)",
+    "drift_window_s": "how long a graph planned for an SLO must differ from its plan's rate or p99 before it "
+    "counts as drift (logged, in /-/metrics; default 30)",
+    "render": "render(plan, format, figures=False) -> bytes for /-/graphs/<name>.svg (default: graphviz)",
+    "tracer_provider": "OpenTelemetry tracer provider for request and node spans (default: the process's, if set)",
 }
 _OPTIONS = {
     **_SERVER_OPTIONS,
     **_INGRESS_OPTIONS,
     "cluster": "cluster for compiling Apps ('detect' (default), 'cpus=8,gpus=1', a dict, or None)",
-    "startup_timeout_s": "how long serve(blocking=False) waits for the constructors (default 600)",
+    "startup_timeout_s": f"how long serve(blocking=False) waits for the constructors (default {STARTUP_TIMEOUT_S:g})",
     "backend_options": "keyword arguments for the backend (e.g. {'address': 'auto'} for Ray)",
 }
 
 
 def serve(
     apps: Any,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str = http_defaults.HOST,
+    port: int = http_defaults.PORT,
     backend: str = "local",
     token: str | None = None,
     blocking: bool = True,
@@ -93,7 +98,7 @@ def serve(
     if blocking:
         server.run()
     else:
-        server.start(timeout=options.get("startup_timeout_s", 600.0))
+        server.start(timeout=options.get("startup_timeout_s", STARTUP_TIMEOUT_S))
     return server
 
 

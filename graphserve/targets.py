@@ -102,8 +102,15 @@ def load_plan(target: Any, cluster: Any = "detect") -> Plan:
     try:
         cluster = cluster_option(cluster)
     except ValueError as exc:
-        raise GraphError(f"bad cluster {cluster!r}: {exc} (expected 'cpus=8,gpus=1', 'detect' or 'none')") from exc
-    return compile_app(target, cluster=cluster)
+        raise GraphError(
+            f"bad cluster {cluster!r}: {exc} (expected 'cpus=8,gpus=1', 'nodes=FILE', 'detect' or 'none')"
+        ) from exc
+    plan = compile_app(target, cluster=cluster)
+    if plan.slo is not None:  # gs.graph(..., slo=gs.SLO(...)): the planner chooses the tunables
+        from graphserve.planning import plan_app_slo
+
+        plan = plan_app_slo(target, plan, cluster)
+    return plan
 
 
 def _read_plan(path: str) -> Plan:

@@ -1,4 +1,5 @@
-"""An event loop in a background thread, for blocking callers (``gs.run(app).call(x)``)."""
+"""Event loops: one in a background thread for blocking callers (``gs.run(app).call(x)``),
+and :func:`running_loop`, the loop running in this thread if any."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None (where ``asyncio.get_running_loop`` raises).
+
+    asyncio's own ``_get_running_loop`` (exported by ``asyncio.events``, in C): no exception
+    to catch, which matters on the hot path of handle calls."""
+    return asyncio.events._get_running_loop()
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphserve.errors import GraphError
+from graphserve.plan import BatchingPlan
+
+from .adaptive import AdaptiveLimits
+from .backend import BatchLimits
+from .tracing import CURRENT
 
 BatchObserver = Callable[[str, int], None]
 
@@ -34,6 +39,7 @@ class _Pending:
     kwargs: dict[str, Any]
     future: asyncio.Future[Any]
     enqueued: float
+    span: Any  # a traced call's span or actor record (learns the batch size), else None
 
 
 class Batcher:
@@ -47,12 +53,21 @@ class Batcher:
         batch_wait_timeout_s: float = 0.01,
         max_concurrent_batches: int = 1,
         observers: list[BatchObserver] | None = None,
+        adaptive: bool = False,
+        latency_budget_s: float | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
         self.max_concurrent_batches = max_concurrent_batches
+        # adaptive: the limits follow the latency budget (runtime/adaptive.py); without a budget
+        # (no SLO planned) the planned values stay as they are
+        self.adaptive = (
+            AdaptiveLimits(max_batch_size, batch_wait_timeout_s, latency_budget_s)
+            if adaptive and latency_budget_s
+            else None
+        )
         self.observers: list[BatchObserver] = observers if observers is not None else []
         self._queue: deque[_Pending] = deque()
         self._wakeup: asyncio.Future[None] | None = None
@@ -67,12 +82,34 @@ class Batcher:
     async def submit(self, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Pending(args, kwargs, future, loop.time()))
+        self._queue.append(_Pending(args, kwargs, future, loop.time(), CURRENT.get()))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run(), name=f"batcher:{self.name}")
-        if len(self._queue) == 1 or len(self._queue) >= self.max_batch_size:
+        if len(self._queue) == 1 or len(self._queue) >= self.size_limit:
             self._notify()
         return await future
+
+    @property
+    def size_limit(self) -> int:
+        """The batch size limit now: the adaptive one, else ``max_batch_size``."""
+        return self.adaptive.limit if self.adaptive is not None else self.max_batch_size
+
+    @property
+    def wait_s(self) -> float:
+        """The batch wait now: the adaptive one, else ``batch_wait_timeout_s``."""
+        return self.adaptive.wait_s if self.adaptive is not None else self.batch_wait_timeout_s
+
+    def limits(self) -> BatchLimits:
+        """What ``/-/metrics`` shows of this batcher."""
+        return {
+            "adaptive": self.adaptive is not None,
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            "max_concurrent_batches": self.max_concurrent_batches,
+            "size_limit": self.size_limit,
+            "wait_s": round(self.wait_s, 6),
+            "latency_budget_s": self.adaptive.budget_s if self.adaptive is not None else None,
+        }
 
     def close(self) -> None:
         """Stop the batching loop; calls still queued fail instead of hanging."""
@@ -106,11 +143,11 @@ class Batcher:
             while True:
                 while not self._queue:
                     await self._wait(None)
-                remaining = self._queue[0].enqueued + self.batch_wait_timeout_s - loop.time()
-                while self._queue and len(self._queue) < self.max_batch_size and remaining > 0:
+                remaining = self._queue[0].enqueued + self.wait_s - loop.time()
+                while self._queue and len(self._queue) < self.size_limit and remaining > 0:
                     await self._wait(remaining)
                     if self._queue:
-                        remaining = self._queue[0].enqueued + self.batch_wait_timeout_s - loop.time()
+                        remaining = self._queue[0].enqueued + self.wait_s - loop.time()
                 await self._slots.acquire()
                 batch = self._take()
                 if not batch:
@@ -128,7 +165,8 @@ class Batcher:
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
-        while self._queue and len(batch) < self.max_batch_size:
+        limit = self.size_limit
+        while self._queue and len(batch) < limit:
             pending = self._queue.popleft()
             if not pending.future.done():  # skip calls cancelled while queued
                 batch.append(pending)
@@ -139,10 +177,18 @@ class Batcher:
         try:
             for observe in self.observers:
                 observe(self.name, len(batch))
+            for pending in batch:
+                if pending.span is not None:
+                    pending.span.batch_size = len(batch)
             nargs = len(batch[0].args)
             args = [[p.args[i] if i < len(p.args) else None for p in batch] for i in range(nargs)]
             kwargs = {k: [p.kwargs.get(k) for p in batch] for k in batch[0].kwargs}
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             results = await self.fn(*args, **kwargs)
+            if self.adaptive is not None:
+                now = loop.time()
+                self.adaptive.observe(len(batch), now - batch[0].enqueued, now - started)
             if not isinstance(results, (list, tuple)) or len(results) != len(batch):
                 got = f"{len(results)} results" if isinstance(results, (list, tuple)) else type(results).__name__
                 raise BatchOutputError(
@@ -174,6 +220,7 @@ def _deliver(batch: list[_Pending], results: list[Any] | tuple[Any, ...]) -> Non
 
 
 _BATCHERS_ATTR = "__gs_batchers__"
+_CONFIG_ATTR = "__gs_batch_plans__"
 _OBSERVERS_ATTR = "__gs_batch_observers__"
 
 
@@ -197,9 +244,26 @@ def get_batcher(
         if observers is None:
             observers = []
             _set(owner, _OBSERVERS_ATTR, observers)
+        planned: dict[str, BatchingPlan] = getattr(owner, _CONFIG_ATTR, None) or {}
+        chosen = planned.get(name.rsplit(".", 1)[-1]) or planned.get("__call__")
+        if chosen is not None:  # the plan's values (the SLO planner's, or a plan file's) win
+            config = chosen.model_dump(exclude={"method"})
         batcher = Batcher(fn, name, observers=observers, **config)
         batchers[name] = batcher
     return batcher
+
+
+def configure_batching(owner: Any, plans: list[BatchingPlan]) -> None:
+    """Make ``owner``'s batched methods run with the plan's values (size, wait, adaptive, budget)
+    instead of the ``@gs.batch`` decorator's."""
+    if plans:
+        _set(owner, _CONFIG_ATTR, {b.method: b for b in plans})
+
+
+def batch_limits(owner: Any) -> dict[str, BatchLimits]:
+    """The current limits of ``owner``'s batchers (``/-/metrics``)."""
+    batchers: dict[str, Batcher] = getattr(owner, _BATCHERS_ATTR, None) or _MODULE_BATCHERS.get(id(owner), {})
+    return {name: b.limits() for name, b in sorted(batchers.items())}
 
 
 def close_batchers(owner: Any) -> None:
@@ -208,6 +272,12 @@ def close_batchers(owner: Any) -> None:
     for batcher in batchers.values():
         batcher.close()
     batchers.clear()
+
+
+def limits_by_method(limits: dict[str, BatchLimits]) -> dict[str, BatchLimits]:
+    """``batch_limits(owner)`` keyed by method name alone (``Model.predict`` -> ``predict``),
+    as the live page shows a deployment's batching."""
+    return {name.rpartition(".")[2]: values for name, values in limits.items()}
 
 
 def observe_batches(owner: Any, observer: BatchObserver) -> None:

@@ -1,17 +1,33 @@
 """The executor: walks a Plan for one request (torch.fx's Interpreter, for dataflow).
 
 Evaluation is demand-driven from the output: a node is computed when a consumer
-needs it, and all inputs of a node are started together, so independent nodes run
-concurrently and a node starts as soon as its inputs are ready. A switch evaluates
+needs it, and all missing inputs of a node are started together, so independent nodes
+run concurrently and a node starts as soon as its inputs are ready. A switch evaluates
 its selector first and then *only* the selected branch: nodes that feed only untaken
 branches are never started (the plan's guards say which those are). A node read by
 several consumers is computed once per request.
 
-Fused nodes (attr, glue, switch, output) run inline; deployment calls go to the
-backend. Every failure is turned into an error that names the node:
+Each node is compiled once into an :class:`_Op` whose ``compute`` is the method for
+its kind. Deployment calls go to the backend's :meth:`~Backend.submit`, whose value
+(a result, or on a remote backend a reference) is passed on to later calls as it is;
+the nodes that look at values themselves (glue, field selection, switch selector,
+output) get them through :meth:`~Backend.fetch`. That is the one path, for every
+backend (``backend.py``).
+
+Every failure is turned into an error that names the node:
 :class:`NodeExecutionError` (500), :class:`RequestValidationError` for a request that
-lacks a field the graph selects (422), :class:`DeadlineExceededError` past the
-deadline (504), whose remaining work is cancelled.
+does not match the input schema or lacks a field the graph selects (422),
+:class:`DeadlineExceededError` past the deadline (504). A failed or late request
+cancels what it started: its tasks here, and the backend's calls (:meth:`~Backend.cancel`).
+
+A traced request (``execute(..., trace=Trace(...))``, see ``tracing.py``) walks the same
+path: a deployment call or glue gets a span from when its inputs are ready to when its
+value is (on Ray, the actor's own record of the call), fused nodes are marked when they
+produce theirs. An untraced request pays one ``trace is None`` check per node.
+
+An optional :class:`~.observer.ExecutionObserver` (``executor.observer``; the profiler
+sets one) is told every deployment call with its inputs and times and every switch's
+arm, on the same path; without one each call and switch pays one ``is None`` check.
 """
 
 from __future__ import annotations
@@ -20,8 +36,10 @@ import asyncio
 import json
 import operator
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
+
+from pydantic import ValidationError
 
 from graphserve.errors import (
     DeadlineExceededError,
@@ -33,59 +51,77 @@ from graphserve.errors import (
 from graphserve.plan import ConstValue, NodePlan, NodeRef, Plan
 
 from .backend import Backend
-from .construction import load_target
-from .metrics import Metrics
 from .observer import ExecutionObserver
+from .replica import load_target
+from .tracing import CURRENT, Trace
 
-_MISSING = object()
+Ref = tuple[bool, Any]  # (True, node id) or (False, a constant)
+Compute = Callable[["_Op", "_Run"], Coroutine[Any, Any, Any]]
 
 
 class _Run:
-    """The state of one request: computed values and in-flight shared nodes."""
+    """The state of one request: computed values, shared nodes being computed, submitted calls."""
 
-    __slots__ = ("refs", "tasks", "values")
-    refs: list[Any]  # the calls a remote backend started for this request (set only there)
+    __slots__ = ("shared", "submitted", "trace", "values")
 
-    def __init__(self, input_id: str, request: Any) -> None:
+    def __init__(self, input_id: str, request: Any, trace: Trace | None) -> None:
         self.values: dict[str, Any] = {input_id: request}
-        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.shared: dict[str, asyncio.Future[Any]] = {}  # nodes several consumers read, while computed
+        self.submitted: list[Any] = []  # values of the backend calls this request started
+        self.trace = trace
 
 
 class _Op:
-    """A node compiled for execution: its inputs as (is_node, node id or constant)."""
+    """A node compiled for execution (see the module docstring)."""
 
     __slots__ = (
-        "args",
         "arms",
+        "compute",
         "default",
         "deployment",
         "fn",
+        "form",
         "from_input",
         "id",
+        "key",
+        "keys",
         "kwargs",
         "method",
+        "needs",
         "node",
-        "run",
+        "one",
+        "positional",
+        "selector",
         "shared",
         "truthy",
     )
 
-    def __init__(self, node: NodePlan) -> None:
+    def __init__(self, node: NodePlan, compute: Compute) -> None:
         self.node = node
         self.id = node.id
-        self.args = [_ref(a) for a in node.args]
+        self.compute = compute
+        args = [_ref(a) for a in node.args]
         self.kwargs = {k: _ref(v) for k, v in node.kwargs.items()}
+        self.positional = _positional(args)
+        # the nodes this one reads before it runs (a switch reads its selector, then one arm)
+        refs = [*args, *self.kwargs.values()]
+        self.needs = tuple(dict.fromkeys(ref for is_node, ref in refs if is_node))
+        self.one = self.needs[0] if len(self.needs) == 1 else None  # the only node read (chains)
         self.shared = len(node.consumers) > 1
-        self.deployment = node.deployment
+        self.deployment = node.deployment or ""
         self.method = node.method or "__call__"
         self.fn: Any = None
-        self.arms: list[tuple[Any, tuple[bool, Any]]] = [(b.value, _ref(b.arg)) for b in node.branches]
+        self.key = node.key
+        self.from_input = False
+        self.selector = node.selector or ""
+        self.arms: list[tuple[Any, Ref]] = [(b.value, _ref(b.arg)) for b in node.branches]
         self.default = _ref(node.default) if node.default is not None else None
         self.truthy = {b.value for b in node.branches} <= {True, False} and node.default is None
-        self.from_input = False
+        self.form = node.form
+        self.keys = node.keys
 
 
-def _ref(arg: Any) -> tuple[bool, Any]:
+def _ref(arg: Any) -> Ref:
     if isinstance(arg, NodeRef):
         return True, arg.node
     if isinstance(arg, ConstValue):
@@ -93,38 +129,48 @@ def _ref(arg: Any) -> tuple[bool, Any]:
     raise GraphError(f"argument {arg!r} cannot be evaluated per request")
 
 
+def _positional(refs: list[Ref]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A function from the run's values to the positional arguments (built once per node)."""
+    if all(is_node for is_node, _ in refs):
+        ids = [ref for _, ref in refs]
+        if not ids:
+            return lambda values: ()
+        if len(ids) == 1:
+            only = ids[0]
+            return lambda values: (values[only],)
+        return operator.itemgetter(*ids)  # type: ignore[return-value]
+    return lambda values: tuple([values[ref] if is_node else ref for is_node, ref in refs])
+
+
 class GraphExecutor:
     """Executes one Plan on one backend. Safe for many concurrent requests."""
 
-    def __init__(self, plan: Plan, backend: Backend, metrics: Metrics | None = None) -> None:
+    def __init__(self, plan: Plan, backend: Backend) -> None:
         self.plan = plan
         self.backend = backend
-        self.metrics = metrics
         self.observer: ExecutionObserver | None = None  # told about every call and switch (the profiler)
         self.input_id = plan.input
         self.output_id = plan.output
-        self.ops: dict[str, _Op] = {}
-        self._schema = load_target(plan, plan.input_schema) if plan.input_schema else None
-        self._local = bool(getattr(backend, "local_values", False))  # values need no resolve()
-        # A remote backend (Ray) starts calls with submit() and returns references at once.
-        self._remote: Any = None if self._local or not hasattr(backend, "submit") else backend
-        for node in plan.nodes:
-            op = _Op(node)
-            if node.kind == "call" and node.function:
-                op.fn = load_target(plan, node.function)
-            if node.kind == "attr":
-                op.fn = operator.getitem if node.access == "item" else _getattr_or_item
-                op.from_input = op.args[0] == (True, plan.input)
-            self.ops[node.id] = op
-        self._eval_fns: dict[str, Callable[[_Op, _Run], Awaitable[Any]]] = {
-            "call": self._call,
+        self._schema = load_target(plan.resolve(plan.input_schema)) if plan.input_schema else None
+        computes: dict[str, Compute] = {  # by node kind; a call is a deployment's or glue
             "attr": self._attr,
             "switch": self._switch,
             "output": self._output,
         }
-        if self._remote is not None:
-            self._eval_fns["call"] = self._call_remote
-            self._eval_fns["output"] = self._output_remote
+        self.ops: dict[str, _Op] = {}
+        for node in plan.nodes:
+            compute: Compute
+            if node.kind == "call":
+                compute = self._glue if node.function else self._call
+            else:
+                compute = computes.get(node.kind, self._missing_node)
+            op = _Op(node, compute)
+            if node.kind == "call" and node.function:
+                op.fn = load_target(plan.resolve(node.function))
+            if node.kind == "attr":
+                op.fn = operator.getitem if node.access == "item" else _getattr_or_item
+                op.from_input = op.needs == (plan.input,)
+            self.ops[node.id] = op
 
     # -- entry -------------------------------------------------------------------------
     def validate_request(self, request: Any) -> Any:
@@ -134,136 +180,188 @@ class GraphExecutor:
             return request
         try:
             return schema.model_validate(request)
-        except Exception as exc:  # pydantic.ValidationError
-            errors = _jsonable_errors(exc.errors(include_url=False) if hasattr(exc, "errors") else [])
+        except ValidationError as exc:
+            errors = _jsonable_errors(exc.errors(include_url=False))
             detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(body)'}: {e['msg']}" for e in errors) or str(exc)
             raise RequestValidationError(f"request does not match {schema.__name__}: {detail}", errors) from None
 
-    async def execute(self, request: Any, timeout_s: float | None = None) -> Any:
+    async def execute(self, request: Any, timeout_s: float | None = None, trace: Trace | None = None) -> Any:
         """Run the graph for one request; raises a RequestError subclass on failure.
 
-        A failed or late request cancels the work it started (tasks here, and on a remote
-        backend the calls it submitted)."""
+        A failed or late request cancels the work it started (tasks here, and the
+        backend's calls it submitted). ``trace`` records the nodes that ran."""
         if timeout_s is None:
             timeout_s = self.plan.timeout_s
-        run = _Run(self.input_id, self.validate_request(request))
-        remote = self._remote
-        if remote is not None:
-            run.refs = []
+        run = _Run(self.input_id, self.validate_request(request), trace)
+        if trace is not None:
+            trace.mark(self.input_id)
         try:
             if timeout_s is None:
                 return await self._eval(self.output_id, run)
             async with asyncio.timeout(timeout_s):
                 return await self._eval(self.output_id, run)
         except BaseException as exc:
-            if remote is not None:
-                remote.cancel(run.refs)
+            self.backend.cancel(run.submitted)
             if timeout_s is not None and isinstance(exc, TimeoutError):
                 raise DeadlineExceededError(
                     f"graph {self.plan.name!r} did not answer within {timeout_s:g}s; its remaining work was cancelled"
                 ) from None
             raise
         finally:
-            for task in run.tasks.values():
-                task.cancel()
+            if run.shared:
+                for future in run.shared.values():
+                    future.cancel()  # (a no-op for those done) consumers still waiting stop too
 
     # -- evaluation ----------------------------------------------------------------------
-    async def _eval(self, node_id: str, run: _Run) -> Any:
-        value = run.values.get(node_id, _MISSING)
-        if value is not _MISSING:
-            return value
+    def _eval(self, node_id: str, run: _Run) -> Coroutine[Any, Any, Any]:
+        """What computes ``node_id`` (not yet in ``run.values``); each ``compute`` stores the
+        node's value in ``run.values`` and returns it."""
         op = self.ops[node_id]
-        if not op.shared:
-            value = await self._eval_fns[op.node.kind](op, run)
-            run.values[node_id] = value
-            return value
-        task = run.tasks.get(node_id)
-        if task is None:
-            task = asyncio.ensure_future(self._eval_fns[op.node.kind](op, run))
-            run.tasks[node_id] = task
-        value = await task
-        run.values[node_id] = value
+        if op.shared:
+            return self._shared(op, run)
+        return op.compute(op, run)
+
+    async def _shared(self, op: _Op, run: _Run) -> Any:
+        """A node several consumers read: computed once, in the task of the first to ask for
+        it (no task of its own); the others wait for its future."""
+        waiting = run.shared.get(op.id)
+        if waiting is not None:
+            return await waiting
+        future = run.shared[op.id] = asyncio.get_running_loop().create_future()
+        try:
+            value = await op.compute(op, run)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the first consumer raises it, the others may not ask
+            raise
+        future.set_result(value)
         return value
 
-    async def _gather(self, refs: list[tuple[bool, Any]], run: _Run) -> list[Any]:
-        """Values of ``refs``; unresolved node inputs are computed concurrently."""
+    def _missing(self, needs: tuple[str, ...], run: _Run) -> Awaitable[Any] | None:
+        """What computes the nodes of ``needs`` not yet in ``run.values`` (None: nothing)."""
         values = run.values
-        pending = [i for i, (is_node, ref) in enumerate(refs) if is_node and ref not in values]
-        if not pending:
-            return [values[ref] if is_node else ref for is_node, ref in refs]
-        if len(pending) == 1:
-            await self._eval(refs[pending[0]][1], run)
-        else:
-            tasks = [asyncio.ensure_future(self._eval(refs[i][1], run)) for i in pending[1:]]
-            try:
-                await self._eval(refs[pending[0]][1], run)
-                for task in tasks:
-                    await task
-            except BaseException:
-                for task in tasks:
-                    task.cancel()
-                raise
-        return [values[ref] if is_node else ref for is_node, ref in refs]
+        if len(needs) == 1:
+            return None if needs[0] in values else self._eval(needs[0], run)
+        missing = [n for n in needs if n not in values]
+        if not missing:
+            return None
+        if len(missing) == 1:
+            return self._eval(missing[0], run)
+        return self._eval_all(missing, run)
 
-    async def _inputs(self, op: _Op, run: _Run) -> tuple[list[Any], dict[str, Any]]:
-        if not op.kwargs:
-            return await self._gather(op.args, run), {}
-        keys = list(op.kwargs)
-        values = await self._gather([*op.args, *op.kwargs.values()], run)
-        n = len(op.args)
-        return values[:n], dict(zip(keys, values[n:], strict=True))
+    async def _eval_all(self, missing: list[str], run: _Run) -> None:
+        """Several nodes at once: the first on this task, the others as tasks of their own."""
+        tasks = [asyncio.ensure_future(self._eval(n, run)) for n in missing[1:]]
+        try:
+            await self._eval(missing[0], run)
+            for task in tasks:
+                await task
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
 
     async def _call(self, op: _Op, run: _Run) -> Any:
-        args, kwargs = await self._inputs(op, run)
-        if op.fn is not None:  # fused glue: inline
-            try:
-                if not self._local:
-                    args = [await self.backend.resolve(a) for a in args]
-                    kwargs = {k: await self.backend.resolve(v) for k, v in kwargs.items()}
-                return op.fn(*args, **kwargs)
-            except Exception as exc:
-                raise _node_error(op, exc) from exc
-        metrics, observer = self.metrics, self.observer
-        start = time.perf_counter() if metrics is not None or observer is not None else 0.0
+        """A deployment call: submitted to the backend, its value passed on as it is."""
+        values = run.values
+        one = op.one
+        if one is not None:  # the common case, inline: a node with one node input
+            if one not in values:
+                await self._eval(one, run)
+        elif op.needs:
+            pending = self._missing(op.needs, run)
+            if pending is not None:
+                await pending
+        args = op.positional(values)
+        kwargs = {k: values[ref] if is_node else ref for k, (is_node, ref) in op.kwargs.items()} if op.kwargs else {}
+        if self.observer is not None:
+            return await self._call_observed(op, run, args, kwargs, self.observer)
+        if run.trace is not None:
+            return await self._call_traced(op, run, args, kwargs, run.trace)
         try:
-            result = await self.backend.call(op.deployment or "", op.method, tuple(args), kwargs)
+            value = await self.backend.submit(op.id, op.deployment, op.method, args, kwargs)
         except (RequestError, asyncio.CancelledError):
             raise
-        except Exception as exc:
+        except Exception as exc:  # the deployment's own failure: named after its node
             raise _node_error(op, exc) from exc
-        if metrics is not None or observer is not None:
-            finished = time.perf_counter()
-            if metrics is not None:
-                metrics.observe(
-                    "graphserve_node_latency_seconds",
-                    finished - start,
-                    (("graph", self.plan.name), ("node", op.id)),
-                )
-            if observer is not None:
-                observer.call_finished(op.id, tuple(args), kwargs, start, finished)
-        return result
+        run.submitted.append(value)
+        values[op.id] = value
+        return value
 
-    async def _call_remote(self, op: _Op, run: _Run) -> Any:
-        """A deployment call on a remote backend: started, not awaited (its inputs travel as references)."""
-        if op.fn is not None:  # fused glue runs here, on fetched values
-            return await self._call(op, run)
-        args, kwargs = await self._inputs(op, run)
+    async def _call_observed(
+        self, op: _Op, run: _Run, args: tuple[Any, ...], kwargs: dict[str, Any], observer: ExecutionObserver
+    ) -> Any:
+        """:meth:`_call` told to the observer: the call's inputs (values as the backend sees
+        them: results on the local backend) and when it started and returned."""
+        started = time.perf_counter()
+        if run.trace is not None:
+            value = await self._call_traced(op, run, args, kwargs, run.trace)
+        else:
+            try:
+                value = await self.backend.submit(op.id, op.deployment, op.method, args, kwargs)
+            except (RequestError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # the deployment's own failure: named after its node
+                raise _node_error(op, exc) from exc
+            run.submitted.append(value)
+            run.values[op.id] = value
+        observer.call_finished(op.id, args, kwargs, started, time.perf_counter())
+        return value
+
+    async def _call_traced(
+        self, op: _Op, run: _Run, args: tuple[Any, ...], kwargs: dict[str, Any], trace: Trace
+    ) -> Any:
+        """:meth:`_call` with a span, current while the call runs (batchers and handles read it)."""
+        span = trace.begin_node(op.id)
+        token = CURRENT.set(span)
         try:
-            value = await self._remote.submit(op.id, op.deployment or "", op.method, tuple(args), kwargs)
-        except (RequestError, asyncio.CancelledError):
+            with trace.current(span):
+                value = await self.backend.submit(op.id, op.deployment, op.method, args, kwargs, span)
+        except (RequestError, asyncio.CancelledError) as exc:
+            span.finish(exc)
             raise
         except Exception as exc:
+            span.finish(exc)
             raise _node_error(op, exc) from exc
-        run.refs.append(value)
+        finally:
+            CURRENT.reset(token)
+        span.finish()
+        run.submitted.append(value)
+        run.values[op.id] = value
+        return value
+
+    async def _glue(self, op: _Op, run: _Run) -> Any:
+        """Fused glue: run inline on fetched values."""
+        pending = self._missing(op.needs, run) if op.needs else None
+        if pending is not None:
+            await pending
+        values = run.values
+        span = run.trace.begin_node(op.id) if run.trace is not None else None
+        keywords = [values[ref] if is_node else ref for is_node, ref in op.kwargs.values()]
+        fetched = await self.backend.fetch([*op.positional(values), *keywords])
+        count = len(fetched) - len(op.kwargs)
+        try:
+            value = op.fn(*fetched[:count], **dict(zip(op.kwargs, fetched[count:], strict=True)))
+        except Exception as exc:  # the user's function: named after its node
+            if span is not None:
+                span.finish(exc)
+            raise _node_error(op, exc) from exc
+        if span is not None:
+            span.finish()
+        values[op.id] = value
         return value
 
     async def _attr(self, op: _Op, run: _Run) -> Any:
-        (source,) = await self._gather(op.args, run)
-        if not self._local:
-            source = await self.backend.resolve(source)
-        key = op.node.key
+        pending = self._missing(op.needs, run)
+        if pending is not None:
+            await pending
+        (source,) = await self.backend.fetch(list(op.positional(run.values)))
+        key = op.key
         try:
-            return op.fn(source, key)
+            value = op.fn(source, key)
         except (KeyError, AttributeError, IndexError, TypeError) as exc:
             if op.from_input:
                 raise RequestValidationError(
@@ -271,13 +369,18 @@ class GraphExecutor:
                     [{"loc": ["body", str(key)], "msg": "Field required", "type": "missing"}],
                 ) from None
             raise _node_error(op, exc) from exc
+        if run.trace is not None:
+            run.trace.mark(op.id)
+        run.values[op.id] = value
+        return value
 
     async def _switch(self, op: _Op, run: _Run) -> Any:
-        selector = await self._eval(op.node.selector or "", run)
-        if not self._local:
-            selector = await self.backend.resolve(selector)
-        chosen: tuple[bool, Any] | None = None
-        arm = -1
+        values = run.values
+        if op.selector not in values:
+            await self._eval(op.selector, run)
+        (selector,) = await self.backend.fetch([values[op.selector]])
+        chosen: Ref | None = None
+        arm = -1  # the arm's number as the plan's guards count them; -1: the default
         if op.truthy:
             arm = 0 if bool(selector) == op.arms[0][0] else len(op.arms) - 1
             chosen = op.arms[arm][1]
@@ -295,27 +398,40 @@ class GraphExecutor:
             )
         if self.observer is not None:
             self.observer.switch_taken(op.id, arm)
-        (value,) = await self._gather([chosen], run)
+        is_node, ref = chosen
+        value = ref  # a constant arm
+        if is_node:
+            value = values[ref] if ref in values else await self._eval(ref, run)
+        if run.trace is not None:
+            run.trace.mark(op.id)
+        values[op.id] = value
         return value
 
     async def _output(self, op: _Op, run: _Run) -> Any:
-        values = await self._gather(op.args, run)
-        form = op.node.form
+        """The graph's output: every value fetched, in the plan's form."""
+        one = op.one
+        if one is not None:
+            if one not in run.values:
+                await self._eval(one, run)
+        elif op.needs:
+            pending = self._missing(op.needs, run)
+            if pending is not None:
+                await pending
+        fetched = await self.backend.fetch(list(op.positional(run.values)))
+        if run.trace is not None:
+            run.trace.mark(op.id)
+        form = op.form
         if form == "single":
-            return values[0]
-        if form == "dict":
-            return dict(zip(op.node.keys, values, strict=True))
-        return values if form == "list" else tuple(values)
+            value = fetched[0]
+        elif form == "dict":
+            value = dict(zip(op.keys, fetched, strict=True))
+        else:
+            value = fetched if form == "list" else tuple(fetched)
+        run.values[op.id] = value
+        return value
 
-    async def _output_remote(self, op: _Op, run: _Run) -> Any:
-        """The output on a remote backend: every value is fetched (all are already running)."""
-        values = [await self.backend.resolve(v) for v in await self._gather(op.args, run)]
-        form = op.node.form
-        if form == "single":
-            return values[0]
-        if form == "dict":
-            return dict(zip(op.node.keys, values, strict=True))
-        return values if form == "list" else tuple(values)
+    async def _missing_node(self, op: _Op, run: _Run) -> Any:  # pragma: no cover - plans never ask
+        raise GraphError(f"node {op.id!r} ({op.node.kind}) cannot be evaluated")
 
 
 def _getattr_or_item(value: Any, key: Any) -> Any:
@@ -327,10 +443,10 @@ def _getattr_or_item(value: Any, key: Any) -> Any:
 def _node_error(op: _Op, exc: BaseException) -> NodeExecutionError:
     if isinstance(exc, NodeExecutionError):
         return exc
-    return NodeExecutionError(op.id, op.deployment, f"{type(exc).__name__}: {exc}")
+    return NodeExecutionError(op.id, op.node.deployment, f"{type(exc).__name__}: {exc}")
 
 
-def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _jsonable_errors(errors: list[Any]) -> list[dict[str, Any]]:
     out = []
     for err in errors:
         item = {k: v for k, v in err.items() if k in ("loc", "msg", "type", "input")}

@@ -14,7 +14,7 @@ The answers::
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from graphserve.errors import (
     DeadlineExceededError,
@@ -27,6 +27,15 @@ from graphserve.errors import (
 from .encoding import dumps
 
 Headers = list[tuple[bytes, bytes]]
+
+
+class Answer(NamedTuple):
+    """What a graph route sends: a status, a body, and headers beyond the usual ones."""
+
+    status: int
+    body: bytes
+    headers: Headers | None = None
+
 
 _REASONS = {
     400: "bad request",
@@ -49,15 +58,20 @@ def retry_after(seconds: float) -> Headers:
     return [(b"retry-after", str(max(1, math.ceil(seconds))).encode())]
 
 
-def request_error(exc: RequestError) -> tuple[int, bytes, Headers]:
+def error_answer(status: int, message: str, headers: Headers | None = None, **extra: Any) -> Answer:
+    """An error answer: ``{"error": message, **extra}`` with ``status``."""
+    return Answer(status, error_body(status, message, **extra), headers)
+
+
+def request_error(exc: RequestError) -> Answer:
     """The answer to a RequestError raised while executing a graph."""
     if isinstance(exc, RequestValidationError):
-        return 422, error_body(422, str(exc), detail=exc.errors), []
+        return error_answer(422, str(exc), detail=exc.errors)
     if isinstance(exc, OverloadedError):
-        return 503, error_body(503, str(exc)), retry_after(exc.retry_after_s)
+        return error_answer(503, str(exc), retry_after(exc.retry_after_s))
     if isinstance(exc, DeadlineExceededError):
-        return 504, error_body(504, str(exc)), []
+        return error_answer(504, str(exc))
     if isinstance(exc, NodeExecutionError):
-        return 500, error_body(500, str(exc), node=exc.node), []
+        return error_answer(500, str(exc), node=exc.node)
     status = exc.status if isinstance(exc.status, int) and 400 <= exc.status < 600 else 500
-    return status, error_body(status, str(exc), node=None), []
+    return error_answer(status, str(exc), node=None)

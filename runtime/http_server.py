@@ -28,6 +28,7 @@ import uvicorn
 
 from graphserve.errors import DeploymentStartError, GraphError
 
+from . import http_defaults
 from .ingress import Ingress
 
 logger = logging.getLogger("graphserve.server")
@@ -36,10 +37,21 @@ logger = logging.getLogger("graphserve.server")
 class _Uvicorn(uvicorn.Server):
     """uvicorn's server, telling us when it listens, and not re-raising the exit signal."""
 
-    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None], shutdown_timeout_s: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_started: Callable[[], None],
+        shutdown_timeout_s: float,
+        on_stopping: Callable[[], None],
+    ) -> None:
         super().__init__(config)
         self._on_started = on_started
         self._shutdown_timeout_s = shutdown_timeout_s
+        self._on_stopping = on_stopping
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_stopping()  # before uvicorn waits for open connections (the page's event streams)
+        await super().shutdown(sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -75,10 +87,10 @@ class Server:
     def __init__(
         self,
         ingress: Ingress,
-        host: str = "127.0.0.1",
-        port: int = 8000,
+        host: str = http_defaults.HOST,
+        port: int = http_defaults.PORT,
         *,
-        shutdown_timeout_s: float = 30.0,
+        shutdown_timeout_s: float = http_defaults.SHUTDOWN_TIMEOUT_S,
         access_log: bool = False,
         on_ready: Callable[[Server], None] | None = None,
     ) -> None:
@@ -104,7 +116,7 @@ class Server:
             server_header=False,
             timeout_graceful_shutdown=max(1, math.ceil(shutdown_timeout_s)),
         )
-        self._uvicorn = _Uvicorn(config, self._started, shutdown_timeout_s)
+        self._uvicorn = _Uvicorn(config, self._started, shutdown_timeout_s, ingress.begin_shutdown)
 
     @property
     def url(self) -> str:
@@ -114,6 +126,11 @@ class Server:
         elif ":" in host:
             host = "[::1]" if host == "::" else f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def page_url(self) -> str:
+        """The live graph page."""
+        return self.url + "/-/"
 
     @property
     def routes(self) -> dict[str, str]:
@@ -141,7 +158,7 @@ class Server:
         if not self._ready.is_set():
             raise self._failure()
 
-    def start(self, timeout: float | None = 600.0) -> None:
+    def start(self, timeout: float | None = http_defaults.STARTUP_TIMEOUT_S) -> None:
         """Serve from a background thread; returns once ready (raises if the start failed)."""
         if self._thread is not None:
             raise GraphError("this server was already started")

@@ -1,15 +1,18 @@
 """The HTTP ingress: an ASGI app serving one or more running graphs (``GraphRuntime``).
 
 Graph routes (``POST /<graph name>`` or the plan's ``route_prefix``; a single graph is
-also at ``/``; GET with a body is accepted too) are served by a plain ASGI path lookup
-with no middleware: read the body, parse it with orjson, ``await runtime.execute(...)``
-on the server's own event loop, write orjson. A plan whose ingress takes the request
+also at ``/``; GET with a body is accepted too) are found by a plain ASGI path lookup
+with no middleware and answered by their :class:`~graphserve.runtime.graph_route.GraphRoute`
+(``graph_route.py``: read the body, parse it with orjson, ``await runtime.execute(...)``
+on the server's own event loop, write orjson; each step a function). A plan whose ingress takes the request
 itself (``plan.http_request``, Ray Serve style) gets a Starlette ``Request`` instead of
 the parsed body, for any method; its output may be a Starlette ``Response`` (sent as
 it is), bytes, or a str (sent as text when the app has no InputNode). Graphs can be
 added and removed while serving (:meth:`Ingress.add_graph`, used by ``gs.run``).
 Everything else (``/-/healthz``, ``/-/ready``, ``/-/metrics``, ``/-/graphs``,
-``/-/graphs/<name>.svg``, ``/openapi.json``) is a small Starlette app.
+``/-/graphs/<name>.svg``, ``/openapi.json``, and the live page: ``/-/``, ``/-/stats``,
+``/-/events``, see ``graph_page.py``) is a small Starlette app. A browser opening ``/``
+(``Accept: text/html``, no body) is sent to the page even where a graph is served at ``/``.
 
 Answers (see ``http_errors``): 200 the output as JSON; 400 malformed JSON or a bad
 ``X-Request-Timeout-S``; 401 missing/wrong bearer token (when a token is set); 405
@@ -30,78 +33,47 @@ the compiler, which the runtime never imports: the caller passes ``render``.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import math
-import os
-import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from graphserve.errors import DeploymentStartError, GraphError, RequestError, RouteConflictError
+from graphserve.errors import DeploymentStartError, GraphError, RouteConflictError
 from graphserve.plan import Plan
 
-from .encoding import JSONDecodeError, dumps, loads
-from .http_errors import Headers, error_body, request_error, retry_after
+from . import http_defaults
+from .drift import DEFAULT_WINDOW_S, DriftMonitor
+from .drift import KINDS as DRIFT_KINDS
+from .encoding import dumps
+from .graph_page import GraphPage
+from .graph_route import GraphRoute, RouteLimits, RouteObservers, valid_request_id
+from .http_errors import error_body
+from .live_stats import GraphView, LiveStats
 from .metrics import Labels, Metrics
 from .openapi import openapi_document
+from .otel import exporter_if_configured
+from .routing import DeploymentLoad
 from .running_graph import GraphRuntime
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-#: ``render(plan, format)`` -> the drawing (bytes or str), e.g. ``graphserve.compiler.render``.
-Renderer = Callable[[Plan, str], bytes | str]
+
+class Renderer(Protocol):
+    """``render(plan, format, figures=False)`` -> the drawing (bytes or str), e.g.
+    ``graphserve.compiler.render.render``; ``figures``: room for the live page's figures."""
+
+    def __call__(self, plan: Plan, fmt: str, *, figures: bool = False) -> bytes | str: ...
+
 
 logger = logging.getLogger("graphserve.ingress")
 
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-_REQUEST_ID = re.compile(rb"[!-~]{1,200}")
-_JSON = b"application/json"
 _RENDER_TYPES = {"svg": "image/svg+xml", "png": "image/png", "dot": "text/vnd.graphviz"}
 _OPS_PREFIX = "/-/"
-_GRAPH_METHODS = ("POST", "GET")  # GET with a body too, as Ray Serve's proxy and its docs do
-_TEXT = b"text/plain; charset=utf-8"
-
-
-class GraphRoute:
-    """One graph at one path, with its admission counter and precomputed metric labels."""
-
-    __slots__ = (
-        "in_flight",
-        "labels",
-        "max_in_flight",
-        "name",
-        "path",
-        "plan",
-        "runtime",
-        "status_labels",
-        "timeout_s",
-    )
-
-    def __init__(self, runtime: GraphRuntime, path: str, default_timeout_s: float | None, max_in_flight: int | None):
-        self.runtime = runtime
-        self.plan = runtime.plan
-        self.name = runtime.plan.name
-        self.path = path
-        self.timeout_s = runtime.plan.timeout_s if runtime.plan.timeout_s is not None else default_timeout_s
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
-        self.labels: Labels = (("graph", self.name),)
-        self.status_labels: dict[int, Labels] = {}
-
-    def status(self, status: int) -> Labels:
-        labels = self.status_labels.get(status)
-        if labels is None:
-            labels = self.status_labels[status] = (("graph", self.name), ("status", str(status)))
-        return labels
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 class Ingress:
@@ -109,7 +81,8 @@ class Ingress:
 
     ``runtimes`` are not started yet (the lifespan starts them). They share one
     :class:`Metrics` registry (``metrics``, by default the first runtime's), so
-    ``/-/metrics`` is one exposition.
+    ``/-/metrics`` is one exposition. ``tracer_provider``: an OpenTelemetry tracer provider
+    to export request and node spans to (default: the one this process set, if any).
     """
 
     def __init__(
@@ -117,7 +90,7 @@ class Ingress:
         runtimes: list[GraphRuntime],
         *,
         token: str | None = None,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: int = http_defaults.MAX_BODY_BYTES,
         max_in_flight: int | None = None,
         default_timeout_s: float | None = None,
         render: Renderer | None = None,
@@ -125,6 +98,8 @@ class Ingress:
         title: str = "graphserve",
         version: str = "0.1.0",
         allow_empty: bool = False,
+        drift_window_s: float = DEFAULT_WINDOW_S,
+        tracer_provider: Any = None,
     ) -> None:
         if not runtimes and not allow_empty:
             raise GraphError("the ingress needs at least one graph")
@@ -137,12 +112,20 @@ class Ingress:
             runtime.metrics = self.metrics  # one registry: read by the executor made in start()
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
+        self.limits = RouteLimits(self.token, max_body_bytes, max_in_flight, default_timeout_s)
+        if not drift_window_s > 0:
+            raise GraphError(f"drift_window_s must be > 0, got {drift_window_s}")
+        self.drift_window_s = drift_window_s
+        self._drift_task: asyncio.Task[None] | None = None
+        self.live = LiveStats(self.metrics)
+        self.observers = RouteObservers(self.live)  # its OpenTelemetry exporter is set at startup
+        self._tracer_provider = tracer_provider
         self.render = render
         self.routes: list[GraphRoute] = []
         self._paths: dict[str, GraphRoute] = {}
         for runtime in runtimes:
             path = _route_path(runtime.plan)
-            route = GraphRoute(runtime, path, default_timeout_s, max_in_flight)
+            route = self._route(runtime, path)
             self._add_path(path, route)
             self.routes.append(route)
         if len(self.routes) == 1 and "/" not in self._paths:
@@ -154,10 +137,9 @@ class Ingress:
         self.stopping = False
         self.startup_error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
-        self._default_timeout_s = default_timeout_s
-        self._max_in_flight = max_in_flight
         self._title, self._version = title, version
         self._refresh_openapi()
+        self.page = GraphPage(self.live, self._views)
         self._ops = _with_request_id(self._ops_app())
         self._describe_metrics()
 
@@ -183,7 +165,7 @@ class Ingress:
         if name in self.graphs:
             raise GraphError(f"a graph named {name!r} is already served at {self.graphs[name].path!r}")
         path = _route_path(runtime.plan) if path is None else (path.rstrip("/") or "/")
-        route = GraphRoute(runtime, path, self._default_timeout_s, self._max_in_flight)
+        route = self._route(runtime, path)
         probe = dict(self._paths)
         self._add_path(path, route)  # refuses a taken route before anything is constructed
         self._paths = probe
@@ -202,6 +184,12 @@ class Ingress:
         logger.info("graph %r ready at %s", name, path)
         return route
 
+    def _route(self, runtime: GraphRuntime, path: str) -> GraphRoute:
+        route = GraphRoute(runtime, path, self.limits, self.metrics, self.observers)
+        if runtime.plan.slo is not None:  # planned for an SLO: watch for drift from it
+            route.drift = DriftMonitor(runtime.plan, self.drift_window_s, start=time.perf_counter())
+        return route
+
     async def remove_graph(self, name: str) -> None:
         """Stop serving graph ``name`` and stop it (requests still running finish first on their own)."""
         route = self.graphs.pop(name, None)
@@ -210,6 +198,7 @@ class Ingress:
         self.routes.remove(route)
         self._paths = {key: r for key, r in self._paths.items() if r is not route}
         self._refresh_openapi()
+        self.live.forget(name)
         await _stop_quietly(route.runtime)
 
     # -- ASGI ------------------------------------------------------------------------------
@@ -217,7 +206,10 @@ class Ingress:
         if scope["type"] == "http":
             route = self._paths.get(scope["path"])
             if route is not None:
-                await self._serve_graph(route, scope, receive, send)
+                if scope["method"] == "GET" and scope["path"] == "/" and _browser_visit(scope, route):
+                    await self._ops(scope, receive, send)  # the page, not a 422 for a missing body
+                    return
+                await route.serve(scope, receive, send)
                 return
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -243,6 +235,7 @@ class Ingress:
     async def startup(self) -> None:
         """Start every graph (its constructors run here); on failure stop those started."""
         self.loop = asyncio.get_running_loop()
+        self.observers.otel = exporter_if_configured(self._tracer_provider)
         started: list[GraphRuntime] = []
         try:
             for route in self.routes:
@@ -259,159 +252,53 @@ class Ingress:
                 await _stop_quietly(runtime)
             raise
         self.ready = True
+        if any(route.drift is not None for route in self.routes):
+            self._drift_task = self.loop.create_task(self._check_drift(), name="graphserve-drift")
+
+    async def _check_drift(self) -> None:
+        """Check drift even without traffic (a rate that fell to nothing is drift too)."""
+        while True:
+            await asyncio.sleep(self.drift_window_s / 10)
+            now = time.perf_counter()
+            for route in self.routes:
+                if route.drift is not None:
+                    route.drift.check(now)
+
+    def begin_shutdown(self) -> None:
+        """The server stops accepting connections: end the page's event streams."""
+        self.page.close()
 
     async def shutdown(self) -> None:
         """Stop every graph (the server has already finished in-flight requests)."""
+        self.page.close()
         self.stopping = True
         self.ready = False
+        if self._drift_task is not None:
+            self._drift_task.cancel()
         for route in reversed(self.routes):
             await _stop_quietly(route.runtime)
-
-    # -- graph routes (the hot path) -------------------------------------------------------
-    async def _serve_graph(self, route: GraphRoute, scope: Scope, receive: Receive, send: Send) -> None:
-        start = time.perf_counter()
-        request_id: bytes | None = None
-        auth = length = timeout = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value
-            elif name == b"content-length":
-                length = value
-            elif name == b"authorization":
-                auth = value
-            elif name == b"x-request-timeout-s":
-                timeout = value
-        if request_id is None or _REQUEST_ID.fullmatch(request_id) is None:
-            request_id = os.urandom(12).hex().encode()
-        status, body, headers = await self._answer(route, scope, receive, request_id, auth, length, timeout)
-        if status:
-            start_headers = [
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id),
-            ]
-            if headers:
-                start_headers += headers
-            if headers is None or not any(name == b"content-type" for name, _ in headers):
-                start_headers.append((b"content-type", _JSON))
-            await send({"type": "http.response.start", "status": status, "headers": start_headers})
-            await send({"type": "http.response.body", "body": body})
-        else:
-            status = 499  # the client went away before sending its body: nothing to answer
-        metrics = self.metrics
-        metrics.inc("graphserve_requests_total", route.status(status))
-        metrics.observe("graphserve_request_duration_seconds", time.perf_counter() - start, route.labels)
-
-    async def _answer(
-        self,
-        route: GraphRoute,
-        scope: Scope,
-        receive: Receive,
-        request_id: bytes,
-        auth: bytes | None,
-        length: bytes | None,
-        timeout: bytes | None,
-    ) -> tuple[int, bytes, Headers | None]:
-        if scope["method"] not in _GRAPH_METHODS and not route.plan.http_request:
-            text = f"graph {route.name!r} answers POST (or GET) with a JSON body"
-            return 405, error_body(405, text), [(b"allow", b"GET, POST")]
-        if self.token is not None and not self._authorized(auth):
-            return 401, error_body(401, "missing or wrong bearer token"), [(b"www-authenticate", b"Bearer")]
-        if not route.runtime.ready:
-            state = "stopping" if self.stopping else "starting"
-            return 503, error_body(503, f"graph {route.name!r} is {state}"), retry_after(1)
-        if route.max_in_flight is not None and route.in_flight >= route.max_in_flight:
-            return (
-                503,
-                error_body(503, f"graph {route.name!r} is overloaded: {route.in_flight} requests in flight"),
-                retry_after(1),
-            )
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                return 400, error_body(400, "bad Content-Length header"), [(b"connection", b"close")]
-            if declared > self.max_body_bytes:
-                return 413, self._too_large(), [(b"connection", b"close")]
-        deadline = route.timeout_s
-        if timeout is not None:
-            try:
-                requested = float(timeout)
-            except ValueError:
-                requested = math.nan
-            if not (requested > 0 and math.isfinite(requested)):
-                return 400, error_body(400, "X-Request-Timeout-S must be a number of seconds > 0"), None
-            deadline = requested if deadline is None else min(deadline, requested)
-        route.in_flight += 1
-        try:
-            message = await receive()
-            body = message.get("body", b"")
-            if message.get("more_body", False):
-                chunks = [body]
-                size = len(body)
-                while message.get("more_body", False):
-                    message = await receive()
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self.max_body_bytes:
-                        return 413, self._too_large(), [(b"connection", b"close")]
-                    chunks.append(chunk)
-                body = b"".join(chunks)
-            if message["type"] == "http.disconnect":
-                return 0, b"", None
-            if len(body) > self.max_body_bytes:
-                return 413, self._too_large(), [(b"connection", b"close")]
-            if route.plan.http_request:  # the ingress reads the request itself (Ray Serve style)
-                request: Any = _starlette_request(scope, body)
-            else:
-                try:
-                    request = loads(body) if body else None
-                except JSONDecodeError as exc:
-                    return 400, error_body(400, f"malformed JSON: {exc}"), None
-            try:
-                result = await route.runtime.execute(request, deadline)
-            except RequestError as exc:
-                status, payload, headers = request_error(exc)
-                if status >= 500 and status not in (503, 504):
-                    _log_failure(route, request_id, exc)
-                return status, payload, headers
-            except Exception as exc:
-                _log_failure(route, request_id, exc)
-                return 500, error_body(500, f"graph {route.name!r} failed: {type(exc).__name__}", node=None), None
-            except asyncio.CancelledError:
-                # only the server cancels a request task: its graceful-shutdown bound ran out
-                logger.warning("request %s to graph %r cancelled: the server is shutting down", request_id, route.name)
-                text = f"graph {route.name!r}: the server is shutting down and cancelled this request"
-                return 503, error_body(503, text), [*retry_after(1), (b"connection", b"close")]
-            try:
-                return _encode_result(route, result)
-            except TypeError as exc:
-                _log_failure(route, request_id, exc)
-                message_text = f"the output of graph {route.name!r} cannot be sent as JSON: {exc}"
-                return 500, error_body(500, message_text, node=route.plan.output), None
-        finally:
-            route.in_flight -= 1
-
-    def _authorized(self, auth: bytes | None) -> bool:
-        if auth is None or self.token is None:
-            return False
-        scheme, _, credentials = auth.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
-
-    def _too_large(self) -> bytes:
-        return error_body(413, f"request body is larger than {self.max_body_bytes} bytes")
 
     # -- operations routes ---------------------------------------------------------------
     def _ops_app(self) -> Starlette:
         return Starlette(
             routes=[
+                Route("/", self._root, methods=_ANY_METHOD),  # only a browser GET goes to the page
                 Route("/-/healthz", self._healthz, methods=["GET"]),
                 Route("/-/ready", self._ready, methods=["GET"]),
                 Route("/-/metrics", self._metrics, methods=["GET"]),
                 Route("/-/graphs", self._graphs, methods=["GET"]),
                 Route("/-/graphs/{file}", self._graph_file, methods=["GET"]),
                 Route("/openapi.json", self._openapi_json, methods=["GET"]),
+                *self.page.routes(),
             ]
         )
+
+    async def _root(self, request: Request) -> Response:
+        """``/`` where no graph answers: a browser's GET goes to the page, others learn the routes."""
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/-/", status_code=307)
+        routes = {route.name: route.path for route in self.routes}
+        return _json_error(404, f"no graph at '/'; graphs: {routes}; the live page is at /-/")
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -439,16 +326,39 @@ class Ingress:
             return Response(dumps(_plan_data(route.plan)), media_type="application/json")
         if fmt not in _RENDER_TYPES:
             return _json_error(404, f"unknown format {fmt!r}: use .json or one of {sorted(_RENDER_TYPES)}")
-        if self.render is None:
+        render = self.render
+        if render is None:
             return _json_error(501, "this server was started without a graph renderer")
+        figures = fmt == "svg" and request.query_params.get("figures") == "1"  # the live page's drawing
         try:
-            drawing = await asyncio.get_running_loop().run_in_executor(None, self.render, route.plan, fmt)
+            drawing = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: render(route.plan, fmt, figures=figures)
+            )
         except GraphError as exc:
             return _json_error(501, str(exc))
         return Response(drawing, media_type=_RENDER_TYPES[fmt])
 
     async def _openapi_json(self, request: Request) -> Response:
         return Response(self._openapi, media_type="application/json")
+
+    def _views(self) -> list[GraphView]:
+        """The served graphs as the live page sees them now."""
+        views = []
+        for route in self.routes:
+            backend = route.runtime.backend
+            load = backend.load() if backend is not None and route.runtime.ready else {}  # on this loop: never mid-stop
+            views.append(
+                GraphView(
+                    name=route.name,
+                    path=route.path,
+                    plan=route.plan,
+                    ready=route.runtime.ready,
+                    in_flight=route.in_flight,
+                    load=load,
+                    batching={name: dep.batching for name, dep in load.items() if dep.batching},
+                )
+            )
+        return views
 
     # -- metrics -------------------------------------------------------------------------
     def _describe_metrics(self) -> None:
@@ -460,22 +370,65 @@ class Ingress:
         m.describe("graphserve_in_flight_requests", "Requests being answered, by graph")
         m.describe("graphserve_queue_depth", "Calls waiting for a replica, by graph and deployment")
         m.describe("graphserve_deployment_ongoing_requests", "Calls running on replicas, by graph and deployment")
+        m.describe("graphserve_node_errors_total", "Failed requests, by graph and the node that failed")
+        m.describe("graphserve_batch_size_limit", "The batch size limit now, by replica (adaptive batchers move it)")
+        m.describe("graphserve_batch_wait_seconds", "The batch wait now, by replica (adaptive batchers move it)")
+        m.describe("graphserve_batch_latency_budget_seconds", "An adaptive batcher's share of the SLO, by replica")
+        m.describe("graphserve_drift", "1 while a graph's observed rate or p99 has left its plan's (by kind), else 0")
+        m.describe("graphserve_drift_events", "Times a graph drifted from its plan, by kind")
+        m.describe("graphserve_observed_rate_rps", "Requests per second over the drift window (graphs with an SLO)")
+        m.describe("graphserve_observed_p99_seconds", "p99 latency over the drift window (graphs with an SLO)")
+        m.describe("graphserve_planned_rate_rps", "The rate the graph's plan was made for")
+        m.describe("graphserve_planned_p99_seconds", "The p99 the graph's plan allows (its SLO, or its prediction)")
+        m.gauge("graphserve_drift", lambda: self._drift_gauge(lambda d, kind: float(d.states[kind].active)))
+        m.gauge("graphserve_drift_events", lambda: self._drift_gauge(lambda d, kind: float(d.states[kind].events)))
+        m.gauge("graphserve_observed_rate_rps", lambda: self._drift_gauge(lambda d, _: d.rate, kinds=("",)))
+        m.gauge("graphserve_observed_p99_seconds", lambda: self._drift_gauge(lambda d, _: d.p99, kinds=("",)))
+        m.gauge("graphserve_planned_rate_rps", lambda: self._drift_gauge(lambda d, _: d.planned_rate, kinds=("",)))
+        m.gauge("graphserve_planned_p99_seconds", lambda: self._drift_gauge(lambda d, _: d.planned_p99, kinds=("",)))
         m.gauge("graphserve_in_flight_requests", lambda: {r.labels: float(r.in_flight) for r in self.routes})
-        m.gauge("graphserve_queue_depth", lambda: self._backend_gauge("queue_depth"))
-        m.gauge("graphserve_deployment_ongoing_requests", lambda: self._backend_gauge("in_flight"))
+        m.gauge("graphserve_queue_depth", lambda: self._load_gauge(lambda load: load.queued))
+        m.gauge("graphserve_deployment_ongoing_requests", lambda: self._load_gauge(lambda load: load.ongoing))
+        m.gauge("graphserve_batch_size_limit", lambda: self._batch_gauge("size_limit"))
+        m.gauge("graphserve_batch_wait_seconds", lambda: self._batch_gauge("wait_s"))
+        m.gauge("graphserve_batch_latency_budget_seconds", lambda: self._batch_gauge("latency_budget_s"))
 
-    def _backend_gauge(self, reader: str) -> dict[Labels, float]:
+    def _load_gauge(self, figure: Callable[[DeploymentLoad], int]) -> dict[Labels, float]:
+        """One figure of every deployment's load, by graph and deployment."""
+        values: dict[Labels, float] = {}
+        for view in self._views():
+            for deployment, load in view.load.items():
+                values[(("graph", view.name), ("deployment", deployment))] = float(figure(load))
+        return values
+
+    def _drift_gauge(
+        self, read: Callable[[DriftMonitor, str], float], kinds: tuple[str, ...] = DRIFT_KINDS
+    ) -> dict[Labels, float]:
+        values: dict[Labels, float] = {}
+        now = time.perf_counter()
+        for route in self.routes:
+            drift = route.drift
+            if drift is None:
+                continue
+            drift.check(now)  # a scrape sees the window as it is now, traffic or not
+            for kind in kinds:
+                labels: Labels = (("graph", route.name), ("kind", kind)) if kind else (("graph", route.name),)
+                values[labels] = read(drift, kind)
+        return values
+
+    def _batch_gauge(self, field: str) -> dict[Labels, float]:
         values: dict[Labels, float] = {}
         for route in self.routes:
-            read = getattr(route.runtime.backend, reader, None)
-            if read is None:
+            backend = route.runtime.backend
+            if backend is None or not route.runtime.ready:  # not started, or stopping
                 continue
-            try:
-                counts = read()
-            except Exception:  # a stopped or remote backend: no reading this time
-                continue
-            for deployment, count in counts.items():
-                values[(("graph", route.name), ("deployment", deployment))] = float(count)
+            for (deployment, replica), methods in backend.batch_limits().items():
+                for method, limits in methods.items():
+                    value = limits.get(field)
+                    if value is None:  # a budget only where the batcher adapts
+                        continue
+                    labels = (("graph", route.name), ("deployment", deployment), ("replica", str(replica)))
+                    values[(*labels, ("method", method))] = float(value)
         return values
 
 
@@ -486,34 +439,17 @@ def _route_path(plan: Plan) -> str:
     return path.rstrip("/") or "/"
 
 
-def _starlette_request(scope: Scope, body: bytes) -> Request:
-    """A Starlette Request over the body already read (for ingresses that take the request)."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return Request(scope, receive)
-
-
-def _encode_result(route: GraphRoute, result: Any) -> tuple[int, bytes, Headers | None]:
-    """The answer for a graph's output: a Starlette Response as it is, bytes as they are, a str
-    as text on apps without an InputNode (Ray Serve's rule), everything else as JSON."""
-    if isinstance(result, Response):
-        body = getattr(result, "body", None)
-        if not isinstance(body, (bytes, bytearray, memoryview)):
-            raise TypeError(f"{type(result).__name__} (a streaming response) is not supported as a graph output")
-        headers = [(name, value) for name, value in result.raw_headers if name != b"content-length"]
-        return result.status_code, bytes(body), headers
-    if isinstance(result, (bytes, bytearray, memoryview)):
-        return 200, bytes(result), [(b"content-type", b"application/octet-stream")]
-    if isinstance(result, str) and route.plan.raw_ingress:
-        return 200, result.encode(), [(b"content-type", _TEXT)]
-    return 200, dumps(result), None
+def _browser_visit(scope: Scope, route: GraphRoute) -> bool:
+    """A browser opening ``/`` (it accepts HTML and sends no body) on a graph that reads JSON."""
+    if route.plan.http_request:  # the ingress answers GET itself (Ray Serve style)
+        return False
+    accept = length = b""
+    for name, value in scope["headers"]:
+        if name == b"accept":
+            accept = value
+        elif name == b"content-length":
+            length = value
+    return b"text/html" in accept and length in (b"", b"0")
 
 
 def _plan_data(plan: Plan) -> Any:
@@ -524,17 +460,6 @@ def _json_error(status: int, message: str) -> Response:
     return Response(error_body(status, message), status_code=status, media_type="application/json")
 
 
-def _log_failure(route: GraphRoute, request_id: bytes, exc: BaseException) -> None:
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    logger.error(
-        "request %s to graph %r failed: %s",
-        request_id.decode(),
-        route.name,
-        exc,
-        exc_info=(type(cause), cause, cause.__traceback__),
-    )
-
-
 async def _stop_quietly(runtime: GraphRuntime) -> None:
     try:
         await runtime.stop()
@@ -542,19 +467,15 @@ async def _stop_quietly(runtime: GraphRuntime) -> None:
         logger.exception("graph %r did not stop cleanly", runtime.plan.name)
 
 
-def _with_request_id(app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> Any:
+def _with_request_id(app: ASGIApp) -> ASGIApp:
     """Wrap an ASGI app so every HTTP response carries X-Request-Id."""
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        request_id = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
-                request_id = value
-        if request_id is None:
-            request_id = os.urandom(12).hex().encode()
+        sent = next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
+        request_id = valid_request_id(sent)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -1,135 +1,169 @@
 """The local backend: every replica is an object in this process, on this event loop.
 
-Async methods run on the loop; sync methods run in a thread pool so they never block
-it. Each deployment's calls go to its least-loaded replica; a replica takes at most
-``max_ongoing_requests`` calls at once, the rest wait in a FIFO queue of at most
-``max_queued_requests`` (then :class:`OverloadedError`).
+Each replica is the shared replica core (``replica.py``): async methods run on the
+loop, sync methods in a thread pool so they never block it. Each deployment's calls go
+to its least-loaded replica; a replica takes at most ``max_ongoing_requests`` calls at
+once, the rest wait in a FIFO queue of at most ``max_queued_requests`` (then
+:class:`OverloadedError`) (``routing.py``). A call's value is its result, so
+:meth:`LocalBackend.fetch` has nothing to do and :meth:`LocalBackend.cancel` nothing
+to cancel (the executor cancels its own tasks, which stops the calls they await).
+A graph node's call is timed here and reported to ``on_latency``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
-import inspect
+import dataclasses
 import os
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from graphserve.errors import DeploymentStartError
-from graphserve.plan import DeploymentPlan, Plan
+from graphserve.errors import DeploymentStartError, NodeExecutionError, RequestError
+from graphserve.plan import Plan
 
-from .batcher import close_batchers, observe_batches
-from .construction import build_args, construction_order, load_target
-from .routing import ReplicaRouter
+from .backend import BatchLimits
+from .batcher import batch_limits, close_batchers, configure_batching, limits_by_method, observe_batches
+from .replica import HandleFactory, Replica, ReplicaStartError, construct, construction_order
+from .routing import DeploymentLoad, ReplicaRouter
 
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .tracing import NodeSpan
 
-class Replica:
-    """One instance of a deployment and the calls it is running."""
-
-    __slots__ = ("_loop", "_methods", "_pool", "down", "index", "instance", "ongoing")
-
-    def __init__(self, instance: Any, index: int, pool: concurrent.futures.Executor, loop: asyncio.AbstractEventLoop):
-        self.instance = instance
-        self.index = index
-        self.ongoing = 0
-        self.down = False
-        self._methods: dict[str, tuple[Callable[..., Any], bool]] = {}
-        self._pool = pool
-        self._loop = loop
-
-    def method(self, name: str) -> tuple[Callable[..., Any], bool]:
-        found = self._methods.get(name)
-        if found is None:
-            if inspect.isfunction(self.instance) and name == "__call__":
-                fn: Callable[..., Any] = self.instance
-            else:
-                fn = getattr(self.instance, name)
-            is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
-            found = self._methods[name] = (fn, is_async)
-        return found
-
-    async def invoke(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        fn, is_async = self.method(name)
-        if is_async:
-            return await fn(*args, **kwargs)
-        result = await self._loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-        if inspect.isawaitable(result):  # a sync wrapper that returned a coroutine
-            result = await result
-        return result
-
-
-class ReplicaSet(ReplicaRouter[Replica]):
-    """The replicas of one deployment, with least-loaded routing and bounded queueing."""
-
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        replica = await self.acquire()
-        try:
-            return await replica.invoke(method, args, kwargs)
-        finally:
-            self.release(replica)
+#: ``on_latency(node, seconds)``: how long each call of a graph node took.
+LatencyObserver = Callable[[str, float], None]
+#: ``on_batch(deployment, method, size)``: every batch a ``@gs.batch`` method sent.
+BatchObserver = Callable[[str, str, int], None]
 
 
 class LocalBackend:
-    """Runs a Plan's deployments in this process (the embedded default)."""
-
-    local_values = True  # results are plain values: the executor never needs resolve()
+    """Runs a Plan's deployments in this process (the embedded default); a :class:`Backend`."""
 
     def __init__(
         self,
         plan: Plan,
-        handle_factory: Callable[[str], Any] | None = None,
-        on_batch: Callable[[str, str, int], None] | None = None,
-    ):
+        handle_factory: HandleFactory | None = None,
+        on_batch: BatchObserver | None = None,
+        on_latency: LatencyObserver | None = None,
+    ) -> None:
         self.plan = plan
-        self.sets: dict[str, ReplicaSet] = {}
-        self._handle_factory = handle_factory
+        self.routers: dict[str, ReplicaRouter[Replica]] = {}
+        self._handle_factory: HandleFactory = handle_factory or (lambda name: None)
         self._on_batch = on_batch
+        self._on_latency = on_latency
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
+        pool = self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(32, 4 * (os.cpu_count() or 1)), thread_name_prefix="graphserve"
         )
         for name in construction_order(self.plan):
             dep = self.plan.deployment(name)
-            replicas = [Replica(self._construct(dep, i), i, self._pool, loop) for i in range(dep.num_replicas)]
-            self.sets[name] = ReplicaSet(dep, replicas)
+            target = self.plan.resolve(dep.import_path)  # the object of an in-process build
+            replicas = []
+            for index in range(dep.num_replicas):
+                try:
+                    instance = construct(name, dep.kind, target, dep.init_args, dep.init_kwargs, self._handle_factory)
+                except ReplicaStartError as exc:
+                    raise DeploymentStartError(exc.deployment, exc.message) from exc.__cause__
+                configure_batching(instance, dep.batching)  # the plan's batching values (a function's too)
+                if dep.batching and dep.kind == "class" and self._on_batch is not None:
+                    observe_batches(instance, _batch_observer(self._on_batch, name))
+                replicas.append(Replica(instance, index, pool))
+            self.routers[name] = ReplicaRouter(dep, replicas)
 
-    def _construct(self, dep: DeploymentPlan, index: int) -> Any:
-        target = load_target(self.plan, dep.import_path, dep.name)
-        if dep.kind == "function":
-            return target
-        handle = self._handle_factory or (lambda n: None)
-        args, kwargs = build_args(dep.init_args, dep.init_kwargs, handle)
+    async def submit(
+        self,
+        node: str,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: NodeSpan | None = None,
+    ) -> Any:
+        """Run the call on the least-loaded replica and return its result."""
+        router = self.routers[deployment]
+        replica = router.try_acquire() or await router.acquire()
+        if span is not None:
+            span.replica = replica.index
+        on_latency = self._on_latency
+        start = time.perf_counter() if on_latency is not None else 0.0
         try:
-            instance = target(*args, **kwargs)
-        except Exception as exc:
-            raise DeploymentStartError(dep.name, f"constructor raised {type(exc).__name__}: {exc}") from exc
-        if dep.batching and self._on_batch is not None:
-            on_batch, name = self._on_batch, dep.name
-            observe_batches(instance, lambda method, size: on_batch(name, method, size))
-        return instance
+            return await replica.invoke(method, args, kwargs)
+        finally:
+            router.release(replica)
+            if on_latency is not None:
+                on_latency(node, time.perf_counter() - start)
 
-    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return await self.sets[deployment].call(method, args, kwargs)
+    async def fetch(self, values: list[Any]) -> list[Any]:
+        return values
 
-    async def resolve(self, value: Any) -> Any:
-        return value
+    async def call(
+        self,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: NodeSpan | None = None,
+    ) -> Any:
+        """A handle's call (not a graph node: no node latency is observed)."""
+        router = self.routers[deployment]
+        replica = router.try_acquire() or await router.acquire()
+        if span is not None:
+            span.replica = replica.index
+        try:
+            return await replica.invoke(method, args, kwargs)
+        except (RequestError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # the deployment's own failure, named after the method called
+            raise NodeExecutionError(f"{deployment}.{method}", deployment, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            router.release(replica)
+
+    def cancel(self, values: list[Any]) -> None:
+        return None
+
+    def load(self) -> dict[str, DeploymentLoad]:
+        loads = {}
+        for name, router in self.routers.items():
+            load = router.load()
+            if router.replicas and self.plan.deployment(name).batching:
+                load = dataclasses.replace(load, batching=limits_by_method(batch_limits(router.replicas[0].instance)))
+            loads[name] = load
+        return loads
+
+    def batch_limits(self) -> dict[tuple[str, int], dict[str, BatchLimits]]:
+        """The current limits of every replica's batchers, by (deployment, replica index)."""
+        out: dict[tuple[str, int], dict[str, BatchLimits]] = {}
+        for name, router in self.routers.items():
+            seen: set[int] = set()
+            for replica in router.replicas:
+                if id(replica.instance) in seen:  # a function deployment: one object, one set of batchers
+                    continue
+                seen.add(id(replica.instance))
+                limits = batch_limits(replica.instance)
+                if limits:
+                    out[(name, replica.index)] = limits
+        return out
 
     async def stop(self) -> None:
-        for replica_set in self.sets.values():
-            replica_set.close()
-            for replica in replica_set.replicas:
+        for router in self.routers.values():
+            router.close()
+            for replica in router.replicas:
                 close_batchers(replica.instance)  # a batched function deployment keeps them on itself
-        self.sets.clear()
+        self.routers.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def queue_depth(self) -> dict[str, int]:
-        return {name: s.queued for name, s in self.sets.items()}
 
-    def in_flight(self) -> dict[str, int]:
-        return {name: s.ongoing for name, s in self.sets.items()}
+def _batch_observer(on_batch: BatchObserver, deployment: str) -> Callable[[str, int], None]:
+    return lambda method, size: on_batch(deployment, method, size)
+
+
+if TYPE_CHECKING:
+
+    def _implements_the_protocol(backend: LocalBackend) -> Backend:
+        return backend  # mypy: LocalBackend is a complete Backend

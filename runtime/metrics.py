@@ -12,7 +12,28 @@ from collections.abc import Callable, Iterable
 
 Labels = tuple[tuple[str, str], ...]
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# from 10 us: an in-process hop costs microseconds, a model milliseconds
+LATENCY_BUCKETS = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -48,13 +69,17 @@ class Metrics:
         series[labels] = series.get(labels, 0.0) + value
 
     def observe(self, name: str, value: float, labels: Labels = (), buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
+        self.series(name, labels, buckets).observe(value)
+
+    def series(self, name: str, labels: Labels = (), buckets: Iterable[float] = LATENCY_BUCKETS) -> Histogram:
+        """The histogram of ``name`` with ``labels`` (created empty): keep it to observe on a hot path."""
         family = self._histograms.get(name)
         if family is None:
             family = self._histograms.setdefault(name, (tuple(buckets), {}))
         hist = family[1].get(labels)
         if hist is None:
             hist = family[1].setdefault(labels, Histogram(family[0]))
-        hist.observe(value)
+        return hist
 
     def gauge(self, name: str, read: Callable[[], dict[Labels, float]]) -> None:
         """Register a gauge read when rendering (queue depth, in-flight)."""
@@ -66,6 +91,15 @@ class Metrics:
     def histogram(self, name: str, labels: Labels = ()) -> Histogram | None:
         family = self._histograms.get(name)
         return family[1].get(labels) if family else None
+
+    def histograms(self, name: str) -> dict[Labels, Histogram]:
+        """Every series of histogram ``name`` (the live page reads them)."""
+        family = self._histograms.get(name)
+        return dict(family[1]) if family else {}
+
+    def counters(self, name: str) -> dict[Labels, float]:
+        """Every series of counter ``name``."""
+        return dict(self._counters.get(name, {}))
 
     def render(self) -> str:
         lines: list[str] = []
@@ -110,3 +144,22 @@ def _num(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
     return repr(float(value))
+
+
+def quantile(q: float, buckets: tuple[float, ...], counts: list[int]) -> float | None:
+    """The ``q`` quantile of a histogram's per-bucket ``counts`` (the last one the open top
+    bucket), by linear interpolation inside the bucket it falls in, as Prometheus'
+    ``histogram_quantile``; None without observations. The top bucket reads as the highest bound."""
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    for index, count in enumerate(counts):
+        if count and seen + count >= rank:
+            if index == len(buckets):
+                return buckets[-1]
+            lower = buckets[index - 1] if index else 0.0
+            return lower + (buckets[index] - lower) * (rank - seen) / count
+        seen += count
+    return buckets[-1]

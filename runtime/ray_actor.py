@@ -1,31 +1,31 @@
 """The Ray side of the Ray backend: one :class:`ReplicaActor` per replica, its handles,
 and the errors that cross process boundaries.
 
-An actor holds one instance of a deployment. It builds the instance lazily on its own
-event loop (on :meth:`ReplicaActor.ready` at start, or on the first call after Ray
-restarted a dead actor), so handles, batchers and ``asyncio`` objects the constructor
-creates belong to the loop that runs the calls. Async methods run on that loop; sync
-methods in a thread pool, as on the local backend. ``@gs.batch`` wrappers batch inside
-the actor with ``runtime/batcher.py``.
+An actor holds one replica of a deployment: the same replica core as the local backend
+(``replica.py``: target loading, construction with handles, method lookup, sync/async
+dispatch). It builds it lazily on its own event loop (on :meth:`ReplicaActor.ready` at
+start, or on the first call after Ray restarted a dead actor), so handles, batchers and
+``asyncio`` objects the constructor creates belong to the loop that runs the calls.
+``@gs.batch`` wrappers batch inside the actor with ``runtime/batcher.py``.
 
 Handles a constructor receives are :class:`~graphserve.runtime.handle.DeploymentHandle`
 objects whose calls go straight to the target deployment's actors (least in-flight
 first) without passing through the driver.
 
-Errors are carried in two small picklable exceptions (:class:`ReplicaCallError`,
-:class:`ReplicaStartError`) that name the node and deployment where they happened; the
-driver turns them back into :class:`NodeExecutionError` / :class:`DeploymentStartError`
-with :func:`node_error`, whichever downstream reference it was waiting on.
+Errors are carried in two small picklable exceptions (:class:`ReplicaCallError`, and the
+replica core's :class:`~graphserve.runtime.replica.ReplicaStartError`) that name the node
+and deployment where they happened; the driver turns them back into
+:class:`NodeExecutionError` / :class:`DeploymentStartError` with :func:`node_error`,
+whichever downstream reference it was waiting on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
-import inspect
 import os
-from collections.abc import Callable
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,11 +34,14 @@ from ray import cloudpickle
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
 from graphserve.errors import NodeExecutionError, PlanError
-from graphserve.plan import ArgPlan, import_object
+from graphserve.plan import ArgPlan, BatchingPlan
 
-from .batcher import observe_batches
-from .construction import build_args
+from .backend import BatchLimits
+from .batcher import batch_limits, configure_batching, observe_batches
 from .handle import DeploymentHandle
+from .otel import attached, inject
+from .replica import Replica, ReplicaStartError, construct
+from .tracing import CURRENT, ActorRecord
 
 
 class ReplicaCallError(Exception):
@@ -65,18 +68,6 @@ class ReplicaCallError(Exception):
         if isinstance(exc, NodeExecutionError):  # from a handle: keep the node it names
             return cls(exc.node, exc.deployment, _message_of(exc), _picklable(exc.__cause__))
         return cls(node, deployment, f"{type(exc).__name__}: {exc}", _picklable(exc))
-
-
-class ReplicaStartError(Exception):
-    """A replica's constructor (or import) failed: picklable, names the deployment."""
-
-    def __init__(self, deployment: str, message: str) -> None:
-        super().__init__(deployment, message)
-        self.deployment = deployment
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"deployment {self.deployment!r} failed to start: {self.message}"
 
 
 def _message_of(exc: NodeExecutionError) -> str:
@@ -151,15 +142,8 @@ class ReplicaSpec:
     handles: dict[str, list[str]] = field(default_factory=dict)  # deployment -> its actors' names
     retries: dict[str, int] = field(default_factory=dict)  # deployment -> its max_retries
     batching: bool = False
+    batch_plans: list[BatchingPlan] = field(default_factory=list)  # the plan's batching values, applied
     threads: int = 32
-
-
-def load_spec_target(target: Any) -> Any:
-    """The user's class or function: imported by path, unwrapped from ``@gs.deployment``."""
-    obj = import_object(target) if isinstance(target, str) else target
-    if not (isinstance(obj, type) or inspect.isfunction(obj) or inspect.isbuiltin(obj)):
-        obj = getattr(obj, "__wrapped__", obj)
-    return obj
 
 
 class RemoteHandles:
@@ -181,10 +165,20 @@ class RemoteHandles:
         counts = self._inflight[deployment]
         index = min(range(len(counts)), key=counts.__getitem__)
         node = f"{deployment}.{method}"
-        ref: Any = self._actors[deployment][index].call.remote(node, method, *args, **kwargs)
+        parent = CURRENT.get()
+        ref: Any
+        record: Any = None
+        if isinstance(parent, ActorRecord):  # a traced call: the target sends its record back too
+            actor = self._actors[deployment][index]
+            ref, record = actor.call_traced.remote(node, method, inject(), *args, **kwargs)
+        else:
+            ref = self._actors[deployment][index].call.remote(node, method, *args, **kwargs)
         counts[index] += 1
         try:
-            return await ref
+            value = await ref
+            if record is not None and isinstance(parent, ActorRecord):
+                parent.calls.append(await record)
+            return value
         except asyncio.CancelledError:
             ray.cancel(ref)
             raise
@@ -199,74 +193,86 @@ class ReplicaActor:
 
     def __init__(self, spec: ReplicaSpec) -> None:
         self.spec = spec
-        self._instance: Any = None
-        self._methods: dict[str, tuple[Callable[..., Any], bool]] = {}
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._replica: Replica | None = None
         self._batches: list[tuple[str, int]] = []
+        self._latencies: deque[tuple[str, float]] = deque(maxlen=100_000)  # (node, seconds) until drained
 
     # -- construction ------------------------------------------------------------------
     async def ready(self) -> int:
-        """Build the instance now (the driver waits on every replica at start)."""
+        """Build the replica now (the driver waits on every replica at start)."""
         await self._ensure()
         return os.getpid()
 
-    async def _ensure(self) -> Any:
-        if self._instance is None:  # the constructor is synchronous: no other call interleaves
-            self._instance = self._construct()
-        return self._instance
+    async def _ensure(self) -> Replica:
+        if self._replica is None:  # the constructor is synchronous: no other call interleaves
+            self._replica = self._build()
+        return self._replica
 
-    def _construct(self) -> Any:
+    def _build(self) -> Replica:
         spec = self.spec
-        try:
-            target = load_spec_target(spec.target)
-        except Exception as exc:
-            raise ReplicaStartError(spec.deployment, f"cannot load {spec.target!r}: {exc}") from None
-        self._pool = concurrent.futures.ThreadPoolExecutor(spec.threads, thread_name_prefix=f"gs-{spec.deployment}")
-        if spec.kind == "function":
-            return target
         loop = asyncio.get_running_loop()
         handles = RemoteHandles(spec)
-        args, kwargs = build_args(spec.init_args, spec.init_kwargs, lambda name: handles.handle(name, loop))
         try:
-            instance = target(*args, **kwargs)
-        except Exception as exc:
-            raise ReplicaStartError(spec.deployment, f"constructor raised {type(exc).__name__}: {exc}") from None
-        if spec.batching:
+            instance = construct(
+                spec.deployment,
+                spec.kind,
+                spec.target,
+                spec.init_args,
+                spec.init_kwargs,
+                lambda name: handles.handle(name, loop),
+            )
+        except ReplicaStartError as exc:  # its cause may not pickle: the message says it
+            raise ReplicaStartError(exc.deployment, exc.message) from None
+        configure_batching(instance, spec.batch_plans)  # the plan's batching values (a function's too)
+        if spec.batching and spec.kind == "class":
             observe_batches(instance, lambda method, size: self._batches.append((method, size)))
-        return instance
+        pool = concurrent.futures.ThreadPoolExecutor(spec.threads, thread_name_prefix=f"gs-{spec.deployment}")
+        return Replica(instance, spec.index, pool)
 
     # -- calls -------------------------------------------------------------------------
-    def _method(self, instance: Any, name: str) -> tuple[Callable[..., Any], bool]:
-        found = self._methods.get(name)
-        if found is None:
-            if inspect.isfunction(instance) and name == "__call__":
-                fn: Callable[..., Any] = instance
-            else:
-                fn = getattr(instance, name)
-            is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
-            found = self._methods[name] = (fn, is_async)
-        return found
-
     async def call(self, node: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run ``method`` for ``node``; Ray has already resolved reference arguments."""
-        spec = self.spec
+        start = time.perf_counter()
         try:
-            instance = self._instance if self._instance is not None else await self._ensure()
-            fn, is_async = self._method(instance, method)
-            if is_async:
-                return await fn(*args, **kwargs)
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-            if inspect.isawaitable(result):  # a sync wrapper that returned a coroutine
-                result = await result
-            return result
+            return await self._run(node, method, args, kwargs)
+        finally:
+            self._latencies.append((node, time.perf_counter() - start))
+
+    @ray.method(num_returns=2)
+    async def call_traced(
+        self, node: str, method: str, carrier: dict[str, str] | None, /, *args: Any, **kwargs: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        """:meth:`call` for a traced request: the result, and this call's record (times in the
+        actor, batch size, the handle calls it made). ``carrier``: the caller's OpenTelemetry
+        context (W3C headers), current while the method runs."""
+        record = ActorRecord(node, self.spec.deployment, self.spec.index)
+        token = CURRENT.set(record)
+        try:
+            with attached(carrier):
+                value = await self.call(node, method, *args, **kwargs)
+        finally:
+            CURRENT.reset(token)
+        return value, record.to_json()
+
+    async def _run(self, node: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            replica = self._replica or await self._ensure()
+            return await replica.invoke(method, args, kwargs)
         except ReplicaStartError as exc:
-            raise ReplicaCallError(node, spec.deployment, f"the replica could not be rebuilt: {exc.message}") from None
-        except Exception as exc:
-            raise ReplicaCallError.wrap(node, spec.deployment, exc) from None
+            message = f"the replica could not be rebuilt: {exc.message}"
+            raise ReplicaCallError(node, self.spec.deployment, message) from None
+        except Exception as exc:  # the user's method: carried to the driver, naming the node
+            raise ReplicaCallError.wrap(node, self.spec.deployment, exc) from None
 
     @ray.method(concurrency_group="control")  # never takes one of the max_ongoing_requests slots
-    async def drain_batches(self) -> list[tuple[str, int]]:
-        """The (method, size) of every batch sent since the last drain."""
-        out, self._batches = self._batches, []
-        return out
+    async def drain_metrics(self) -> tuple[list[tuple[str, int]], list[tuple[str, float]]]:
+        """The (method, size) of every batch sent and the (node, seconds) of every call since the last drain."""
+        batches, self._batches = self._batches, []
+        latencies = list(self._latencies)
+        self._latencies.clear()
+        return batches, latencies
+
+    @ray.method(concurrency_group="control")
+    async def batch_limits(self) -> dict[str, BatchLimits]:
+        """The current limits of this replica's batchers (empty before its first batch)."""
+        return batch_limits(self._replica.instance) if self._replica is not None else {}

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Generic, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from graphserve.errors import OverloadedError
 from graphserve.plan import DeploymentPlan
+
+if TYPE_CHECKING:
+    from .backend import BatchLimits
 
 
 class Routed(Protocol):
@@ -23,6 +27,18 @@ class Routed(Protocol):
 
 
 R = TypeVar("R", bound=Routed)
+
+
+@dataclass(frozen=True)
+class DeploymentLoad:
+    """How busy one deployment is right now (the live page and the gauges read it)."""
+
+    replicas: int  # how many it has
+    busy: int  # how many are running at least one call
+    ongoing: int  # calls running on them
+    queued: int  # calls waiting for a free replica
+    # method -> the batching limits its batchers use now (where the backend can see them)
+    batching: dict[str, BatchLimits] = field(default_factory=dict)
 
 
 class ReplicaRouter(Generic[R]):
@@ -45,6 +61,15 @@ class ReplicaRouter(Generic[R]):
     def ongoing(self) -> int:
         return sum(r.ongoing for r in self.replicas)
 
+    def load(self) -> DeploymentLoad:
+        replicas = self.replicas
+        return DeploymentLoad(
+            replicas=len(replicas),
+            busy=sum(1 for r in replicas if r.ongoing > 0),
+            ongoing=sum(r.ongoing for r in replicas),
+            queued=len(self._waiters),
+        )
+
     def _pick(self) -> R | None:
         replicas = self.replicas
         if len(replicas) == 1:
@@ -58,11 +83,23 @@ class ReplicaRouter(Generic[R]):
             best = candidate if candidate is not None else min(replicas, key=lambda r: r.ongoing)
         return best if best.ongoing < self.limit else None
 
+    def try_acquire(self) -> R | None:
+        """A replica with a slot reserved for the caller, if one is free and nobody waits (else None)."""
+        if self._waiters or self.closed:
+            return None
+        replicas = self.replicas
+        replica = replicas[0] if len(replicas) == 1 else self._pick()  # one replica: no choice to make
+        if replica is None or replica.ongoing >= self.limit:
+            return None
+        replica.ongoing += 1
+        return replica
+
     async def acquire(self) -> R:
-        """A replica with a slot reserved for the caller; :meth:`release` it after the call."""
-        replica = self._pick() if not self._waiters and not self.closed else None
+        """A replica with a slot reserved for the caller, waiting in the FIFO for one if needed;
+        :meth:`release` it after the call. ``router.try_acquire() or await router.acquire()``
+        is the fast path."""
+        replica = self.try_acquire()
         if replica is not None:
-            replica.ongoing += 1
             return replica
         if self.closed:
             raise OverloadedError(f"deployment {self.name!r} is stopping")

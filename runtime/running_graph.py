@@ -9,15 +9,17 @@ await runtime.stop()
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
-from graphserve.errors import GraphError, NodeExecutionError, RequestError
+from graphserve.errors import GraphError
 from graphserve.plan import Plan
 
 from .backend import Backend
 from .executor import GraphExecutor
 from .handle import DeploymentHandle
-from .metrics import BATCH_BUCKETS, Metrics
+from .metrics import BATCH_BUCKETS, Histogram, Metrics
+from .tracing import CURRENT, NodeSpan, Trace
 
 
 class GraphRuntime:
@@ -34,6 +36,14 @@ class GraphRuntime:
         self.executor: GraphExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = False
+        self.stopping = False  # stop() was called: not ready again
+        self._node_latency: dict[str, Histogram] = {}
+
+    @property
+    def backend_name(self) -> str:
+        """``local``, ``ray``, or the class name of a backend passed in."""
+        spec = self._backend_spec
+        return spec if isinstance(spec, str) else type(spec).__name__
 
     def _make_backend(self) -> Backend:
         spec = self._backend_spec
@@ -42,11 +52,13 @@ class GraphRuntime:
         if spec == "local":
             from .local import LocalBackend
 
-            return LocalBackend(self.plan, handle_factory=self.handle, on_batch=self._on_batch)
+            return LocalBackend(
+                self.plan, handle_factory=self.handle, on_batch=self._on_batch, on_latency=self._on_latency
+            )
         if spec == "ray":
             from .ray_backend import RayBackend  # optional extra: imported only when asked for
 
-            return RayBackend(self.plan, on_batch=self._on_batch, **self._backend_options)  # type: ignore[no-any-return]
+            return RayBackend(self.plan, on_batch=self._on_batch, on_latency=self._on_latency, **self._backend_options)
         raise GraphError(f"unknown backend {spec!r}: expected 'local' or 'ray'")
 
     def _on_batch(self, deployment: str, method: str, size: int) -> None:
@@ -57,19 +69,33 @@ class GraphRuntime:
             buckets=BATCH_BUCKETS,
         )
 
+    def _on_latency(self, node: str, seconds: float) -> None:
+        """A call's latency, measured by the backend where it ran (the local backend per call;
+        Ray actors report theirs every metrics interval)."""
+        series = self._node_latency.get(node)
+        if series is None:
+            labels = (("graph", self.plan.name), ("node", node))
+            series = self._node_latency[node] = self.metrics.series("graphserve_node_latency_seconds", labels)
+        series.observe(seconds)
+
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self._node_latency.clear()  # the metrics registry may have been replaced (one per server)
         self.backend = self._make_backend()
         await self.backend.start()
-        self.executor = GraphExecutor(self.plan, self.backend, self.metrics)
+        self.executor = GraphExecutor(self.plan, self.backend)
         self.ready = True
 
-    async def execute(self, request: Any, timeout_s: float | None = None) -> Any:
+    def execute(
+        self, request: Any, timeout_s: float | None = None, trace: Trace | None = None
+    ) -> Coroutine[Any, Any, Any]:
+        """The executor's run of ``request`` (await it); no coroutine of its own on the hot path."""
         if self.executor is None:
             raise GraphError(f"graph {self.plan.name!r} is not started")
-        return await self.executor.execute(request, timeout_s)
+        return self.executor.execute(request, timeout_s, trace)
 
     async def stop(self) -> None:
+        self.stopping = True
         self.ready = False
         if self.backend is not None:
             await self.backend.stop()
@@ -80,12 +106,31 @@ class GraphRuntime:
         loop = self.loop or asyncio.get_event_loop()
         return DeploymentHandle(deployment, self._handle_call, loop, method)
 
-    async def _handle_call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _handle_call(
+        self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Coroutine[Any, Any, Any]:
+        """The backend's call for a handle (no coroutine of its own: one frame less per handle call)."""
         if self.backend is None:
             raise GraphError(f"graph {self.plan.name!r} is not started")
+        parent = CURRENT.get()
+        if isinstance(parent, NodeSpan):  # made while a traced request's node runs: a child span
+            return self._traced_handle_call(parent, deployment, method, args, kwargs)
+        return self.backend.call(deployment, method, args, kwargs)
+
+    async def _traced_handle_call(
+        self, parent: NodeSpan, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if self.backend is None:
+            raise GraphError(f"graph {self.plan.name!r} is not started")
+        span = parent.child(f"{deployment}.{method}", deployment)
+        token = CURRENT.set(span)
         try:
-            return await self.backend.call(deployment, method, args, kwargs)
-        except (RequestError, asyncio.CancelledError):
+            with span.trace.current(span):
+                result = await self.backend.call(deployment, method, args, kwargs, span)
+        except BaseException as exc:
+            span.finish(exc)
             raise
-        except Exception as exc:
-            raise NodeExecutionError(f"{deployment}.{method}", deployment, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            CURRENT.reset(token)
+        span.finish()
+        return result

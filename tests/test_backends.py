@@ -23,7 +23,9 @@ from graphserve.errors import (
     RequestValidationError,
 )
 from graphserve.runtime import GraphRuntime
+from graphserve.runtime.tracing import Trace
 from tests.graphs import backends as g
+from tests.graphs import page_graphs
 from tests.graphs.backends import EventLog
 
 
@@ -297,3 +299,58 @@ async def test_output_structures_constants_and_packed_lists(backend: str) -> Non
         listed = g.Add.options(name="Add2").bind().__call__.bind(gs.glue(sum).bind([d, d, 1.0]))
     async with running(gs.graph({"d": d, "t": (d, packed), "l": [packed, listed]}), backend) as runtime:
         assert await runtime.execute(2.0) == {"d": 4.0, "t": (4.0, 5.0), "l": [5.0, 9.0]}
+
+
+# -- traces (X-Graphserve-Trace, the live page's waterfall) --------------------------------
+async def test_a_trace_records_the_nodes_that_ran_and_the_arm_skipped(backend: str) -> None:
+    async with running(page_graphs.make_app(), backend) as runtime:
+        trace = Trace(runtime.plan, "rid-1", backend=backend)
+        assert await runtime.execute({"text": "a long text"}, None, trace) == {"path": "long", "n": 11}
+        await trace.settle()
+        untraced = await runtime.execute({"text": "tiny"})  # the same runtime, untraced
+    assert untraced == {"path": "short", "n": 4}
+    data = trace.to_json()
+    assert data["backend"] == backend and data["request_id"] == "rid-1" and data["status"] == "ok"
+    nodes = {n["node"]: n for n in data["nodes"]}
+    ran = {
+        "input",
+        "input.text",
+        "input.fail",
+        "Classifier.__call__",
+        "Embed.__call__",
+        "long_path",
+        "switch",
+        "output",
+    }
+    assert set(nodes) == ran and data["skipped"] == ["short_path"]
+    assert nodes["Embed.__call__"]["batch_size"] == 1 and nodes["Embed.__call__"]["kind"] == "deployment"
+    assert nodes["long_path"]["replica"] in (0, 1) and nodes["input.text"]["kind"] == "field"
+    assert all(n["status"] == "ok" and n["duration_ms"] >= 0 and n["start_ms"] >= 0 for n in nodes.values())
+    embed, long_path = nodes["Embed.__call__"], nodes["long_path"]
+    assert long_path["start_ms"] >= embed["start_ms"] + embed["duration_ms"] - 1  # it waited for its input
+    assert data["duration_ms"] >= long_path["start_ms"] + long_path["duration_ms"] - 1
+
+
+async def test_a_trace_shows_handle_calls_inside_a_node_as_its_children(backend: str, log: EventLog) -> None:
+    with gs.InputNode() as inp:
+        out = g.Caller.bind(g.Sleep.bind("inner", log.path, 0.05)).__call__.bind(inp)
+    async with running(gs.graph(out), backend) as runtime:
+        trace = Trace(runtime.plan, backend=backend)
+        assert await runtime.execute(1.0, None, trace) == 20.0
+        await trace.settle()
+    nodes = {n["node"]: n for n in trace.to_json()["nodes"]}
+    parent, child = nodes["Caller.__call__"], nodes["Sleep.__call__"]
+    assert child["parent"] == "Caller.__call__" and child["kind"] == "handle" and child["replica"] == 0
+    assert child["duration_ms"] >= 40
+    assert parent["start_ms"] - 1 <= child["start_ms"]
+    assert child["start_ms"] + child["duration_ms"] <= parent["start_ms"] + parent["duration_ms"] + 1
+
+
+async def test_a_trace_marks_the_node_that_failed(backend: str) -> None:
+    async with running(page_graphs.make_app(), backend) as runtime:
+        trace = Trace(runtime.plan, backend=backend)
+        with pytest.raises(NodeExecutionError):
+            await runtime.execute({"text": "a long text", "fail": True}, None, trace)
+        await trace.settle()
+    nodes = {n["node"]: n for n in trace.to_json()["nodes"]}
+    assert nodes["long_path"]["status"] == "error" and nodes["Classifier.__call__"]["status"] == "ok"

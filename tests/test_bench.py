@@ -130,7 +130,7 @@ def test_targets_pass_fail_and_missing():
             "starlette": {"workloads": {"W1": {"closed": {"1": closed(500), "64": closed(1000)}}}},
             "local": {
                 "workloads": {
-                    "W1": {"closed": {"64": closed(700)}},
+                    "W1": {"closed": {"1": closed(490), "64": closed(700)}},
                     "W3": {"closed": {"1": closed(90, p50=12.0)}},
                 }
             },
@@ -141,6 +141,9 @@ def test_targets_pass_fail_and_missing():
     assert rows["W1 req/s, local / raw Starlette"]["measured"] == pytest.approx(0.7)
     assert rows["W1 req/s, local / raw Starlette"]["passed"] is True
     assert rows["W1 req/s, local / Ray Serve"]["passed"] is None
+    every = rows["W1 (no-op) req/s at every connection count, local / raw Starlette"]
+    assert every["measured"] == pytest.approx(0.7) and every["passed"] is False  # the worst count, not the peak
+    assert rows["W2 (chain of 3) req/s at every connection count, local / raw Starlette"]["passed"] is None
     assert rows["W3 p50 at 1 connection, local"]["passed"] is False
     assert rows["per-hop overhead, local (graph nodes)"]["passed"] is True
     assert rows["per-hop overhead, local (handle calls)"]["passed"] is False
@@ -216,3 +219,24 @@ def test_quick_run_on_ray_and_ray_serve(tmp_path):
         assert w["closed"]["1"]["rps"] > 0 and w["open"]["20"]["completed"] == 20
     by_figure = {t["figure"]: t for t in results["targets"]}
     assert by_figure["W1 req/s, graphserve Ray / Ray Serve"]["measured"] > 0
+
+
+def test_w6_hand_setting_and_targets() -> None:
+    """W6's hand setting is the same batching everywhere with one replica each; its targets are
+    computed from the rows, not asserted."""
+    import graphserve as gs
+    from bench import w6, w6_workload
+
+    plan = gs.build(w6_workload.app, cluster="none")
+    hand = w6.hand_plan(plan, 8, 0.005)
+    assert {d.num_replicas for d in hand.deployments} == {1}
+    assert {(b.max_batch_size, b.batch_wait_timeout_s) for d in hand.deployments for b in d.batching} == {(8, 0.005)}
+    assert sum(json.loads(b)["x"] >= w6_workload.BRANCH_AT for b in w6_workload.BODIES) == 30  # the 30% branch
+    row = {"p99_ms": 40.0, "rejected_share": 0.0, "replicas": 4}
+    systems = {
+        "planned": {"rates": [{**row, "rate": 100, "feasible": True, "met": True, "p99_error": 0.1, "replicas": 2}]},
+        "hand": {"rates": [{**row, "rate": 100, "met": True}]},
+    }
+    t = w6.targets(systems)
+    assert t["replica_saving_where_both_meet"] == [0.5] and t["replica_saving_at_least_30pct"]
+    assert t["predicted_p99_within_20pct"] and not t["planned_meets_where_hand_misses"]

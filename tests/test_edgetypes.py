@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, TypedDict, Union
 
 import pytest
 from pydantic import BaseModel
 
-from graphserve.compiler.edgetypes import describe, field_type, is_compatible
+from graphserve.compiler.edgetypes import describe, field_type, hints, is_compatible
+
+if TYPE_CHECKING:
+    from decimal import Decimal  # a name that does not exist at run time
 
 
 class Base(BaseModel):
@@ -67,3 +70,28 @@ def test_field_types() -> None:
 def test_describe() -> None:
     assert describe(int) == "int" and describe(Any) == "Any" and describe(list[int]) == "list[int]"
     assert describe(Child) == "Child"
+
+
+def only_typed_for_the_checker(x: int, amount: Decimal) -> str:
+    return f"{x} {amount}"
+
+
+class Fields(TypedDict):
+    count: int
+    amount: Decimal
+
+
+def test_an_annotation_that_does_not_resolve_leaves_the_others_checked() -> None:
+    assert hints(only_typed_for_the_checker) == {"x": int, "return": str}  # `amount` passes as Any
+    assert hints(Fields) == {"count": int}
+    assert field_type(Fields, "count", "item") == (True, int)
+
+
+def test_a_bug_in_resolving_is_not_swallowed() -> None:
+    class Exploding:
+        @property
+        def __annotations__(self) -> dict[str, Any]:  # type: ignore[override]
+            raise RuntimeError("a bug, not an annotation problem")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        hints(Exploding())

@@ -65,6 +65,18 @@ async def test_schema_validation() -> None:
     await runtime.stop()
 
 
+async def test_a_bug_in_a_schema_validator_is_not_an_invalid_request() -> None:
+    with gs.InputNode(schema=m.Strict) as inp:
+        out = m.double.bind(inp.value)
+    runtime = await started(gs.graph(out))
+    assert await runtime.execute({"value": 2}) == 4
+    with pytest.raises(RequestValidationError):
+        await runtime.execute({"value": "x"})  # the request's fault: 422
+    with pytest.raises(RuntimeError, match="a bug in the validator"):
+        await runtime.execute({"value": -1})  # the code's fault: not a 422 (the ingress answers 500)
+    await runtime.stop()
+
+
 async def test_lists_of_nodes_as_arguments_are_packed() -> None:
     @gs.deployment
     class Sum:

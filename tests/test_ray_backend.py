@@ -102,6 +102,22 @@ async def test_calls_go_to_the_other_replicas_while_a_dead_one_restarts(log: Eve
         assert survivor in pids and (pids - {survivor}).isdisjoint(answers)  # never the dead process
 
 
+async def test_a_replica_whose_restarts_are_exhausted_stays_out_of_routing(log: EventLog) -> None:
+    with gs.InputNode() as inp:
+        out = r.Mortal.options(num_replicas=2).bind(log.path).__call__.bind(inp)
+    async with running(gs.graph(out), max_restarts=0) as runtime:
+        backend: Any = runtime.backend
+        pids = set(await asyncio.gather(*[runtime.execute("sleep0.2") for _ in range(4)]))
+        assert len(pids) == 2
+        with pytest.raises(NodeExecutionError, match="died"):
+            await bounded(runtime.execute("die"))
+        while backend._probes:  # the probe of the dead replica gives up (Ray will not restart it)
+            await asyncio.sleep(0.05)
+        assert [replica.down for replica in backend.routers["Mortal"].replicas].count(True) == 1
+        answers = [await bounded(runtime.execute("ping")) for _ in range(6)]  # none goes to the dead one
+        assert len(set(answers)) == 1 and answers[0] in pids
+
+
 async def test_max_retries_retries_calls_that_were_running_on_a_killed_replica(ray_cluster: Any, log: EventLog) -> None:
     with gs.InputNode() as inp:
         out = r.Mortal.options(max_retries=2).bind(log.path).__call__.bind(inp)
@@ -182,13 +198,13 @@ async def test_intermediate_results_never_reach_the_driver(log: EventLog) -> Non
     async with running(gs.graph(out)) as runtime:
         backend: Any = runtime.backend
         fetched: list[str] = []
-        resolve = backend.resolve
+        fetch = backend.fetch
 
-        async def recording(value: Any) -> Any:
-            fetched.append(getattr(value, "node", repr(value)))
-            return await resolve(value)
+        async def recording(values: list[Any]) -> list[Any]:
+            fetched.extend(getattr(value, "node", repr(value)) for value in values)
+            return await fetch(values)
 
-        backend.resolve = recording
+        backend.fetch = recording
         assert await runtime.execute(1.0) == 2.0 + 3.0
     assert fetched == ["Add.__call__"]
 
@@ -204,7 +220,10 @@ async def test_batch_sizes_reach_the_driver_metrics() -> None:
             "graphserve_batch_size",
             (("graph", runtime.plan.name), ("deployment", "Batched"), ("method", "Batched.__call__")),
         )
+        limits = runtime.backend.batch_limits()  # type: ignore[union-attr]  # read from the replica at the flush
     assert histogram is not None and histogram.sum == 8 and histogram.count == batches < 8
+    batched = limits[("Batched", 0)]["Batched.__call__"]
+    assert batched["size_limit"] == batched["max_batch_size"] and batched["adaptive"] is False
 
 
 async def test_a_plan_read_from_json_runs_by_import_path() -> None:
@@ -227,6 +246,33 @@ async def test_a_deployment_defined_in_a_function_is_shipped_by_value() -> None:
         out = Local.bind().__call__.bind(g.double.bind(inp))
     async with running(gs.graph(out)) as runtime:
         assert await runtime.execute(1.0) == 14.0
+
+
+async def test_an_import_path_that_names_another_object_is_a_start_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    with gs.InputNode() as inp:
+        out = g.Add.bind().__call__.bind(inp)
+    plan = compile_app(gs.graph(out))  # remembers the class it was built with
+    monkeypatch.setattr(g, "Add", g.Scorer)  # the module attribute now names another class
+    with pytest.raises(DeploymentStartError, match="imports another object") as info:
+        await GraphRuntime(plan, backend="ray").start()
+    assert info.value.deployment == "Add"
+
+
+async def test_node_latency_is_measured_in_the_actors(log: EventLog) -> None:
+    with gs.InputNode() as inp:
+        a = g.Sleep.options(name="A").bind("a", log.path, 0.0).__call__.bind(inp)
+        out = g.Add.bind().__call__.bind(a)
+    async with running(gs.graph(out), metrics_interval_s=0.1) as runtime:
+        await runtime.execute(1.0)
+
+        def count() -> int:
+            labels = (("graph", runtime.plan.name), ("node", "Add.__call__"))
+            histogram = runtime.metrics.histogram("graphserve_node_latency_seconds", labels)
+            return 0 if histogram is None else histogram.count
+
+        while count() < 1:  # measured in the actor, collected every metrics_interval_s
+            await asyncio.sleep(0.01)
+        assert count() == 1
 
 
 async def test_a_failed_start_stops_the_replicas_already_built(ray_cluster: Any) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import graphserve as gs
 from graphserve.compiler import Plan, compile_app
-from graphserve.compiler.render import FORMATS, node_kind, render, render_to_file, to_dot
+from graphserve.compiler.render import FIGURE_LINES, FORMATS, node_kind, render, render_to_file, to_dot
 from tests.graphs import branching, plan_graphs
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -59,9 +59,20 @@ def test_dot_text_has_every_node_stage_and_edge(plan: Plan) -> None:
         assert f'"{node.id}" [' in text
         for source in node.inputs:
             assert f'"{source}" -> "{node.id}" [' in text
-    assert '"input.text" -> "Heavy.run" [label="str", style="dashed", class="guarded"];' in text
-    assert '"input.text" -> "Scorer.__call__" [label="str"];' in text
-    assert '"Scorer.__call__" -> "is_long" [label="float"];' in text
+    assert (
+        '"input.text" -> "Heavy.run" [label="str", style="dashed", class="guarded", id="edge:input.text->Heavy.run"];'
+        in text
+    )
+    assert '"input.text" -> "Scorer.__call__" [label="str", id="edge:input.text->Scorer.__call__"];' in text
+    assert '"Scorer.__call__" -> "is_long" [label="float", id="edge:Scorer.__call__->is_long"];' in text
+    assert 'id="node:Scorer.__call__"' in text and "calls" not in text
+
+
+def test_figures_leave_room_in_deployment_nodes_only(plan: Plan) -> None:
+    text = to_dot(plan, figures=True)
+    deployments = [n for n in plan.nodes if n.kind == "call" and n.deployment]
+    assert text.count("\\n".join(FIGURE_LINES)) == len(deployments) > 0
+    assert to_dot(plan) == to_dot(plan, figures=False)
 
 
 def test_dot_is_deterministic() -> None:

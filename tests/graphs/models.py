@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 import graphserve as gs
 from tests.graphs.backends import BrokenInit as BrokenInit  # shared with the backend suite
@@ -17,6 +17,19 @@ from tests.graphs.backends import Fails as Fails
 class Request(BaseModel):
     text: str
     value: float = 1.0
+
+
+class Strict(BaseModel):
+    """A schema whose validator has a bug (raises something pydantic does not turn into a ValidationError)."""
+
+    value: float
+
+    @field_validator("value")
+    @classmethod
+    def buggy(cls, value: float) -> float:
+        if value < 0:
+            raise RuntimeError("a bug in the validator")
+        return value
 
 
 class Scores(BaseModel):

@@ -1,4 +1,6 @@
-"""The Ray backend's resource check, on plain numbers (no Ray needed)."""
+"""GS201, the one resource rule (graphserve/resources.py), on plain numbers: as the Ray
+backend checks a Ray cluster (no Ray needed) and as the planner checks the cluster it
+plans for."""
 
 from __future__ import annotations
 
@@ -8,8 +10,16 @@ import graphserve as gs
 from graphserve.compiler import compile_app
 from graphserve.errors import GraphValidationError
 from graphserve.plan import Plan
-from graphserve.runtime.ray_resources import check_fits
+from graphserve.resources import Capacity, shortfalls
+from graphserve.runtime.ray_backend import ray_capacity
 from tests.graphs import ray_graphs as r
+
+
+def check_fits(plan: Plan, totals: dict[str, float], nodes: list[dict[str, float]]) -> None:
+    """What the Ray backend runs before any actor starts."""
+    from graphserve.resources import check_fits
+
+    check_fits(plan.deployments, ray_capacity(totals, nodes), plan.name)
 
 
 def plan_for(**options: float) -> Plan:
@@ -50,3 +60,16 @@ def test_no_gpus_at_all() -> None:
     plan = plan_for(num_gpus=1)
     with pytest.raises(GraphValidationError, match="the Ray cluster has 0"):
         check_fits(plan, {"CPU": 2.0}, [{"CPU": 2.0}])
+
+
+def test_a_deployment_that_asks_for_none_is_never_reported() -> None:
+    with gs.InputNode() as inp:
+        a = r.Placement.options(name="Needy", num_cpus=2).bind().__call__.bind(inp)
+        b = r.Placement.options(name="Modest").bind().__call__.bind(a)
+    plan = compile_app(gs.graph(b), cluster=None)
+    capacity = Capacity(1, 0, "the cluster (given)", "plan for a bigger cluster (--cluster {resource}=N)")
+    (problem,) = shortfalls(plan.deployments, capacity)
+    assert problem.node == "Needy" and problem.location is None
+    assert "the cluster (given) has 1: short by 1" in problem.message
+    assert problem.hint == "lower num_replicas or num_cpus, or plan for a bigger cluster (--cluster cpus=N)"
+    assert shortfalls(plan.deployments, Capacity(2, 0, "c", "r")) == []  # exactly full fits

@@ -1,0 +1,451 @@
+"""One graph served at one path: the request path of a graph route, step by step.
+
+:meth:`GraphRoute.serve` answers one HTTP request with plain ASGI (no Starlette
+objects, no middleware) in these steps, each a method or function below::
+
+    read_head      the headers it needs, in one pass (request id, auth, length, timeout, trace)
+    admit          method, bearer token, graph ready, in-flight bound, declared length
+    deadline       the graph's timeout_s, shortened by X-Request-Timeout-S
+    read_body      the body, at most max_body_bytes (a client that leaves raises ClientLeft)
+    request_value  the body as JSON, or a Starlette Request for a graph that takes it
+    execute        await runtime.execute(request, deadline)
+    encode         the output as JSON (or as it is: a Response, bytes, text)
+    (finish_trace  the trace beside the output, when X-Graphserve-Trace asked for it)
+
+A step that cannot go on raises :class:`Refused` carrying the :class:`Answer` to send
+(the statuses are listed in ``http_errors``); :class:`ClientLeft` means there is nobody
+to answer (counted as status 499 in the metrics, as nginx logs it). A failure on the
+server's side (500, 504) is kept for the live page with its request id (``observers``).
+
+A request with ``X-Graphserve-Trace: 1`` runs with a :class:`~graphserve.runtime.tracing.Trace`
+and gets it back: ``{"output": ..., "trace": ...}`` for a JSON output, ``{"error": ...,
+"trace": ...}`` for an error, else (an output sent as it is) in the ``X-Graphserve-Trace``
+response header. With OpenTelemetry configured every request is traced and exported.
+Untraced requests take none of these branches beyond one ``is None`` check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+import math
+import os
+import re
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from graphserve.errors import NodeExecutionError, RequestError
+
+from .drift import DriftMonitor
+from .encoding import JSONDecodeError, dumps, loads
+from .http_errors import Answer, error_answer, request_error, retry_after
+from .live_stats import LiveStats
+from .metrics import Labels, Metrics
+from .otel import OtelExporter
+from .running_graph import GraphRuntime
+from .tracing import Trace
+
+logger = logging.getLogger("graphserve.ingress")
+
+#: Status counted for a request whose client disconnected before it could be answered.
+CLIENT_LEFT = 499
+METHODS = ("POST", "GET")  # GET with a body too, as Ray Serve's proxy and its docs do
+_REQUEST_ID = re.compile(rb"[!-~]{1,200}")
+_JSON = b"application/json"
+_TEXT = b"text/plain; charset=utf-8"
+_CLOSE = (b"connection", b"close")
+_TRACE_HEADER = b"x-graphserve-trace"
+
+
+class Refused(Exception):
+    """A step of the request path answered instead of going on."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+
+
+class ClientLeft(Exception):
+    """The client disconnected before its body arrived: there is nobody to answer."""
+
+
+class RouteLimits:
+    """What every graph route of one server enforces (the ingress's options)."""
+
+    __slots__ = ("default_timeout_s", "max_body_bytes", "max_in_flight", "token")
+
+    def __init__(
+        self, token: bytes | None, max_body_bytes: int, max_in_flight: int | None, default_timeout_s: float | None
+    ) -> None:
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+        self.max_in_flight = max_in_flight
+        self.default_timeout_s = default_timeout_s
+
+
+class RouteObservers:
+    """What watches every graph route of one server: the live page's figures and error log,
+    and the OpenTelemetry exporter (set at startup when a tracer provider is configured)."""
+
+    __slots__ = ("live", "otel")
+
+    def __init__(self, live: LiveStats) -> None:
+        self.live = live
+        self.otel: OtelExporter | None = None
+
+
+class RequestHead:
+    """The headers a graph route reads, taken from the ASGI scope in one pass."""
+
+    __slots__ = ("auth", "length", "request_id", "timeout", "trace")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        request_id = auth = length = timeout = trace = None
+        for name, value in headers:
+            if name == b"x-request-id":
+                request_id = value
+            elif name == b"content-length":
+                length = value
+            elif name == b"authorization":
+                auth = value
+            elif name == b"x-request-timeout-s":
+                timeout = value
+            elif name == _TRACE_HEADER:
+                trace = value
+        self.request_id = valid_request_id(request_id)
+        self.auth: bytes | None = auth
+        self.length: bytes | None = length
+        self.timeout: bytes | None = timeout
+        self.trace: bytes | None = trace if trace is not None and trace.strip() not in (b"", b"0") else None
+
+
+def valid_request_id(sent: bytes | None) -> bytes:
+    """The caller's X-Request-Id when it is valid (1-200 printable ASCII characters), else a new one."""
+    if sent is not None and _REQUEST_ID.fullmatch(sent) is not None:
+        return sent
+    return b"%s%012x" % (_ID_PREFIX[0], next(_ID_COUNTER) & 0xFFFFFFFFFFFF)
+
+
+def _new_id_prefix() -> None:
+    """New request ids: 12 random hex digits for this process, then a counter (unique without
+    a system call per request, which ``os.urandom`` was: a tenth of a no-op request's time)."""
+    _ID_PREFIX[0] = os.urandom(6).hex().encode()
+
+
+_ID_PREFIX = [b""]
+_ID_COUNTER = itertools.count()
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)  # a forked worker must not repeat its parent's ids
+
+
+class GraphRoute:
+    """One graph at one path: its admission counter, metric labels and request path."""
+
+    __slots__ = (
+        "drift",
+        "in_flight",
+        "labels",
+        "limits",
+        "metrics",
+        "name",
+        "observers",
+        "path",
+        "plan",
+        "runtime",
+        "status_labels",
+        "timeout_s",
+    )
+
+    def __init__(
+        self, runtime: GraphRuntime, path: str, limits: RouteLimits, metrics: Metrics, observers: RouteObservers
+    ) -> None:
+        self.runtime = runtime
+        self.observers = observers
+        self.plan = runtime.plan
+        self.name = runtime.plan.name
+        self.path = path
+        self.limits = limits
+        self.metrics = metrics
+        self.timeout_s = runtime.plan.timeout_s if runtime.plan.timeout_s is not None else limits.default_timeout_s
+        self.in_flight = 0
+        self.labels: Labels = (("graph", self.name),)
+        self.status_labels: dict[int, Labels] = {}
+        self.drift: DriftMonitor | None = None  # set by the ingress for a graph planned for an SLO
+
+    # -- the request path ----------------------------------------------------------------
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one HTTP request (see the module docstring) and count it."""
+        start = time.perf_counter()
+        head = RequestHead(scope["headers"])
+        if head.trace is None and self.observers.otel is None:
+            try:
+                answer = await self.answer(scope, receive, head)
+            except ClientLeft:
+                status = CLIENT_LEFT
+            else:
+                await send_answer(send, answer, head.request_id)
+                status = answer.status
+        else:
+            status = await self.serve_traced(scope, receive, send, head)
+        self.metrics.inc("graphserve_requests_total", self.status(status))
+        now = time.perf_counter()
+        self.metrics.observe("graphserve_request_duration_seconds", now - start, self.labels)
+        if self.drift is not None:
+            self.drift.request(now, now - start)
+
+    async def answer(self, scope: Scope, receive: Receive, head: RequestHead, trace: Trace | None = None) -> Answer:
+        """What to send for one request; raises ClientLeft when nobody is left to answer."""
+        try:
+            self.admit(scope["method"], head)
+            deadline = self.deadline(head.timeout)
+            self.in_flight += 1
+            try:
+                body = await read_body(receive, self.limits.max_body_bytes)
+                result = await self.execute(self.request_value(scope, body), deadline, head.request_id, trace)
+                return self.encode(result, head.request_id)
+            finally:
+                self.in_flight -= 1
+        except Refused as refused:
+            return refused.answer
+
+    def admit(self, method: str, head: RequestHead) -> None:
+        """Refuse what this route must not run: a wrong method, a missing token, a graph
+        not ready or at its in-flight bound, a body declared too large."""
+        limits = self.limits
+        if method not in METHODS and not self.plan.http_request:
+            text = f"graph {self.name!r} answers POST (or GET) with a JSON body"
+            raise Refused(error_answer(405, text, [(b"allow", b"GET, POST")]))
+        if limits.token is not None and not _authorized(head.auth, limits.token):
+            raise Refused(error_answer(401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")]))
+        if not self.runtime.ready:
+            state = "stopping" if self.runtime.stopping else "starting"
+            raise Refused(error_answer(503, f"graph {self.name!r} is {state}", retry_after(1)))
+        if limits.max_in_flight is not None and self.in_flight >= limits.max_in_flight:
+            text = f"graph {self.name!r} is overloaded: {self.in_flight} requests in flight"
+            raise Refused(error_answer(503, text, retry_after(1)))
+        if head.length is not None:
+            try:
+                declared = int(head.length)
+            except ValueError:
+                raise Refused(error_answer(400, "bad Content-Length header", [_CLOSE])) from None
+            if declared > limits.max_body_bytes:
+                raise Refused(too_large(limits.max_body_bytes))
+
+    def deadline(self, header: bytes | None) -> float | None:
+        """The request's deadline in seconds: the graph's, shortened by X-Request-Timeout-S."""
+        deadline = self.timeout_s
+        if header is None:
+            return deadline
+        try:
+            requested = float(header)
+        except ValueError:
+            requested = math.nan
+        if not (requested > 0 and math.isfinite(requested)):
+            raise Refused(error_answer(400, "X-Request-Timeout-S must be a number of seconds > 0"))
+        return requested if deadline is None else min(deadline, requested)
+
+    def request_value(self, scope: Scope, body: bytes) -> Any:
+        """What the graph is called with: the parsed JSON body (None when empty), or for a
+        graph whose ingress takes the request itself (Ray Serve style), a Starlette Request."""
+        if self.plan.http_request:
+            return starlette_request(scope, body)
+        if not body:
+            return None
+        try:
+            return loads(body)
+        except JSONDecodeError as exc:
+            raise Refused(error_answer(400, f"malformed JSON: {exc}")) from None
+
+    async def execute(self, request: Any, deadline: float | None, request_id: bytes, trace: Trace | None = None) -> Any:
+        """The graph's output; a failure becomes its answer (logged when it is the server's fault)."""
+        try:
+            if trace is None:
+                return await self.runtime.execute(request, deadline)
+            return await self.execute_traced(request, deadline, trace)
+        except RequestError as exc:
+            answer = request_error(exc)
+            if answer.status >= 500 and answer.status != 503:
+                self.failed(request_id, answer.status, exc)
+            raise Refused(answer) from None
+        except Exception as exc:  # a bug, not the request's fault: logged with its traceback, answered 500
+            self.failed(request_id, 500, exc)
+            raise Refused(error_answer(500, f"graph {self.name!r} failed: {type(exc).__name__}", node=None)) from None
+        except asyncio.CancelledError:
+            # only the server cancels a request task: its graceful-shutdown bound ran out
+            logger.warning("request %s to graph %r cancelled: the server is shutting down", request_id, self.name)
+            text = f"graph {self.name!r}: the server is shutting down and cancelled this request"
+            raise Refused(error_answer(503, text, [*retry_after(1), _CLOSE])) from None
+
+    def encode(self, result: Any, request_id: bytes) -> Answer:
+        """The answer for the graph's output; an output JSON cannot hold is a 500 naming the output node."""
+        try:
+            return encode_result(result, text_as_text=self.plan.raw_ingress)
+        except TypeError as exc:
+            self.failed(request_id, 500, exc)
+            text = f"the output of graph {self.name!r} cannot be sent as JSON: {exc}"
+            return error_answer(500, text, node=self.plan.output)
+
+    # -- traced requests (X-Graphserve-Trace, OpenTelemetry) ----------------------------------
+    async def serve_traced(self, scope: Scope, receive: Receive, send: Send, head: RequestHead) -> int:
+        """:meth:`serve`'s steps with a Trace (and the request's OpenTelemetry span); the status."""
+        otel = self.observers.otel
+        trace = Trace(self.plan, head.request_id.decode(), otel, self.runtime.backend_name)
+        request_span = None
+        if otel is not None:
+            headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+            request_span = otel.start_request(trace, headers, self.path)
+        status = CLIENT_LEFT
+        try:
+            answer = await self.answer(scope, receive, head, trace)
+            if head.trace is not None and trace.started:
+                answer = with_trace(answer, trace)
+            await send_answer(send, answer, head.request_id)
+            status = answer.status
+        except ClientLeft:
+            pass
+        finally:
+            if request_span is not None and otel is not None:
+                otel.end_request(*request_span, status)
+        return status
+
+    async def execute_traced(self, request: Any, deadline: float | None, trace: Trace) -> Any:
+        """Execute with ``trace`` recording; the actors' records are fetched before answering."""
+        trace.started = True
+        try:
+            return await self.runtime.execute(request, deadline, trace)
+        except NodeExecutionError as exc:
+            trace.failed(exc.node, exc)
+            raise
+        except BaseException as exc:
+            trace.status = "error"
+            trace.error = f"{type(exc).__name__}: {exc}"[:300]
+            raise
+        finally:
+            await trace.settle()
+
+    # -- helpers -------------------------------------------------------------------------
+    def status(self, status: int) -> Labels:
+        """The metric labels for ``status`` (made once per status)."""
+        labels = self.status_labels.get(status)
+        if labels is None:
+            labels = self.status_labels[status] = (("graph", self.name), ("status", str(status)))
+        return labels
+
+    def failed(self, request_id: bytes, status: int, exc: BaseException) -> None:
+        """A request failed on the server's side: log it (past deadlines are expected) and keep
+        it, with its request id, for the live page."""
+        if status != 504:
+            self.log_failure(request_id, exc)
+        node = exc.node if isinstance(exc, NodeExecutionError) else None
+        deployment = exc.deployment if isinstance(exc, NodeExecutionError) else None
+        message = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+        self.observers.live.record_error(self.plan, request_id.decode(), status, message, node, deployment)
+
+    def log_failure(self, request_id: bytes, exc: BaseException) -> None:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        logger.error(
+            "request %s to graph %r failed: %s",
+            request_id.decode(),
+            self.name,
+            exc,
+            exc_info=(type(cause), cause, cause.__traceback__),
+        )
+
+
+async def read_body(receive: Receive, max_bytes: int) -> bytes:
+    """The whole request body; Refused (413) above ``max_bytes``, ClientLeft on a disconnect."""
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if message.get("more_body", False):
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > max_bytes:
+                raise Refused(too_large(max_bytes))
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    if message["type"] == "http.disconnect":
+        raise ClientLeft
+    if len(body) > max_bytes:
+        raise Refused(too_large(max_bytes))
+    return body
+
+
+async def send_answer(send: Send, answer: Answer, request_id: bytes) -> None:
+    """Send ``answer`` with Content-Length, X-Request-Id and (unless it has one) a JSON Content-Type."""
+    status, body, extra = answer
+    headers = [(b"content-length", str(len(body)).encode()), (b"x-request-id", request_id)]
+    if extra:
+        headers += extra
+        if not any(name == b"content-type" for name, _ in extra):
+            headers.append((b"content-type", _JSON))
+    else:
+        headers.append((b"content-type", _JSON))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def encode_result(result: Any, text_as_text: bool) -> Answer:
+    """The answer for a graph's output: a Starlette Response as it is, bytes as they are, a
+    str as text when ``text_as_text`` (apps without an InputNode: Ray Serve's rule),
+    everything else as JSON. Raises TypeError for what cannot be sent."""
+    if isinstance(result, Response):
+        body = getattr(result, "body", None)
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{type(result).__name__} (a streaming response) is not supported as a graph output")
+        headers = [(name, value) for name, value in result.raw_headers if name != b"content-length"]
+        return Answer(result.status_code, bytes(body), headers)
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return Answer(200, bytes(result), [(b"content-type", b"application/octet-stream")])
+    if text_as_text and isinstance(result, str):
+        return Answer(200, result.encode(), [(b"content-type", _TEXT)])
+    return Answer(200, dumps(result))
+
+
+def with_trace(answer: Answer, trace: Trace) -> Answer:
+    """``answer`` with ``trace``: beside a JSON output (``{"output": ..., "trace": ...}``) or
+    error (``{"error": ..., "trace": ...}``); for an output sent as it is, in the
+    ``X-Graphserve-Trace`` header."""
+    status, body, headers = answer
+    data = dumps(trace.to_json())
+    if headers is not None and any(name == b"content-type" for name, _ in headers):
+        return Answer(status, body, [*headers, (_TRACE_HEADER, data)])
+    if status == 200:
+        return Answer(status, b'{"output":' + body + b',"trace":' + data + b"}", headers)
+    if body.endswith(b"}"):
+        return Answer(status, body[:-1] + b',"trace":' + data + b"}", headers)
+    return Answer(status, body, [*(headers or []), (_TRACE_HEADER, data)])
+
+
+def too_large(max_bytes: int) -> Answer:
+    return error_answer(413, f"request body is larger than {max_bytes} bytes", [_CLOSE])
+
+
+def starlette_request(scope: Scope, body: bytes) -> Request:
+    """A Starlette Request over the body already read (for ingresses that take the request)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(scope, receive)
+
+
+def _authorized(auth: bytes | None, token: bytes) -> bool:
+    if auth is None:
+        return False
+    scheme, _, credentials = auth.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token)

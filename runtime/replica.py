@@ -1,0 +1,164 @@
+"""The replica core: one instance of one deployment, the same on every backend.
+
+The local backend (``local.py``) keeps a :class:`Replica` per replica in this process;
+the Ray backend's actor (``ray_actor.py``) keeps one inside each actor. Both build it
+with :func:`construct` and call it with :meth:`Replica.invoke`:
+
+- **target loading** (:func:`load_target`): an import path (``module:qualname``) or an
+  object, unwrapped from ``@gs.deployment`` to the user's class or function;
+- **construction with handles** (:func:`construct`): constructor arguments from the
+  Plan's data, each :class:`HandleRef` made a handle by the backend's ``handle``
+  function; a failure is :class:`ReplicaStartError` naming the deployment;
+- **method lookup and dispatch** (:meth:`Replica.invoke`): each method is looked up
+  once; ``async`` methods run on the event loop, others in the replica's thread pool so
+  they never block it (a sync wrapper that returns a coroutine is awaited).
+
+:func:`construction_order` gives the order to build a Plan's deployments in (the ones
+a constructor holds handles to first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from graphserve.errors import PlanError
+from graphserve.plan import ConstValue, HandleRef, NodeRef, Plan, StructValue, import_object
+
+#: ``handle(deployment name)`` -> what a constructor receives for a HandleRef.
+HandleFactory = Callable[[str], Any]
+
+
+class ReplicaStartError(Exception):
+    """A replica could not be built (its target did not load, or its constructor raised).
+
+    Plain and picklable, so it crosses process boundaries (Ray); the backends report
+    it as :class:`~graphserve.errors.DeploymentStartError`."""
+
+    def __init__(self, deployment: str, message: str) -> None:
+        super().__init__(deployment, message)
+        self.deployment = deployment
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"deployment {self.deployment!r} failed to start: {self.message}"
+
+
+def load_target(target: Any) -> Any:
+    """The user's class or function behind ``target`` (an import path, or the object).
+
+    A module attribute decorated with ``@gs.deployment`` is a wrapper; its
+    ``__wrapped__`` is the user's class or function. Raises PlanError when the path
+    does not import."""
+    obj = import_object(target) if isinstance(target, str) else target
+    if not (isinstance(obj, type) or inspect.isfunction(obj) or inspect.isbuiltin(obj)):
+        obj = getattr(obj, "__wrapped__", obj)
+    return obj
+
+
+def build_args(args: list[Any], kwargs: dict[str, Any], handle: HandleFactory) -> tuple[list[Any], dict[str, Any]]:
+    """Constructor arguments from the Plan's data, with handles made by ``handle(deployment)``."""
+    return [build_value(a, handle) for a in args], {k: build_value(v, handle) for k, v in kwargs.items()}
+
+
+def build_value(arg: Any, handle: HandleFactory) -> Any:
+    if isinstance(arg, ConstValue):
+        return arg.value
+    if isinstance(arg, HandleRef):
+        return handle(arg.deployment)
+    if isinstance(arg, StructValue):
+        if arg.form == "dict":
+            return {k: build_value(v, handle) for k, v in arg.items}
+        items = [build_value(v, handle) for _, v in arg.items]
+        return items if arg.form == "list" else tuple(items)
+    if isinstance(arg, NodeRef):  # pragma: no cover - the compiler never puts nodes in constructors
+        raise PlanError(f"node {arg.node!r} cannot be a constructor argument")
+    raise PlanError(f"unknown argument {arg!r}")  # pragma: no cover
+
+
+def construct(
+    deployment: str,
+    kind: str,
+    target: Any,
+    init_args: list[Any],
+    init_kwargs: dict[str, Any],
+    handle: HandleFactory,
+) -> Any:
+    """The instance of one replica: the target loaded and, for a class, constructed.
+
+    A function deployment is its function. Raises ReplicaStartError naming the
+    deployment when the target does not load or its constructor raises."""
+    try:
+        loaded = load_target(target)
+    except PlanError as exc:
+        raise ReplicaStartError(deployment, str(exc)) from None
+    if kind == "function":
+        return loaded
+    args, kwargs = build_args(init_args, init_kwargs, handle)
+    try:
+        return loaded(*args, **kwargs)
+    except Exception as exc:  # the user's constructor: any failure is this deployment's
+        raise ReplicaStartError(deployment, f"constructor raised {type(exc).__name__}: {exc}") from exc
+
+
+class Replica:
+    """One instance and the calls running on it (``ongoing``, ``down``: see ``routing.py``)."""
+
+    __slots__ = ("_methods", "_pool", "down", "index", "instance", "ongoing")
+
+    def __init__(self, instance: Any, index: int, pool: concurrent.futures.Executor) -> None:
+        self.instance = instance
+        self.index = index
+        self.ongoing = 0
+        self.down = False
+        self._methods: dict[str, tuple[Callable[..., Any], bool]] = {}
+        self._pool = pool
+
+    def method(self, name: str) -> tuple[Callable[..., Any], bool]:
+        """The bound method ``name`` and whether it is async (looked up once)."""
+        found = self._methods.get(name)
+        if found is None:
+            if inspect.isfunction(self.instance) and name == "__call__":
+                fn: Callable[..., Any] = self.instance
+            else:
+                fn = getattr(self.instance, name)
+            is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+            found = self._methods[name] = (fn, is_async)
+        return found
+
+    async def invoke(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run method ``name``: on the loop when async, else in the thread pool."""
+        fn, is_async = self._methods.get(name) or self.method(name)
+        if is_async:
+            return await fn(*args, **kwargs)
+        return await self.run_sync(fn, args, kwargs)
+
+    async def run_sync(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A synchronous method in the pool (the loop stays free)."""
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        if inspect.isawaitable(result):  # a sync wrapper that returned a coroutine
+            result = await result
+        return result
+
+
+def construction_order(plan: Plan) -> list[str]:
+    """Deployments with the ones they hold handles to first."""
+    done: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        for target in plan.deployment(name).handles:
+            visit(target)
+        done.append(name)
+
+    for dep in plan.deployments:
+        visit(dep.name)
+    return done

@@ -1,0 +1,78 @@
+"""The request path of one graph route, driven as an ASGI app in process (no server):
+what only a hand-made ASGI conversation can show (a client that leaves, a chunked body)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from graphserve.runtime.graph_route import CLIENT_LEFT, RequestHead, valid_request_id
+from graphserve.runtime.ingress import Ingress
+from graphserve.runtime.running_graph import GraphRuntime
+from graphserve.serving import load_plans
+from tests.graphs import ingress_graphs as graphs
+
+
+@pytest.fixture
+async def ingress() -> AsyncIterator[Ingress]:
+    (plan,) = load_plans(graphs.echo_app, cluster=None)
+    app = Ingress([GraphRuntime(plan)], max_body_bytes=64)
+    await app.startup()
+    try:
+        yield app
+    finally:
+        await app.shutdown()
+
+
+async def request(app: Ingress, messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]]) -> list[Any]:
+    """Send one POST to /echo with ``messages`` as what the client sends; return what the app sent."""
+    scope = {"type": "http", "method": "POST", "path": "/echo", "headers": headers, "query_string": b""}
+    incoming = list(messages)
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+def requests_counted(app: Ingress, status: int) -> float:
+    return app.metrics.counter_value("graphserve_requests_total", (("graph", "echo"), ("status", str(status))))
+
+
+async def test_a_client_that_leaves_before_its_body_gets_nothing_and_is_counted_499(ingress: Ingress) -> None:
+    sent = await request(ingress, [{"type": "http.disconnect"}], [])
+    assert sent == []
+    assert requests_counted(ingress, CLIENT_LEFT) == 1
+    assert ingress.graphs["echo"].in_flight == 0
+
+
+async def test_a_chunked_body_is_joined_and_bounded(ingress: Ingress) -> None:
+    chunks = [
+        {"type": "http.request", "body": b'{"x": ', "more_body": True},
+        {"type": "http.request", "body": b"2}", "more_body": False},
+    ]
+    sent = await request(ingress, chunks, [(b"x-request-id", b"abc")])
+    assert sent[0]["status"] == 200
+    assert (b"x-request-id", b"abc") in sent[0]["headers"]
+    assert orjson.loads(sent[1]["body"]) == {"y": 4.0, "label": "a"}
+
+    too_much = [{"type": "http.request", "body": b" " * 40, "more_body": True}] * 2
+    sent = await request(ingress, too_much, [])
+    assert sent[0]["status"] == 413
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert ingress.graphs["echo"].in_flight == 0
+
+
+def test_the_request_id_is_the_callers_only_when_valid() -> None:
+    assert RequestHead([(b"x-request-id", b"req-1"), (b"content-length", b"2")]).request_id == b"req-1"
+    for bad in (b"", b"has space", b"x" * 201):
+        assert len(valid_request_id(bad)) == 24  # a new one: 12 random bytes in hex
+    assert valid_request_id(None) != valid_request_id(None)
