@@ -36,7 +36,7 @@ import asyncio
 import json
 import operator
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from pydantic import ValidationError
@@ -56,17 +56,17 @@ from .replica import load_target
 from .tracing import CURRENT, Trace
 
 Ref = tuple[bool, Any]  # (True, node id) or (False, a constant)
-Compute = Callable[["_Op", "_Run"], Awaitable[Any]]
+Compute = Callable[["_Op", "_Run"], Coroutine[Any, Any, Any]]
 
 
 class _Run:
-    """The state of one request: computed values, in-flight shared nodes, submitted calls."""
+    """The state of one request: computed values, shared nodes being computed, submitted calls."""
 
-    __slots__ = ("submitted", "tasks", "trace", "values")
+    __slots__ = ("shared", "submitted", "trace", "values")
 
     def __init__(self, input_id: str, request: Any, trace: Trace | None) -> None:
         self.values: dict[str, Any] = {input_id: request}
-        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.shared: dict[str, asyncio.Future[Any]] = {}  # nodes several consumers read, while computed
         self.submitted: list[Any] = []  # values of the backend calls this request started
         self.trace = trace
 
@@ -89,6 +89,7 @@ class _Op:
         "method",
         "needs",
         "node",
+        "one",
         "positional",
         "selector",
         "shared",
@@ -105,6 +106,7 @@ class _Op:
         # the nodes this one reads before it runs (a switch reads its selector, then one arm)
         refs = [*args, *self.kwargs.values()]
         self.needs = tuple(dict.fromkeys(ref for is_node, ref in refs if is_node))
+        self.one = self.needs[0] if len(self.needs) == 1 else None  # the only node read (chains)
         self.shared = len(node.consumers) > 1
         self.deployment = node.deployment or ""
         self.method = node.method or "__call__"
@@ -206,22 +208,36 @@ class GraphExecutor:
                 ) from None
             raise
         finally:
-            if run.tasks:
-                for task in run.tasks.values():
-                    task.cancel()
+            if run.shared:
+                for future in run.shared.values():
+                    future.cancel()  # (a no-op for those done) consumers still waiting stop too
 
     # -- evaluation ----------------------------------------------------------------------
-    async def _eval(self, node_id: str, run: _Run) -> Any:
-        """Compute ``node_id`` (not yet in ``run.values``) and remember its value."""
+    def _eval(self, node_id: str, run: _Run) -> Coroutine[Any, Any, Any]:
+        """What computes ``node_id`` (not yet in ``run.values``); each ``compute`` stores the
+        node's value in ``run.values`` and returns it."""
         op = self.ops[node_id]
-        if op.shared:  # several consumers: one task, awaited by each
-            task = run.tasks.get(node_id)
-            if task is None:
-                task = run.tasks[node_id] = asyncio.ensure_future(op.compute(op, run))
-            value = await task
-        else:
+        if op.shared:
+            return self._shared(op, run)
+        return op.compute(op, run)
+
+    async def _shared(self, op: _Op, run: _Run) -> Any:
+        """A node several consumers read: computed once, in the task of the first to ask for
+        it (no task of its own); the others wait for its future."""
+        waiting = run.shared.get(op.id)
+        if waiting is not None:
+            return await waiting
+        future = run.shared[op.id] = asyncio.get_running_loop().create_future()
+        try:
             value = await op.compute(op, run)
-        run.values[node_id] = value
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the first consumer raises it, the others may not ask
+            raise
+        future.set_result(value)
         return value
 
     def _missing(self, needs: tuple[str, ...], run: _Run) -> Awaitable[Any] | None:
@@ -250,10 +266,15 @@ class GraphExecutor:
 
     async def _call(self, op: _Op, run: _Run) -> Any:
         """A deployment call: submitted to the backend, its value passed on as it is."""
-        pending = self._missing(op.needs, run) if op.needs else None
-        if pending is not None:
-            await pending
         values = run.values
+        one = op.one
+        if one is not None:  # the common case, inline: a node with one node input
+            if one not in values:
+                await self._eval(one, run)
+        elif op.needs:
+            pending = self._missing(op.needs, run)
+            if pending is not None:
+                await pending
         args = op.positional(values)
         kwargs = {k: values[ref] if is_node else ref for k, (is_node, ref) in op.kwargs.items()} if op.kwargs else {}
         if self.observer is not None:
@@ -267,6 +288,7 @@ class GraphExecutor:
         except Exception as exc:  # the deployment's own failure: named after its node
             raise _node_error(op, exc) from exc
         run.submitted.append(value)
+        values[op.id] = value
         return value
 
     async def _call_observed(
@@ -285,6 +307,7 @@ class GraphExecutor:
             except Exception as exc:  # the deployment's own failure: named after its node
                 raise _node_error(op, exc) from exc
             run.submitted.append(value)
+            run.values[op.id] = value
         observer.call_finished(op.id, args, kwargs, started, time.perf_counter())
         return value
 
@@ -307,6 +330,7 @@ class GraphExecutor:
             CURRENT.reset(token)
         span.finish()
         run.submitted.append(value)
+        run.values[op.id] = value
         return value
 
     async def _glue(self, op: _Op, run: _Run) -> Any:
@@ -327,6 +351,7 @@ class GraphExecutor:
             raise _node_error(op, exc) from exc
         if span is not None:
             span.finish()
+        values[op.id] = value
         return value
 
     async def _attr(self, op: _Op, run: _Run) -> Any:
@@ -346,6 +371,7 @@ class GraphExecutor:
             raise _node_error(op, exc) from exc
         if run.trace is not None:
             run.trace.mark(op.id)
+        run.values[op.id] = value
         return value
 
     async def _switch(self, op: _Op, run: _Run) -> Any:
@@ -378,22 +404,31 @@ class GraphExecutor:
             value = values[ref] if ref in values else await self._eval(ref, run)
         if run.trace is not None:
             run.trace.mark(op.id)
+        values[op.id] = value
         return value
 
     async def _output(self, op: _Op, run: _Run) -> Any:
         """The graph's output: every value fetched, in the plan's form."""
-        pending = self._missing(op.needs, run) if op.needs else None
-        if pending is not None:
-            await pending
+        one = op.one
+        if one is not None:
+            if one not in run.values:
+                await self._eval(one, run)
+        elif op.needs:
+            pending = self._missing(op.needs, run)
+            if pending is not None:
+                await pending
         fetched = await self.backend.fetch(list(op.positional(run.values)))
         if run.trace is not None:
             run.trace.mark(op.id)
         form = op.form
         if form == "single":
-            return fetched[0]
-        if form == "dict":
-            return dict(zip(op.keys, fetched, strict=True))
-        return fetched if form == "list" else tuple(fetched)
+            value = fetched[0]
+        elif form == "dict":
+            value = dict(zip(op.keys, fetched, strict=True))
+        else:
+            value = fetched if form == "list" else tuple(fetched)
+        run.values[op.id] = value
+        return value
 
     async def _missing_node(self, op: _Op, run: _Run) -> Any:  # pragma: no cover - plans never ask
         raise GraphError(f"node {op.id!r} ({op.node.kind}) cannot be evaluated")

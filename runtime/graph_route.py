@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import math
 import os
@@ -128,7 +129,19 @@ def valid_request_id(sent: bytes | None) -> bytes:
     """The caller's X-Request-Id when it is valid (1-200 printable ASCII characters), else a new one."""
     if sent is not None and _REQUEST_ID.fullmatch(sent) is not None:
         return sent
-    return os.urandom(12).hex().encode()
+    return b"%s%012x" % (_ID_PREFIX[0], next(_ID_COUNTER) & 0xFFFFFFFFFFFF)
+
+
+def _new_id_prefix() -> None:
+    """New request ids: 12 random hex digits for this process, then a counter (unique without
+    a system call per request, which ``os.urandom`` was: a tenth of a no-op request's time)."""
+    _ID_PREFIX[0] = os.urandom(6).hex().encode()
+
+
+_ID_PREFIX = [b""]
+_ID_COUNTER = itertools.count()
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)  # a forked worker must not repeat its parent's ids
 
 
 class GraphRoute:

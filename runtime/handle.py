@@ -50,13 +50,12 @@ class DeploymentResponse:
         response._coro = coro
         response._inline = None
         response._outcome = None
-        loop.call_soon(response._start_task)
+        unawaited = _UNAWAITED.get(loop)
+        if unawaited is None:  # one callback per loop step for all the calls made in it
+            unawaited = _UNAWAITED[loop] = []
+            loop.call_soon(_start_unawaited, loop)
+        unawaited.append(response)
         return response
-
-    def _start_task(self) -> None:
-        """The loop's next step: a call nobody awaits yet runs as a task of its own."""
-        if self._coro is not None:
-            self._task(self._coro)
 
     def _task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         self._coro = None
@@ -84,7 +83,7 @@ class DeploymentResponse:
                 return (yield from asyncio.wrap_future(future).__await__())
             return (yield from self._asyncio_future().__await__())
         self._coro = None  # run it here, in the awaiting task
-        self._inline = asyncio.current_task()
+        self._inline = asyncio.current_task(self._loop)
         try:
             result = yield from coro.__await__()
         except BaseException as exc:
@@ -176,6 +175,17 @@ class DeploymentResponse:
         if self._outcome is not None:
             return True
         return self._future is not None and self._future.done()
+
+
+#: Per loop, the responses made since its last step: started as tasks at its next step
+#: unless awaited (and so started) by then.
+_UNAWAITED: dict[asyncio.AbstractEventLoop, list[DeploymentResponse]] = {}
+
+
+def _start_unawaited(loop: asyncio.AbstractEventLoop) -> None:
+    for response in _UNAWAITED.pop(loop, ()):
+        if response._coro is not None:
+            response._task(response._coro)
 
 
 def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:

@@ -87,9 +87,11 @@ class ReplicaRouter(Generic[R]):
         """A replica with a slot reserved for the caller, if one is free and nobody waits (else None)."""
         if self._waiters or self.closed:
             return None
-        replica = self._pick()
-        if replica is not None:
-            replica.ongoing += 1
+        replicas = self.replicas
+        replica = replicas[0] if len(replicas) == 1 else self._pick()  # one replica: no choice to make
+        if replica is None or replica.ongoing >= self.limit:
+            return None
+        replica.ongoing += 1
         return replica
 
     async def acquire(self) -> R:

@@ -130,7 +130,7 @@ def test_targets_pass_fail_and_missing():
             "starlette": {"workloads": {"W1": {"closed": {"1": closed(500), "64": closed(1000)}}}},
             "local": {
                 "workloads": {
-                    "W1": {"closed": {"64": closed(700)}},
+                    "W1": {"closed": {"1": closed(490), "64": closed(700)}},
                     "W3": {"closed": {"1": closed(90, p50=12.0)}},
                 }
             },
@@ -141,6 +141,9 @@ def test_targets_pass_fail_and_missing():
     assert rows["W1 req/s, local / raw Starlette"]["measured"] == pytest.approx(0.7)
     assert rows["W1 req/s, local / raw Starlette"]["passed"] is True
     assert rows["W1 req/s, local / Ray Serve"]["passed"] is None
+    every = rows["W1 (no-op) req/s at every connection count, local / raw Starlette"]
+    assert every["measured"] == pytest.approx(0.7) and every["passed"] is False  # the worst count, not the peak
+    assert rows["W2 (chain of 3) req/s at every connection count, local / raw Starlette"]["passed"] is None
     assert rows["W3 p50 at 1 connection, local"]["passed"] is False
     assert rows["per-hop overhead, local (graph nodes)"]["passed"] is True
     assert rows["per-hop overhead, local (handle calls)"]["passed"] is False
