@@ -5,6 +5,8 @@ a markdown table on stdout, and JSON with the raw numbers (``bench/results/lates
     python -m bench --quick                           # 1 s per measurement, a smoke run
     python -m bench --only W1,W3 --systems local,starlette
     python -m bench --only hop,coldstart
+    python -m bench --only sim                        # the simulator's accuracy (bench/results/sim.json)
+    python -m bench --only w6                         # SLO planning vs hand settings (bench/results/w6.json)
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import orjson
 from . import coldstart, costs, hop, load, report, servers
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "W4cpu", "W5")
-EXTRAS = ("hop", "coldstart")
+EXTRAS = ("hop", "coldstart", "sim", "w6")
+ON_REQUEST = ("sim", "w6")  # run only when named
 OVER_CAPACITY = 0.9  # fixed-rate runs above this fraction of the closed-loop peak are skipped
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -31,8 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fmt = argparse.RawTextHelpFormatter
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=fmt)
     p.add_argument("--quick", action="store_true", help="1 s measurements, no warm-up, fewer repeats")
-    everything = ",".join(WORKLOADS + EXTRAS)
-    p.add_argument("--only", default=everything, help="workloads and extras: W1..W5,W4cpu,hop,coldstart")
+    everything = ",".join(WORKLOADS + tuple(e for e in EXTRAS if e not in ON_REQUEST))
+    p.add_argument("--only", default=everything, help="W1..W5,W4cpu,hop,coldstart,sim,w6 (sim, w6 only when named)")
     p.add_argument("--systems", default=",".join(servers.SYSTEMS), help="starlette,local,ray,rayserve")
     p.add_argument("--duration", type=float, default=None, help="seconds per closed-loop measurement (default 5)")
     p.add_argument("--warmup", type=float, default=None, help="seconds of warm-up per workload (default 1)")
@@ -45,6 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--open-duration", type=float, default=None, help="seconds of the fixed-rate run (default 5)")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="where the JSON goes")
+    p.add_argument("--sim-out", type=Path, default=RESULTS / "sim.json", help="where the simulator's results go")
+    p.add_argument("--sim-duration", type=float, default=None, help="sim: seconds per run (default 10)")
+    p.add_argument("--w6-out", type=Path, default=RESULTS / "w6.json", help="where W6's results go")
+    p.add_argument("--w6-duration", type=float, default=None, help="seconds of arrivals per rate, w6 (default 15)")
+    p.add_argument("--w6-profile", type=float, default=None, help="seconds of profiling, w6 (default 8)")
+    p.add_argument("--w6-systems", default="planned,hand,rayserve", help="w6: which of planned,hand,rayserve")
     args = p.parse_args(argv)
     args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else (0.0 if args.quick else 1.0)
@@ -60,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.systems = [s for s in servers.SYSTEMS if s in systems]
     args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    args.w6_duration = args.w6_duration or (3.0 if args.quick else 15.0)
+    args.w6_profile = args.w6_profile or (4.0 if args.quick else 8.0)
+    args.w6_systems = [s.strip() for s in args.w6_systems.split(",") if s.strip()]
     return args
 
 
@@ -117,8 +129,33 @@ def measure_workload(server: servers.Server, wid: str, args: argparse.Namespace,
     servers.check(server, wid)  # still answering correctly after the load
 
 
+def run_sim(args: argparse.Namespace) -> None:
+    """The simulator's accuracy and speed (``bench/sim.py``), into their own file."""
+    from . import sim, sim_report
+
+    options = argparse.Namespace(
+        quick=args.quick,
+        duration_s=args.sim_duration or (1.0 if args.quick else 10.0),
+        profile_s=2.0 if args.quick else 10.0,
+        capacity_s=1.0 if args.quick else 5.0,
+        out=args.sim_out,
+    )
+    results = sim.run(options)
+    print(sim_report.markdown(results))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if "sim" in args.extras:
+        run_sim(args)
+        args.extras.remove("sim")
+    if "w6" in args.extras:
+        from . import readme, w6
+
+        print(readme.w6_table(w6.main(args)))
+        args.extras.remove("w6")
+    if not args.workloads and not args.extras:
+        return 0
     if args.workloads and args.systems and load.wrk_path() is None:
         print("error: wrk is not installed (apt-get install -y wrk, or `make bench`)", file=sys.stderr)
         return 2

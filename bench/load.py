@@ -112,18 +112,21 @@ def closed_loop(url: str, bodies: list[bytes], connections: int, duration_s: flo
 
 # -- fixed-rate open loop ---------------------------------------------------------------
 class _Conn:
-    __slots__ = ("reader", "writer")
+    __slots__ = ("reader", "server_s", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.server_s: float | None = None
 
     async def request(self, head: bytes, body: bytes) -> int:
+        """Send one request; its status (and ``server_s``: a ``Server-Timing: app;dur=<ms>`` header's time)."""
         self.writer.write(head + body)
         line = await self.reader.readuntil(b"\r\n\r\n")
         status = int(line.split(b" ", 2)[1])
         length = None
         chunked = False
+        self.server_s = None
         for header in line.split(b"\r\n")[1:]:
             name, _, value = header.partition(b":")
             name = name.strip().lower()
@@ -131,6 +134,8 @@ class _Conn:
                 length = int(value)
             elif name == b"transfer-encoding" and b"chunked" in value.lower():
                 chunked = True
+            elif name == b"server-timing" and b"dur=" in value:
+                self.server_s = float(value.split(b"dur=", 1)[1].split(b";")[0]) / 1000
         if chunked:
             while True:
                 size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
@@ -152,19 +157,39 @@ def open_loop(
     duration_s: float,
     max_connections: int = 256,
     timeout_s: float = 10.0,
+    schedule: list[float] | None = None,
+    record_sends: bool = False,
+    within_s: float | None = None,
 ) -> dict:
-    """Send ``rate`` requests per second for ``duration_s``; latency from each intended send time."""
+    """Send ``rate`` requests per second for ``duration_s``; latency from each intended send time.
+
+    ``schedule`` (seconds from the start, sorted) replaces the even spacing: request ``i`` is
+    due at ``schedule[i]`` (e.g. Poisson arrivals); request ``i`` sends ``bodies[i % len(bodies)]``.
+    ``record_sends`` adds ``sends``: (when it was really sent, seconds from the start; its
+    latency from that moment; the server's own time from a ``Server-Timing`` header, or None)
+    for each answered request. A request whose reused keep-alive
+    connection was closed by the server is sent again once on a new connection.
+    ``within_s``: also count the requests answered 200 within that many seconds (``within``)."""
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    return runner(_open_loop(url, bodies, rate, duration_s, max_connections, timeout_s))  # type: ignore[no-any-return]
+    coro = _open_loop(url, bodies, rate, duration_s, max_connections, timeout_s, schedule, record_sends, within_s)
+    return runner(coro)  # type: ignore[no-any-return]
 
 
 async def _open_loop(
-    url: str, bodies: list[bytes], rate: float, duration_s: float, max_connections: int, timeout_s: float
+    url: str,
+    bodies: list[bytes],
+    rate: float,
+    duration_s: float,
+    max_connections: int,
+    timeout_s: float,
+    schedule: list[float] | None = None,
+    record_sends: bool = False,
+    within_s: float | None = None,
 ) -> dict:
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
@@ -175,7 +200,8 @@ async def _open_loop(
         ).encode()
         for b in bodies
     ]
-    total = max(1, int(rate * duration_s))
+    offsets = schedule if schedule is not None else [i / rate for i in range(max(1, int(rate * duration_s)))]
+    total = len(offsets)
     loop = asyncio.get_running_loop()
     idle: list[_Conn] = []
     opened = 0
@@ -184,34 +210,47 @@ async def _open_loop(
     statuses: dict[str, int] = {}
     errors = {"connect": 0, "read": 0, "timeout": 0, "status": 0}
     lag_max = 0.0
+    sends: list[tuple[float, float, float | None]] | None = [] if record_sends else None
+    within = 0
 
     async def one(i: int, due: float) -> None:
-        nonlocal opened
+        nonlocal opened, within
         async with slots:
-            conn = idle.pop() if idle else None
-            try:
-                if conn is None:
-                    reader, writer = await asyncio.open_connection(host, port)
-                    conn = _Conn(reader, writer)
-                    opened += 1
-            except OSError:
-                errors["connect"] += 1
-                return
             k = i % len(bodies)
-            try:
-                status = await asyncio.wait_for(conn.request(heads[k], bodies[k]), timeout_s)
-            except TimeoutError:
-                errors["timeout"] += 1
-                conn.close()
-                return
-            except (OSError, asyncio.IncompleteReadError, ValueError):
-                errors["read"] += 1
-                conn.close()
-                return
-            latencies.append(time.perf_counter() - due)
+            for attempt in (0, 1):
+                conn = idle.pop() if idle and not attempt else None
+                reused = conn is not None
+                try:
+                    if conn is None:
+                        reader, writer = await asyncio.open_connection(host, port)
+                        conn = _Conn(reader, writer)
+                        opened += 1
+                except OSError:
+                    errors["connect"] += 1
+                    return
+                sent = time.perf_counter()
+                try:
+                    status = await asyncio.wait_for(conn.request(heads[k], bodies[k]), timeout_s)
+                    break
+                except TimeoutError:
+                    errors["timeout"] += 1
+                    conn.close()
+                    return
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    conn.close()
+                    if reused and not attempt:  # the server closed an idle keep-alive connection: resend once
+                        continue
+                    errors["read"] += 1
+                    return
+            answered = time.perf_counter()
+            latencies.append(answered - due)
+            if sends is not None:
+                sends.append((sent - t0, answered - sent, conn.server_s))
             statuses[str(status)] = statuses.get(str(status), 0) + 1
             if status != 200:
                 errors["status"] += 1
+            elif within_s is not None and answered - due <= within_s:
+                within += 1
             idle.append(conn)
 
     tasks: list[asyncio.Task[None]] = []
@@ -219,7 +258,7 @@ async def _open_loop(
     wall0 = time.perf_counter()
     t0 = wall0 + 0.05
     for i in range(total):
-        due = t0 + i / rate
+        due = t0 + offsets[i]
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -247,6 +286,8 @@ async def _open_loop(
         "statuses": statuses,
         "errors": errors,
         "error_count": sum(errors.values()),
+        **({"sends": sorted(sends)} if sends is not None else {}),
+        **({"within": within} if within_s is not None else {}),
     }
 
 

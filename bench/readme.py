@@ -193,6 +193,99 @@ def performance(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@section("cluster", "bench/results/cluster.json")
+def cluster(results: dict[str, Any]) -> str:
+    """``python -m bench.cluster``: a Ray hop, a node lost under load, several ingress processes."""
+    hop, loss, machine = results["hop"], results["node_loss"], results["machine"]
+    ingress = results["ingress"]
+    base = ingress["1"]["rps"]
+    rows = [
+        f"| {count} | {rps(run['rps'])} | {run['rps'] / base:.2f}x | {run['ok'] * 100:.0f}% |"
+        for count, run in sorted(ingress.items(), key=lambda item: int(item[0]))
+    ]
+    return "\n".join(
+        [
+            f"Measured by `python -m bench.cluster` on {machine['cpus']} CPUs ({machine['platform']}, Python "
+            f"{machine['python']}); everything on this one machine.",
+            "",
+            f"- **A Ray hop**: a driver -> actor -> driver no-op call takes {ms(hop['ray_roundtrip_ms'])} ms "
+            f"(one at a time): the floor of any hop through a Ray actor (two gRPC messages, the task's "
+            f"serialization and the actor's event loop, on shared cores). graphserve on Ray costs "
+            f"{ms(hop['per_node_ms'])} ms per node of a chain of no-op deployments.",
+            f"- **A node lost under load**: {loss['failed_calls']} of {loss['calls']} calls failed (those in flight "
+            f"on the removed worker, each naming it); every replica answered again from the remaining worker "
+            f"{loss['recovery_s']:.1f} s after the removal (Ray's health checks at 0.5 s x 3), and "
+            f"{loss['success_after_recovery'] * 100:.0f}% of the calls after that succeeded.",
+            "- **Several ingress processes** sharing one replica set, 16 concurrent clients spread over them "
+            "(the ingresses, the replicas and the load generator compete for the same few CPUs here, so this is "
+            "what one small machine allows, not the scaling ingresses on several machines give):",
+            "",
+            "| ingress processes | requests/s | vs one | success |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+
+
+@section("sim", "bench/results/sim.json")
+def simulator(results: dict[str, Any]) -> str:
+    """The simulator's predictions against the runtime, from bench/results/sim.json (``bench/sim.py``)."""
+    from .sim_report import markdown
+
+    return markdown(results)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else ms(value)
+
+
+@section("w6", "bench/results/w6.json")
+def w6_table(results: dict[str, Any]) -> str:
+    """W6: the planned graph against the hand setting and Ray Serve, from bench/results/w6.json."""
+    machine, cfg, load_avg = results["machine"], results["config"], results.get("load", {})
+    hand = results["hand_setting"]
+    lines = [
+        f"Run of {results['started'][:16]} on {machine['cpu']}, {machine['usable_cores']} cores (load average "
+        f"{round(load_avg.get('before', ['?'])[0], 2)} before, {round(load_avg.get('after', ['?'])[0], 2)} after); "
+        f"p99 SLO {cfg['slo_p99_ms']:g} ms; {cfg['duration_s']:g} s of Poisson arrivals per point; profile of "
+        f"{cfg['profile_s']:g} s; hand setting chosen by the simulator: batch {hand['max_batch_size']}, wait "
+        f"{hand['batch_wait_timeout_s'] * 1000:g} ms, one replica each.",
+        "",
+        "| system | rate req/s | SLO attainment | goodput req/s | p50 ms | p99 ms (predicted) | rejected "
+        "| replicas | CPU s | SLO met |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for system in results["systems"].values():
+        if "error" in system:
+            lines.append(f"| {system['label']} | - | - | - | - | - | - | - | - | did not start |")
+        for row in system["rates"]:
+            if not row.get("feasible", True):
+                lines.append(
+                    f"| {system['label']} | {row['rate']:g} | - | - | - | - | - | - | - | infeasible (GS203) |"
+                )
+                continue
+            predicted = f" ({ms(row['predicted_p99_ms'])})" if row.get("predicted_p99_ms") is not None else ""
+            lines.append(
+                f"| {system['label']} | {row['rate']:g} | {row['attainment'] * 100:.1f}% | {rps(row['goodput_rps'])} "
+                f"| {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])}{predicted} "
+                f"| {row['rejected_share'] * 100:.1f}% | {row['replicas']} | {row['cpu_s']:g} "
+                f"| {'yes' if row.get('met') else '**no**'} |"
+            )
+    t = results["targets"]
+    yes = {True: "yes", False: "**no**"}
+    saving = ", ".join(f"{s * 100:.0f}%" for s in t["replica_saving_where_both_meet"]) or "no rate where both meet"
+    lines += [
+        "",
+        f"Targets: planned meets the SLO at every feasible rate: {yes[t['planned_meets_slo_everywhere_feasible']]}; "
+        f"at a rate where the hand setting misses: {yes[t['planned_meets_where_hand_misses']]}; replicas saved "
+        f"against the hand setting where both meet: {saving} (30% target: {yes[t['replica_saving_at_least_30pct']]}); "
+        f"predicted p99 within 20% of measured: {yes[t['predicted_p99_within_20pct']]} "
+        f"(worst error {'-' if t['worst_p99_error'] is None else format(t['worst_p99_error'], '.0%')}).",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date (show the diff)")

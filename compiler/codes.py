@@ -27,3 +27,4 @@ class Code:
     NOT_CALLABLE = "GS118"  # the deployment method is not callable
     INFEASIBLE = _INFEASIBLE  # GS201: the cluster cannot place the replicas (graphserve/resources.py)
     NOT_SERIALIZABLE = "GS202"  # the plan cannot be written as JSON
+    SLO_INFEASIBLE = "GS203"  # no plan meets the latency SLO at the rate on the cluster (planning)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from graphserve.errors import Location
+from graphserve.plan import SLOPlan
 
 from .digraph import DiGraph
 
@@ -129,6 +130,7 @@ class GraphIR:
     location: Location | None = None
     raw_ingress: bool = False  # app without an InputNode: the ingress gets the request itself
     ingress: str | None = None  # on such an app, the id of the ingress call node
+    slo: SLOPlan | None = None  # the app's latency objective (planned by compiler/slo.py)
 
     def node(self, node_id: str) -> IRNode:
         data: IRNode = self.dag.nodes[node_id]["ir"]

@@ -25,6 +25,7 @@ from graphserve.dsl import (
     SwitchNode,
 )
 from graphserve.errors import Diagnostic, Location
+from graphserve.plan import SLOPlan
 
 from .codes import Code
 from .ir import Arg, ConstArg, GraphIR, HandleArg, IRDeployment, IRNode, NodeArg, StructArg
@@ -37,6 +38,11 @@ class _Lowerer:
             name=app.name,
             timeout_s=app.timeout_s,
             route_prefix=app.route_prefix,
+            slo=(
+                SLOPlan(p99_s=app.slo.p99_ms / 1000, rate_rps=float(app.slo.rate), headroom=app.slo.headroom)
+                if app.slo is not None
+                else None
+            ),
             location=app.location,
         )
         self.diagnostics: list[Diagnostic] = []

@@ -12,22 +12,27 @@ Decides, in this order:
    all of ``switch took arm i``); a node reachable only through untaken arms is skipped.
 4. **batching and limits**: batched methods, and ``max_ongoing_requests`` raised where
    it would cap a batch below ``max_batch_size`` (with a warning).
-5. **replicas and resources**: one entry per replica, checked against the cluster.
+5. **replicas and resources**: one entry per replica, checked against the cluster; on a
+   cluster that names its nodes, spread over them (``placement.py``).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from graphserve.dsl import batch_config
+from pydantic import ValidationError as PydanticValidationError
+
+from graphserve.dsl import batch_config, batch_explicit
 from graphserve.errors import Diagnostic, GraphValidationError, PlanError
 from graphserve.plan import (
     ArgPlan,
     BatchingPlan,
     BranchPlan,
+    ClusterNodePlan,
     ClusterPlan,
     ConstValue,
     DeploymentPlan,
@@ -44,7 +49,7 @@ from graphserve.plan import (
 )
 from graphserve.resources import Capacity, shortfalls
 
-from . import edgetypes
+from . import edgetypes, placement
 from .codes import Code
 from .digraph import DiGraph, topological_order
 from .http_request import http_request, ingress_route_prefix
@@ -58,7 +63,7 @@ _FUSED_REASONS = {
     "output": "collects the result inline",
 }
 
-Cluster = Mapping[str, float] | None
+Cluster = Mapping[str, float] | ClusterPlan | None
 
 
 def detect_cluster() -> ClusterPlan:
@@ -76,12 +81,17 @@ def detect_cluster() -> ClusterPlan:
 
 
 def parse_cluster(cluster: Cluster | str) -> ClusterPlan | None:
-    """``{"cpus": 8, "gpus": 2}``, ``"cpus=8,gpus=2"``, ``"detect"``, or None (no check)."""
-    if cluster is None:
-        return None
+    """``{"cpus": 8, "gpus": 2}``, ``"cpus=8,gpus=2"``, ``"nodes=FILE"``, ``"detect"``, or None (no check).
+
+    A nodes file is JSON: ``{"nodes": [{"name": "a", "cpus": 16, "gpus": 2, "address": "10.0.0.5",
+    "labels": {"zone": "x"}}, ...]}`` (or the list alone); the cluster is their sum."""
+    if cluster is None or isinstance(cluster, ClusterPlan):  # None, or already read (a live Ray cluster)
+        return cluster
     if isinstance(cluster, str):
         if cluster == "detect":
             return detect_cluster()
+        if cluster.strip().startswith("nodes="):
+            return _read_nodes(cluster.strip()[len("nodes=") :])
         parsed: dict[str, float] = {}
         for part in filter(None, (p.strip() for p in cluster.split(","))):
             key, _, value = part.partition("=")
@@ -89,8 +99,31 @@ def parse_cluster(cluster: Cluster | str) -> ClusterPlan | None:
         cluster = parsed
     unknown = set(cluster) - {"cpus", "gpus"}
     if unknown:
-        raise ValueError(f"unknown cluster keys {sorted(unknown)}: expected cpus and gpus")
+        raise ValueError(f"unknown cluster keys {sorted(unknown)}: expected cpus and gpus, or nodes=FILE")
     return ClusterPlan(cpus=float(cluster.get("cpus", 0)), gpus=float(cluster.get("gpus", 0)), source="given")
+
+
+def _read_nodes(path: str) -> ClusterPlan:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read nodes file {path!r}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"nodes file {path!r} is not JSON: {exc}") from None
+    items = data.get("nodes") if isinstance(data, dict) else data
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"nodes file {path!r} must hold a non-empty list of nodes (name, cpus, gpus)")
+    try:
+        nodes = [ClusterNodePlan.model_validate(item) for item in items]
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"nodes file {path!r}: {where}: {first['msg']}") from None
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"nodes file {path!r} names a node twice: {sorted(names)}")
+    return ClusterPlan(cpus=sum(n.cpus for n in nodes), gpus=sum(n.gpus for n in nodes), source="given", nodes=nodes)
 
 
 class _Planner:
@@ -246,7 +279,30 @@ class _Planner:
             handles=sorted(self.ir.handles.successors(dep.name)),
             route_prefix=options.get("route_prefix"),
             location=str(dep.location) if dep.location else None,
+            user_set=self.user_set(dep),
         )
+
+    def user_set(self, dep: IRDeployment) -> list[str]:
+        """The tunables the user wrote: the SLO planner keeps them."""
+        options = dep.options
+        actor = options.get("ray_actor_options") or {}
+        written = set()
+        if isinstance(options.get("num_replicas"), int) and not isinstance(options.get("num_replicas"), bool):
+            written.add("num_replicas")
+        for key in ("max_ongoing_requests", "max_queued_requests"):
+            if key in options:
+                written.add(key)
+        if "max_concurrent_queries" in options:
+            written.add("max_ongoing_requests")
+        for key in ("num_cpus", "num_gpus"):
+            if key in options or key in actor:
+                written.add(key)
+        members = [(dep.name, dep.target)] if dep.is_function else inspect.getmembers(dep.target)
+        for name, member in members:
+            if batch_config(member) is not None:
+                method = "__call__" if dep.is_function else name
+                written.update(f"{method}.{key}" for key in batch_explicit(member))
+        return sorted(written)
 
     def batching(self, dep: IRDeployment) -> list[BatchingPlan]:
         members = [(dep.name, dep.target)] if dep.is_function else inspect.getmembers(dep.target)
@@ -254,20 +310,44 @@ class _Planner:
         for name, member in members:
             config = batch_config(member)
             if config is not None:
-                out.append(BatchingPlan(method="__call__" if dep.is_function else name, **config))
+                adaptive = bool(config.pop("adaptive", False))
+                out.append(BatchingPlan(method="__call__" if dep.is_function else name, adaptive=adaptive, **config))
         return out
 
     def replicas(self, deployments: list[DeploymentPlan]) -> list[ReplicaPlan]:
-        replicas = [
+        """One entry per replica: on node-0, or spread over the cluster's named nodes (placement.py)."""
+        if self.cluster is not None:
+            errors_before = len(self.errors)
+            self.check_feasible(deployments)
+            if self.cluster.nodes:
+                placed, unplaced = placement.spread(deployments, self.cluster.nodes)
+                if len(self.errors) == errors_before:  # the totals fit: report replicas no single node holds
+                    self.unplaced(unplaced)
+                return placed
+        return [
             ReplicaPlan(
                 deployment=d.name, index=i, node="node-0", num_cpus=d.resources.num_cpus, num_gpus=d.resources.num_gpus
             )
             for d in deployments
             for i in range(d.num_replicas)
         ]
-        if self.cluster is not None:
-            self.check_feasible(deployments)
-        return replicas
+
+    def unplaced(self, unplaced: list[placement.Unplaced]) -> None:
+        assert self.cluster is not None
+        nodes = ", ".join(f"{n.name} ({n.cpus:g} cpus, {n.gpus:g} gpus)" for n in placement.usable(self.cluster.nodes))
+        for name in dict.fromkeys(u.deployment for u in unplaced):
+            mine = [u for u in unplaced if u.deployment == name]
+            first = mine[0]
+            self.errors.append(
+                Diagnostic(
+                    Code.INFEASIBLE,
+                    f"{len(mine)} replica(s) of {name} ({first.cpus:g} cpus, {first.gpus:g} gpus each) fit on no node "
+                    f"of the cluster once the others are placed; nodes: {nodes or 'none with cpus or gpus'}",
+                    name,
+                    self.ir.deployments[name].location,
+                    "lower num_replicas or the resources per replica, or add a node",
+                )
+            )
 
     def check_feasible(self, deployments: list[DeploymentPlan]) -> None:
         """GS201 (``graphserve/resources.py``, the rule the Ray backend checks too) for the planned cluster."""
@@ -314,6 +394,7 @@ class _Planner:
             stages=[waves[k] for k in sorted(waves)],
             replicas=replicas,
             cluster=self.cluster,
+            slo=self.ir.slo,
             warnings=[
                 DiagnosticPlan(
                     code=w.code,

@@ -158,6 +158,10 @@ def _graph_label(plan: Plan) -> str:
         parts.append(f"timeout {plan.timeout_s:g}s")
     if plan.cluster is not None:
         parts.append(f"cluster {plan.cluster.cpus:g} cpus, {plan.cluster.gpus:g} gpus ({plan.cluster.source})")
+    if plan.slo is not None:
+        parts.append(f"SLO p99 {plan.slo.p99_s * 1000:g} ms at {plan.slo.rate_rps:g} req/s")
+    if plan.prediction is not None:
+        parts.append(f"predicted p50 {plan.prediction.p50_s * 1000:.1f} ms, p99 {plan.prediction.p99_s * 1000:.1f} ms")
     return " | ".join(parts)
 
 
@@ -181,6 +185,14 @@ def _node_line(plan: Plan, node: NodePlan, figures: bool = False) -> str:
                         f"batch<={b.max_batch_size} wait={b.batch_wait_timeout_s:g}s x{b.max_concurrent_batches}"
                     )
             tooltip.append(f"{dep.import_path}, max_ongoing_requests={dep.max_ongoing_requests}")
+            planned = sorted(c.field for c in dep.choices if c.source == "planned")
+            if planned:
+                lines.append("planned: " + ", ".join(planned))
+            if dep.reason:
+                tooltip.append(dep.reason)
+        if node.predicted is not None:
+            budget = f" of {node.latency_budget_s * 1000:.1f}" if node.latency_budget_s is not None else ""
+            lines.append(f"predicted p99 {node.predicted.p99_s * 1000:.1f}{budget} ms")
     elif kind == "glue":
         lines.append(f"glue {(node.function or '').rpartition(':')[2]}")
         tooltip.append(node.function or "")

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
         start,
         status,
     )
-    from graphserve.dsl import App, InputNode, cond, glue, graph, switch
+    from graphserve.dsl import SLO, App, InputNode, cond, glue, graph, switch
     from graphserve.errors import (
         DeadlineExceededError,
         DeploymentStartError,
@@ -47,10 +47,12 @@ if TYPE_CHECKING:
         NodeExecutionError,
         OverloadedError,
         PlanError,
+        ProfileError,
         RequestError,
         RequestValidationError,
         RouteConflictError,
     )
+    from graphserve.profiling import profile, simulate
     from graphserve.serving import serve
 
 __version__ = "0.1.0"
@@ -74,7 +76,7 @@ _EXPORTS = {
         ),
         "graphserve.compat",
     ),
-    **dict.fromkeys(("App", "InputNode", "cond", "glue", "graph", "switch"), "graphserve.dsl"),
+    **dict.fromkeys(("App", "InputNode", "SLO", "cond", "glue", "graph", "switch"), "graphserve.dsl"),
     **dict.fromkeys(
         (
             "DeadlineExceededError",
@@ -85,12 +87,14 @@ _EXPORTS = {
             "NodeExecutionError",
             "OverloadedError",
             "PlanError",
+            "ProfileError",
             "RequestError",
             "RequestValidationError",
             "RouteConflictError",
         ),
         "graphserve.errors",
     ),
+    **dict.fromkeys(("profile", "simulate"), "graphserve.profiling"),
     "serve": "graphserve.serving",
 }
 
@@ -98,6 +102,7 @@ _EXPORTS = {
 _SUBMODULES = {"dag", "deployment_graph", "drivers", "exceptions", "handle", "http_adapters", "schema"}
 
 __all__ = [
+    "SLO",
     "App",
     "DeadlineExceededError",
     "Deployment",
@@ -110,6 +115,7 @@ __all__ = [
     "NodeExecutionError",
     "OverloadedError",
     "PlanError",
+    "ProfileError",
     "RequestError",
     "RequestValidationError",
     "RouteConflictError",
@@ -125,9 +131,11 @@ __all__ = [
     "graph",
     "ingress",
     "list_deployments",
+    "profile",
     "run",
     "serve",
     "shutdown",
+    "simulate",
     "start",
     "status",
     "switch",

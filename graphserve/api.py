@@ -28,11 +28,12 @@ def build(app: Any, cluster: Any = None) -> Any:
     """Validate and plan ``app``; returns a :class:`graphserve.compiler.Plan`.
 
     ``cluster`` ({"cpus": 8, "gpus": 2}, "cpus=8,gpus=2" or "detect") makes infeasible
-    placements errors; None checks no resources.
+    placements errors; None checks no resources. An app with a ``gs.SLO`` is planned for it
+    (batch sizes, waits, replicas, placement) from its profile.
     """
-    from graphserve.compiler import compile_app
+    from graphserve.targets import load_plan
 
-    return compile_app(app, cluster=cluster)
+    return load_plan(app, cluster)
 
 
 class GraphHandle:

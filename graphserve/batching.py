@@ -32,12 +32,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from graphserve.dsl import BATCH_ATTR
+from graphserve.dsl import BATCH_ATTR, BATCH_EXPLICIT_ATTR, batch_config
 from graphserve.errors import BatchOptionError, BatchOptionTypeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 SETTINGS_ATTR = "__gs_batch_settings__"
+
+DEFAULTS: dict[str, Any] = {"max_batch_size": 10, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1}
 
 
 @dataclass
@@ -51,6 +53,9 @@ class BatchSettings:
     batch_wait_timeout_s: float
     max_concurrent_batches: int
     batch_size_fn: Callable[[list[Any]], int] | None = None
+    # the batcher adapts its size limit and wait to ``latency_budget_s`` (set from the plan)
+    adaptive: bool = False
+    latency_budget_s: float | None = None
 
     def static_config(self) -> dict[str, Any]:
         """The options as the compiler records them in the Plan."""
@@ -98,6 +103,16 @@ def _check_async(fn: Any) -> None:
         )
 
 
+def unbatched(fn: Any) -> Callable[..., Any] | None:
+    """The list-in, list-out function under a ``@gs.batch`` wrapper (unbound), or None.
+
+    The profiler calls it directly with whole batches to measure the cost of each size."""
+    if batch_config(fn) is None:
+        return None
+    raw: Callable[..., Any] = fn.__wrapped__  # set by functools.wraps in batch()
+    return raw
+
+
 @overload
 def batch(_fn: F) -> F: ...
 
@@ -106,36 +121,62 @@ def batch(_fn: F) -> F: ...
 def batch(
     _fn: None = None,
     *,
-    max_batch_size: int = 10,
-    batch_wait_timeout_s: float = 0.01,
-    max_concurrent_batches: int = 1,
+    max_batch_size: int | None = None,
+    batch_wait_timeout_s: float | None = None,
+    max_concurrent_batches: int | None = None,
     batch_size_fn: Callable[[list[Any]], int] | None = None,
+    adaptive: bool | None = None,
 ) -> Callable[[F], F]: ...
 
 
 def batch(
     _fn: Any = None,
     *,
-    max_batch_size: int = 10,
-    batch_wait_timeout_s: float = 0.01,
-    max_concurrent_batches: int = 1,
+    max_batch_size: int | None = None,
+    batch_wait_timeout_s: float | None = None,
+    max_concurrent_batches: int | None = None,
     batch_size_fn: Callable[[list[Any]], int] | None = None,
+    adaptive: bool | None = None,
 ) -> Any:
-    """Batch calls to an async method: bare ``@gs.batch`` or ``@gs.batch(max_batch_size=32)``."""
+    """Batch calls to an async method: bare ``@gs.batch`` or ``@gs.batch(max_batch_size=32)``.
+
+    Options left out take the defaults (10 items, 10 ms, one batch at a time); in an app with an
+    SLO the planner chooses them instead, and keeps the ones written here. ``adaptive=True`` lets
+    the batcher shrink its size limit and wait at run time to stay inside the node's latency
+    budget (on by default for batch sizes the planner chose; ``adaptive=False`` turns it off).
+    The options given are checked here, with Ray Serve's exception types."""
     if _fn is not None:
         _check_async(_fn)
     if batch_size_fn is not None and not callable(batch_size_fn):
         raise BatchOptionTypeError(f"batch_size_fn must be a callable or None, got {type(batch_size_fn)}")
+    if adaptive is not None and not isinstance(adaptive, bool):
+        raise BatchOptionTypeError(f"adaptive must be True, False or None, got {adaptive!r}")
+    given = {
+        "max_batch_size": None if max_batch_size is None else _max_batch_size(max_batch_size),
+        "batch_wait_timeout_s": None if batch_wait_timeout_s is None else _batch_wait_timeout_s(batch_wait_timeout_s),
+        "max_concurrent_batches": (
+            None if max_concurrent_batches is None else _max_concurrent_batches(max_concurrent_batches)
+        ),
+    }
+    explicit = sorted(k for k, v in given.items() if v is not None)
+    config: dict[str, Any] = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
+    if adaptive is not None:
+        config["adaptive"] = adaptive
+        explicit.append("adaptive")
     settings = BatchSettings(
-        _max_batch_size(max_batch_size),
-        _batch_wait_timeout_s(batch_wait_timeout_s),
-        _max_concurrent_batches(max_concurrent_batches),
+        config["max_batch_size"],
+        config["batch_wait_timeout_s"],
+        config["max_concurrent_batches"],
         batch_size_fn,
+        adaptive=bool(adaptive),
     )
 
     def wrap(fn: Any) -> Any:
         _check_async(fn)
-        return _wrap(fn, BatchSettings(**vars(settings)))
+        wrapper = _wrap(fn, BatchSettings(**vars(settings)))
+        setattr(wrapper, BATCH_ATTR, dict(config))
+        setattr(wrapper, BATCH_EXPLICIT_ATTR, list(explicit))
+        return wrapper
 
     if _fn is not None:
         return wrap(_fn)

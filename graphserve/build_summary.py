@@ -118,3 +118,43 @@ def guard_text(plan: Plan, guard: Any) -> str:
     from graphserve.compiler.render import guard_label
 
     return guard_label(plan, guard)
+
+
+def print_slo(plan: Plan, console: Console) -> None:
+    """The SLO planner's choices beside the user's values, and its predictions."""
+    from rich.table import Table
+
+    if plan.slo is None or plan.prediction is None:
+        return
+    slo, pred = plan.slo, plan.prediction
+    table = Table(title=f"planned for p99 {slo.p99_s * 1000:g} ms at {slo.rate_rps:g} req/s")
+    for column in ("deployment", "value", "chosen", "source", "reason"):
+        table.add_column(column)
+    for dep in plan.deployments:
+        for choice in dep.choices:
+            reason = choice.reason if choice.source != "planned" else "see below"
+            table.add_row(
+                dep.name,
+                choice.field,
+                f"{choice.value:g}" if isinstance(choice.value, float) else str(choice.value),
+                choice.source,
+                reason or "",
+            )
+    console.print(table)
+    for dep in plan.deployments:
+        if dep.reason:
+            console.print(f"  {dep.reason}")
+    nodes = Table(title="predicted latency (simulator)")
+    for column in ("node", "budget ms", "p50 ms", "p99 ms"):
+        nodes.add_column(column)
+    for node in plan.nodes:
+        if node.predicted is not None:
+            budget = f"{node.latency_budget_s * 1000:.1f}" if node.latency_budget_s is not None else "-"
+            nodes.add_row(node.id, budget, f"{node.predicted.p50_s * 1000:.1f}", f"{node.predicted.p99_s * 1000:.1f}")
+    nodes.add_row("end to end", f"{slo.p99_s * 1000:.1f}", f"{pred.p50_s * 1000:.1f}", f"{pred.p99_s * 1000:.1f}")
+    console.print(nodes)
+    placed: dict[str, list[str]] = {}
+    for r in plan.replicas:
+        placed.setdefault(r.node, []).append(f"{r.deployment}[{r.index}]")
+    for node_name, replicas in sorted(placed.items()):
+        console.print(f"  {node_name}: {', '.join(replicas)}")

@@ -1,16 +1,19 @@
-"""The ``graphserve`` command line: ``build``, ``render``, ``deploy`` and ``call``.
+"""The ``graphserve`` command line: ``build``, ``render``, ``deploy``, ``call``, ``profile`` and ``simulate``.
 
     graphserve build module:app [-o plan.json] [--render graph.svg] [--cluster cpus=8,gpus=2|detect|none]
     graphserve render module:app|plan.json -o graph.svg|png|dot
     graphserve deploy module:app|plan.json ... [--backend local|ray] [--port 8000]
     graphserve call URL|module:app '{"x": 1}'
+    graphserve delete NAME [--address auto]
+    graphserve profile module:app --requests requests.jsonl [-o profile.json]
+    graphserve simulate plan.json --profile profile.json --rate 100 [--json]
 
 Every command reads its target with the one plan loader (:func:`graphserve.targets.load_plan`)
 and reports a failure with the one error printer (:func:`report`): every diagnostic of an
 invalid graph with its file:line, else ``error: <message>``, never a traceback. Every
 handler returns the exit status: 0 on success, 1 when the graph or the request failed,
 2 for bad command-line usage. What a command needs (the compiler, the runtime, rich) is
-imported when it runs.
+imported when it runs; ``profile`` and ``simulate`` live in :mod:`graphserve.profile_cli`.
 """
 
 from __future__ import annotations
@@ -41,14 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     build = commands.add_parser("build", help="validate and plan a graph; print a summary")
-    build.add_argument("target", help="module:app or path/to/file.py:app")
+    build.add_argument(
+        "target", nargs="?", help="module:app or path/to/file.py:app (with --from-metrics: default the served plan)"
+    )
     build.add_argument("-o", "--output", help="write the plan as JSON to this file")
     build.add_argument("--render", metavar="FILE", help="also draw the graph (.svg, .png or .dot)")
     build.add_argument(
         "--cluster",
         default="detect",
-        help="cluster to place replicas on: 'cpus=8,gpus=2', 'detect' (this machine; default) or 'none' (no check)",
+        help="cluster to place replicas on: 'cpus=8,gpus=2', 'nodes=FILE' (JSON list of nodes: name, cpus, gpus, "
+        "address, labels), 'ray:auto' (the live Ray cluster's nodes), 'detect' (this machine; default) or 'none' "
+        "(no check)",
     )
+    build.add_argument("--slo-p99-ms", type=float, help="plan for this p99 latency (ms) at --rate")
+    build.add_argument("--rate", type=float, help="requests per second the SLO must hold at")
+    build.add_argument("--profile", help="profile.json from `graphserve profile` (else measured with --requests)")
+    build.add_argument("--requests", help="JSON Lines sample requests to profile with when no --profile is given")
+    build.add_argument(
+        "--from-metrics",
+        metavar="URL",
+        help="re-plan for what the server at URL measured (its observed rate; its plan's SLO p99) "
+        "from --profile or --requests",
+    )
+    build.add_argument("--graph", help="with --from-metrics: the served graph to re-plan (default: the only one)")
     build.set_defaults(handler=build_command)
 
     render = commands.add_parser("render", help="draw a graph with graphviz")
@@ -61,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = commands.add_parser("deploy", help="serve graphs over HTTP")
     deploy.add_argument("targets", nargs="+", help="module:app or plan.json (one or more)")
     deploy.add_argument("--backend", choices=("local", "ray"), default="local")
-    deploy.add_argument("--address", default=None, help="Ray cluster address (ray backend)")
+    deploy.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (ray backend): every deploy given an address shares the graph's replicas "
+        "with the other ingress processes serving it (see graphserve delete)",
+    )
+    deploy.add_argument("--namespace", default=None, help="Ray namespace of shared graphs (default: graphserve)")
     deploy.add_argument("--host", default=http_defaults.HOST)
     deploy.add_argument("--port", type=int, default=http_defaults.PORT)
     deploy.add_argument(
@@ -77,12 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest accepted request body (default {http_defaults.mib(http_defaults.MAX_BODY_BYTES)})",
     )
     deploy.add_argument(
+        "--drift-window-s",
+        type=float,
+        default=None,
+        help="how long a graph planned for an SLO must leave its planned rate or p99 to count as drift (default 30)",
+    )
+    deploy.add_argument(
         "--cluster",
         default=None,
         help="cluster to check placements against: default 'detect' (this machine) on the local backend; "
         "on Ray the backend checks the Ray cluster's resources",
     )
     deploy.set_defaults(handler=deploy_command)
+
+    delete = commands.add_parser("delete", help="remove a graph's shared replicas from a Ray cluster")
+    delete.add_argument("name", help="the graph's name")
+    delete.add_argument("--address", default="auto", help="Ray cluster address (default: auto)")
+    delete.add_argument("--namespace", default=None, help="Ray namespace (default: graphserve)")
+    delete.set_defaults(handler=delete_command)
 
     call = commands.add_parser("call", help="send one request to a served graph (URL) or run it in process")
     call.add_argument("target", help="http(s)://host:port/route, module:app or plan.json")
@@ -91,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--header", action="append", default=[], help="'Name: value' (repeatable)")
     call.add_argument("--cluster", default="detect")
     call.set_defaults(handler=call_command)
+
+    from graphserve import profile_cli
+
+    profile_cli.add_commands(commands)
+    commands.choices["profile"].set_defaults(handler=profile_command)
+    commands.choices["simulate"].set_defaults(handler=simulate_command)
     return parser
 
 
@@ -124,26 +166,64 @@ def _load_plan(target: str, cluster: str | None) -> Plan | int:
     from graphserve.targets import cluster_option, load_plan
 
     try:
-        cluster_option(cluster)
+        checked = cluster_option(cluster)  # ray:auto is read here, once
     except ValueError as exc:
         print(f"error: --cluster {cluster!r}: {exc}", file=sys.stderr)
         return 2
+    except GraphError as exc:
+        report(exc)
+        return 1
     try:
-        return load_plan(target, cluster)
+        return load_plan(target, checked)
     except GraphError as exc:
         report(exc)
         return 1
 
 
-# -- build / render --------------------------------------------------------------------
-def build_command(args: argparse.Namespace) -> int:
-    """Validate and plan ``args.target``; print the summary; write ``-o`` / ``--render``."""
-    from graphserve.build_summary import console, print_summary
-
+# -- profile / simulate (graphserve.profile_cli) ---------------------------------------
+def profile_command(args: argparse.Namespace) -> int:
     plan = _load_plan(args.target, args.cluster)
     if isinstance(plan, int):
         return plan
+    from graphserve import profile_cli
+
+    return profile_cli.profile_command(plan, args)
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    plan = _load_plan(args.target, args.cluster)
+    if isinstance(plan, int):
+        return plan
+    from graphserve import profile_cli
+
+    return profile_cli.simulate_command(plan, args)
+
+
+# -- build / render --------------------------------------------------------------------
+def build_command(args: argparse.Namespace) -> int:
+    """Validate and plan ``args.target``; print the summary; write ``-o`` / ``--render``."""
+    from graphserve.build_summary import console, print_slo, print_summary
+
+    if args.from_metrics is not None:
+        replanned = _replan_from_metrics(args)
+        if isinstance(replanned, int):
+            return replanned
+        plan = replanned
+    elif args.target is None:
+        print("error: build needs a TARGET (or --from-metrics URL)", file=sys.stderr)
+        return 2
+    else:
+        loaded = _load_plan(args.target, args.cluster)
+        if isinstance(loaded, int):
+            return loaded
+        plan = loaded
+    if args.from_metrics is None and (args.slo_p99_ms is not None or args.rate is not None):
+        planned = _plan_slo(plan, args)
+        if isinstance(planned, int):
+            return planned
+        plan = planned
     print_summary(plan, console())
+    print_slo(plan, console())
     if args.output:
         from graphserve.compiler.codes import Code
 
@@ -163,6 +243,53 @@ def build_command(args: argparse.Namespace) -> int:
         if status:
             return status
     return 0
+
+
+def _replan_from_metrics(args: argparse.Namespace) -> Plan | int:
+    """``--from-metrics URL``: the SLO planner's plan for the rate the server measured."""
+    from graphserve.replan import read_server
+
+    try:
+        measured = read_server(args.from_metrics, args.graph)
+    except GraphError as exc:
+        report(exc)
+        return 1
+    plan = measured.plan
+    if args.target is not None:  # the graph's code as it is now, planned for what was measured
+        loaded = _load_plan(args.target, args.cluster)
+        if isinstance(loaded, int):
+            return loaded
+        plan = loaded
+    print(
+        f"measured at {args.from_metrics}: {measured.rate_rps:.1f} req/s, p99 {measured.p99_s * 1000:.1f} ms "
+        f"(planned for {measured.slo.rate_rps:g} req/s, p99 {measured.slo.p99_s * 1000:g} ms)"
+    )
+    if args.rate is None:
+        args.rate = round(measured.rate_rps, 3)
+    if args.slo_p99_ms is None:
+        args.slo_p99_ms = measured.slo.p99_s * 1000
+    return _plan_slo(plan, args)
+
+
+def _plan_slo(plan: Plan, args: argparse.Namespace) -> Plan | int:
+    """``--slo-p99-ms``/``--rate``: the SLO planner's plan, or the exit status with the error reported."""
+    from graphserve.plan import SLOPlan
+    from graphserve.planning import batch_sizes, plan_for_slo
+
+    if args.slo_p99_ms is None or args.rate is None or not args.slo_p99_ms > 0 or not args.rate > 0:
+        print("error: --slo-p99-ms and --rate go together, both positive numbers", file=sys.stderr)
+        return 2
+    try:
+        slo = SLOPlan(p99_s=args.slo_p99_ms / 1000, rate_rps=args.rate)
+        profile: Any = args.profile
+        if profile is None and args.requests is not None:  # profile first
+            from graphserve.profiling import profile as measure
+
+            profile = measure(plan, args.requests, duration_s=10.0, batch_sizes=batch_sizes(plan))
+        return plan_for_slo(plan, slo, profile=profile)
+    except GraphError as exc:
+        report(exc)
+        return 1
 
 
 def render_command(args: argparse.Namespace) -> int:
@@ -199,12 +326,15 @@ def deploy_command(args: argparse.Namespace) -> int:
         "cluster": getattr(args, "cluster", None) or ("detect" if backend == "local" else None),
         "on_ready": _announce,
     }
-    for name in ("timeout_s", "max_body_bytes", "max_in_flight", "shutdown_timeout_s"):
+    for name in ("timeout_s", "max_body_bytes", "max_in_flight", "shutdown_timeout_s", "drift_window_s"):
         value = getattr(args, name, None)
         if value is not None:
             options[name] = value
     address = getattr(args, "address", None)
-    if address:
+    if address and backend == "ray":  # on a cluster: one replica set, shared by every ingress of the graph
+        namespace = getattr(args, "namespace", None)
+        options["backend_options"] = {"address": address, "shared": True, "namespace": namespace}
+    elif address:
         options["backend_options"] = {"address": address}
     port = getattr(args, "port", None)
     try:
@@ -220,6 +350,22 @@ def deploy_command(args: argparse.Namespace) -> int:
         report(exc)
         return 1
     print("graphserve: stopped", flush=True)
+    return 0
+
+
+def delete_command(args: argparse.Namespace) -> int:
+    """``graphserve delete NAME [--address auto] [--namespace]``: remove a shared graph's replicas."""
+    from graphserve.runtime.ray_backend import SHARED_NAMESPACE, connect_briefly
+    from graphserve.runtime.ray_controller import delete_graph
+
+    namespace = args.namespace or SHARED_NAMESPACE
+    try:
+        with connect_briefly(args.address, namespace):
+            removed = delete_graph(args.name, namespace)
+    except GraphError as exc:
+        report(exc)
+        return 1
+    print(f"graphserve: graph {args.name!r} deleted ({removed} replicas)")
     return 0
 
 

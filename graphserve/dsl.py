@@ -20,6 +20,7 @@ import copy
 import operator
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, Self, TypeVar, overload
 
 from graphserve.errors import DeploymentOptionError, GraphError, Location
@@ -27,12 +28,41 @@ from graphserve.errors import DeploymentOptionError, GraphError, Location
 T = TypeVar("T")
 
 BATCH_ATTR = "__gs_batch__"  # where @gs.batch (graphserve.batching) records its options
+BATCH_EXPLICIT_ATTR = "__gs_batch_explicit__"  # ... and which of them the user wrote
 
 
 def batch_config(fn: Any) -> dict[str, Any] | None:
     """The batching options ``@gs.batch`` recorded on ``fn``, or None."""
     config = getattr(fn, BATCH_ATTR, None)
     return dict(config) if isinstance(config, dict) else None
+
+
+def batch_explicit(fn: Any) -> list[str]:
+    """The ``@gs.batch`` options the user wrote on ``fn`` (the rest are defaults)."""
+    explicit = getattr(fn, BATCH_EXPLICIT_ATTR, None)
+    return list(explicit) if isinstance(explicit, list) else []
+
+
+@dataclass(frozen=True)
+class SLO:
+    """A latency objective: ``p99_ms`` milliseconds at ``rate`` requests per second.
+
+    ``gs.graph(output, slo=gs.SLO(p99_ms=50, rate=400, profile="profile.json"))``: the planner
+    chooses batch sizes, waits, replicas and placement from the profile (``graphserve profile``
+    writes one)."""
+
+    p99_ms: float
+    rate: float
+    profile: str | None = None
+    headroom: float = 0.8
+
+    def __post_init__(self) -> None:
+        for name in ("p99_ms", "rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"SLO {name} must be a positive number, got {value!r}")
+        if not 0 < self.headroom <= 1:
+            raise ValueError(f"SLO headroom must be in (0, 1], got {self.headroom!r}")
 
 
 def caller_location() -> Location | None:
@@ -400,11 +430,13 @@ class App:
         route_prefix: str | None = None,
         location: Location | None = None,
         inputs_as: tuple[InputNode, Callable[[], DAGNode]] | None = None,
+        slo: SLO | None = None,
     ) -> None:
         self.output = output
         self.name = name or _default_name(output)
         self.named = name is not None  # an app run without a name is Ray Serve's "default" app
         self.timeout_s = timeout_s
+        self.slo = slo
         self.route_prefix = route_prefix
         self.location = location
         self.inputs_as = inputs_as
@@ -429,9 +461,12 @@ def graph(
     *,
     timeout_s: float | None = None,
     route_prefix: str | None = None,
+    slo: SLO | None = None,
 ) -> App:
-    """Make an app from the graph's output node(s)."""
-    return App(output, name=name, timeout_s=timeout_s, route_prefix=route_prefix, location=caller_location())
+    """Make an app from the graph's output node(s); ``slo``: let the planner choose the tunables."""
+    if slo is not None and not isinstance(slo, SLO):
+        raise TypeError(f"slo must be a gs.SLO(p99_ms=..., rate=...), got {type(slo).__name__}")
+    return App(output, name=name, timeout_s=timeout_s, route_prefix=route_prefix, location=caller_location(), slo=slo)
 
 
 def as_app(target: Any) -> App:

@@ -10,6 +10,8 @@ Every error a user can meet is one of these::
     ├── BatchOptionTypeError         ``@gs.batch`` got an option of the wrong type, or a
     │                                function that is not ``async def`` (also a TypeError)
     ├── BatchOutputError             a batched function broke list in, list out
+    ├── ProfileError                 a graph cannot be profiled or simulated (bad requests file,
+    │                                a profile of another graph, bad arrivals)
     ├── RouteConflictError           two graphs on one server want the same route (.path)
     ├── RoutePrefixError             a route_prefix that does not start with '/' (also a ValueError)
     ├── HTTPAdapterError             a DAGDriver's http_adapter is not one (also a ValueError)
@@ -123,6 +125,10 @@ class BatchOptionTypeError(GraphError, TypeError):
 
 class BatchOutputError(GraphError):
     """A batched function broke the list-in, list-out contract (one result per input)."""
+
+
+class ProfileError(GraphError):
+    """A graph cannot be profiled, or a profile cannot be read or used for this plan."""
 
 
 class RouteConflictError(GraphError):

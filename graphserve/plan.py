@@ -57,6 +57,44 @@ class BatchingPlan(_Data):
     max_batch_size: int
     batch_wait_timeout_s: float
     max_concurrent_batches: int
+    # the batcher adapts its size limit and wait to ``latency_budget_s`` (at most the values above)
+    adaptive: bool = False
+    latency_budget_s: float | None = None
+
+
+class ChoicePlan(_Data):
+    """Where one tunable of a deployment came from: the user wrote it, or the SLO planner chose it."""
+
+    field: str  # num_replicas, max_ongoing_requests, num_cpus, num_gpus, <method>.max_batch_size, ...
+    value: Any
+    source: Literal["user", "planned", "default"]
+    reason: str | None = None
+
+
+class SLOPlan(_Data):
+    """The latency objective a plan was made for: ``p99_s`` at ``rate_rps`` requests per second."""
+
+    p99_s: float
+    rate_rps: float
+    headroom: float = 0.8  # the planner aims for a predicted p99 of at most headroom x p99_s
+
+
+class LatencyPrediction(_Data):
+    p50_s: float
+    p99_s: float
+
+
+class PredictionPlan(_Data):
+    """What the simulator predicted for the chosen values at the SLO's rate."""
+
+    rate_rps: float
+    p50_s: float
+    p99_s: float
+    throughput_rps: float
+    rejected: int
+    requests: int
+    nodes: dict[str, LatencyPrediction] = Field(default_factory=dict)
+    utilization: dict[str, float] = Field(default_factory=dict, description="deployment -> mean replica utilization")
 
 
 class ResourcesPlan(_Data):
@@ -79,6 +117,11 @@ class DeploymentPlan(_Data):
     handles: list[str] = Field(default_factory=list)
     route_prefix: str | None = None
     location: str | None = None
+    # options the user wrote (num_replicas, max_ongoing_requests, num_cpus, num_gpus, <method>.max_batch_size,
+    # <method>.batch_wait_timeout_s, ...): the SLO planner keeps them as constraints
+    user_set: list[str] = Field(default_factory=list)
+    choices: list[ChoicePlan] = Field(default_factory=list)
+    reason: str | None = None  # the planner's summary in words
 
 
 class GuardTerm(_Data):
@@ -124,6 +167,7 @@ class NodePlan(_Data):
     # the node's share of the graph's latency objective, when a planner set one; the live
     # page (``/-/``) colours the node by how close its p99 latency comes to it
     latency_budget_s: float | None = None
+    predicted: LatencyPrediction | None = None
 
 
 class ReplicaPlan(_Data):
@@ -134,10 +178,25 @@ class ReplicaPlan(_Data):
     num_gpus: float
 
 
+class ClusterNodePlan(_Data):
+    """One machine of a cluster (``--cluster nodes=FILE``, or read from a live Ray cluster with
+    ``--cluster ray:auto``). ``id``: its Ray node id; ``address``: its IP. On Ray a replica planned
+    on it is scheduled there (by id, else by an address only one live node has); ``labels``:
+    free-form facts (a Ray node's labels)."""
+
+    name: str
+    cpus: float
+    gpus: float = 0.0
+    address: str | None = None
+    id: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
 class ClusterPlan(_Data):
     cpus: float
     gpus: float
     source: Literal["given", "detected"]
+    nodes: list[ClusterNodePlan] = Field(default_factory=list)  # empty: one node named node-0
 
 
 class DiagnosticPlan(_Data):
@@ -168,6 +227,8 @@ class Plan(_Data):
     replicas: list[ReplicaPlan] = Field(default_factory=list)
     cluster: ClusterPlan | None = None
     warnings: list[DiagnosticPlan] = Field(default_factory=list)
+    slo: SLOPlan | None = None
+    prediction: PredictionPlan | None = None
 
     _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
 

@@ -41,6 +41,8 @@ _INGRESS_OPTIONS = {
     "max_body_bytes": f"largest accepted request body (413 above; default {mib(MAX_BODY_BYTES)})",
     "max_in_flight": "requests one graph answers at once before answering 503 (default unbounded)",
     "timeout_s": "deadline for graphs that set no timeout_s of their own (504 past it)",
+    "drift_window_s": "how long a graph planned for an SLO must differ from its plan's rate or p99 before it "
+    "counts as drift (logged, in /-/metrics; default 30)",
     "render": "render(plan, format, figures=False) -> bytes for /-/graphs/<name>.svg (default: graphviz)",
     "tracer_provider": "OpenTelemetry tracer provider for request and node spans (default: the process's, if set)",
 }

@@ -1,8 +1,9 @@
-"""The graphserve runtime: executes Plans. It reads only Plans (``graphserve.plan``)
-and ``graphserve.errors``, never the DSL's builder objects or the compiler.
+"""The graphserve runtime: executes Plans. It reads only Plans (``graphserve.plan``),
+``graphserve.errors`` and the resource rule (``graphserve.resources``), never the DSL's
+builder objects or the compiler.
 
 - ``executor``: walks a Plan per request (branches, concurrency, deadlines, errors).
-- ``local`` / ``ray_backend``: backends behind one small interface (``backend``).
+- ``local`` / ``ray_backend``: backends behind one protocol (``backend``), sharing one replica core (``replica``).
 - ``batcher``: request batching; ``handle``: deployment handles; ``metrics``.
 - ``running_graph``: a running graph (backend + executor); ``background_loop``: a loop in a thread.
 

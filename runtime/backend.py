@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .routing import DeploymentLoad
     from .tracing import NodeSpan
 
+BatchLimits = dict[str, float | int | bool | None]  # one batcher's current limits (Batcher.limits())
+
 
 class Backend(Protocol):
     """Start a Plan's deployments, call them, stop them; see the module docstring."""
@@ -82,6 +84,14 @@ class Backend(Protocol):
     def load(self) -> dict[str, DeploymentLoad]:
         """Deployment name -> how busy its replicas are now (queue, calls running; the
         metrics' gauges and the live page read it). Empty once stopped."""
+        ...
+
+    def batch_limits(self) -> dict[tuple[str, int], dict[str, BatchLimits]]:
+        """The current limits of every batcher, by (deployment, replica index), then the
+        batched function's name (``/-/metrics``' batch limit gauges).
+
+        Adaptive batchers move their size limit and wait under load (``adaptive.py``); a
+        remote backend reports the values it read last from its replicas."""
         ...
 
     async def stop(self) -> None:

@@ -34,22 +34,35 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from graphserve.errors import BatchItemTooLargeError, BatchOutputError
+from graphserve.plan import BatchingPlan
 
+from .adaptive import AdaptiveLimits
+from .backend import BatchLimits
 from .tracing import CURRENT
 
-__all__ = ["BatchLimits", "BatchOutputError", "Batcher", "close_batchers", "get_batcher", "observe_batches"]
+__all__ = [
+    "BatchLimits",
+    "BatchOutputError",
+    "Batcher",
+    "LiveSettings",
+    "close_batchers",
+    "get_batcher",
+    "observe_batches",
+]
 
 BatchObserver = Callable[[str, int], None]
 STREAM_END_TOKENS = (StopIteration, StopAsyncIteration)
 
 
-class BatchLimits(Protocol):
+class LiveSettings(Protocol):
     """The live settings a batcher reads (``graphserve.batching.BatchSettings`` is one)."""
 
     max_batch_size: int
     batch_wait_timeout_s: float
     max_concurrent_batches: int
     batch_size_fn: Callable[[list[Any]], int] | None
+    adaptive: bool
+    latency_budget_s: float | None
 
 
 @dataclass
@@ -58,6 +71,8 @@ class _Limits:
     batch_wait_timeout_s: float = 0.01
     max_concurrent_batches: int = 1
     batch_size_fn: Callable[[list[Any]], int] | None = None
+    adaptive: bool = False
+    latency_budget_s: float | None = None
 
 
 _END = object()  # a stream's end, in its channel
@@ -93,34 +108,44 @@ class Batcher:
         observers: list[BatchObserver] | None = None,
         batch_size_fn: Callable[[list[Any]], int] | None = None,
         *,
-        limits: BatchLimits | None = None,
+        limits: LiveSettings | None = None,
         streaming: bool = False,
+        adaptive: bool = False,
+        latency_budget_s: float | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
-        self.limits: BatchLimits = limits or _Limits(
-            max_batch_size, batch_wait_timeout_s, max_concurrent_batches, batch_size_fn
+        self.settings: LiveSettings = limits or _Limits(
+            max_batch_size, batch_wait_timeout_s, max_concurrent_batches, batch_size_fn, adaptive, latency_budget_s
         )
         self.streaming = streaming
+        # adaptive: the limits follow the latency budget (runtime/adaptive.py); without a budget
+        # (no SLO planned) the planned values stay as they are
+        live = self.settings
+        self.adaptive = (
+            AdaptiveLimits(live.max_batch_size, live.batch_wait_timeout_s, live.latency_budget_s)
+            if live.adaptive and live.latency_budget_s
+            else None
+        )
         self.observers: list[BatchObserver] = observers if observers is not None else []
         self._queue: deque[_Pending] = deque()
         self._wakeup: asyncio.Future[None] | None = None
-        self._slots = asyncio.Semaphore(self.limits.max_concurrent_batches)
+        self._slots = asyncio.Semaphore(self.settings.max_concurrent_batches)
         self._task: asyncio.Task[None] | None = None
         self._inflight: dict[asyncio.Task[None], list[_Pending]] = {}
         self._signature = _signature(fn)
 
     @property
     def max_batch_size(self) -> int:
-        return self.limits.max_batch_size
+        return self.settings.max_batch_size
 
     @property
     def batch_wait_timeout_s(self) -> float:
-        return self.limits.batch_wait_timeout_s
+        return self.settings.batch_wait_timeout_s
 
     @property
     def max_concurrent_batches(self) -> int:
-        return self.limits.max_concurrent_batches
+        return self.settings.max_concurrent_batches
 
     @property
     def queued(self) -> int:
@@ -187,6 +212,33 @@ class Batcher:
         if task is not None and not task.done() and all(p.future.done() for p in self._inflight.get(task, ())):
             task.cancel()
 
+    # -- limits ------------------------------------------------------------------------------
+    @property
+    def size_limit(self) -> int:
+        """The batch size limit now: the adaptive one (at most the setting), else ``max_batch_size``."""
+        if self.adaptive is not None:
+            return min(self.adaptive.limit, self.settings.max_batch_size)
+        return self.settings.max_batch_size
+
+    @property
+    def wait_s(self) -> float:
+        """The batch wait now: the adaptive one (at most the setting), else ``batch_wait_timeout_s``."""
+        if self.adaptive is not None:
+            return min(self.adaptive.wait_s, self.settings.batch_wait_timeout_s)
+        return self.settings.batch_wait_timeout_s
+
+    def limits(self) -> BatchLimits:
+        """What ``/-/metrics`` shows of this batcher."""
+        return {
+            "adaptive": self.adaptive is not None,
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            "max_concurrent_batches": self.max_concurrent_batches,
+            "size_limit": self.size_limit,
+            "wait_s": round(self.wait_s, 6),
+            "latency_budget_s": self.adaptive.budget_s if self.adaptive is not None else None,
+        }
+
     # -- the gathering loop ------------------------------------------------------------------
     def close(self) -> None:
         """Stop the batching loop; calls still queued fail instead of hanging."""
@@ -242,15 +294,15 @@ class Batcher:
                     await self._wait(None)
                     self._drop_done()
                 # The limits of this batch: read once, when it starts gathering.
-                max_size = self.limits.max_batch_size
-                wait_s = self.limits.batch_wait_timeout_s
-                size_fn = self.limits.batch_size_fn
-                if size_fn is not None and self._measure(size_fn, [self._queue[0]]) > max_size:
+                max_size = self.size_limit
+                wait_s = self.wait_s
+                size_fn = self.settings.batch_size_fn
+                if size_fn is not None and self._measure(size_fn, [self._queue[0]]) > self.settings.max_batch_size:
                     _fail(
                         self._queue.popleft(),
                         BatchItemTooLargeError(
                             f"batched {self.name}: the size of an item is greater than max_batch_size "
-                            f"({max_size}); increase max_batch_size or check the batch_size_fn"
+                            f"({self.settings.max_batch_size}); increase max_batch_size or check the batch_size_fn"
                         ),
                     )
                     continue
@@ -311,7 +363,13 @@ class Batcher:
             if self.streaming:
                 await self._stream_batch(batch, args, kwargs)
                 return
-            results = _items(await self.fn(*args, **kwargs), len(batch), self.name)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            output = await self.fn(*args, **kwargs)
+            if self.adaptive is not None:
+                now = loop.time()
+                self.adaptive.observe(len(batch), now - batch[0].enqueued, now - started)
+            results = _items(output, len(batch), self.name)
             # The function is done: free its slot first and hand out the results one loop step
             # later, so a waiting batch starts before this batch's callers run on (answering them
             # would otherwise leave the device idle between batches).
@@ -404,6 +462,7 @@ def _deliver(batch: list[_Pending], results: list[Any]) -> None:
 
 
 _BATCHERS_ATTR = "__gs_batchers__"
+_CONFIG_ATTR = "__gs_batch_plans__"
 _OBSERVERS_ATTR = "__gs_batch_observers__"
 
 
@@ -411,7 +470,7 @@ def get_batcher(
     owner: Any,
     name: str,
     fn: Callable[..., Any],
-    limits: BatchLimits | dict[str, Any],
+    limits: LiveSettings | dict[str, Any],
     streaming: bool = False,
 ) -> Batcher:
     """The batcher of ``owner``'s batched method ``name``, created on first use."""
@@ -428,10 +487,36 @@ def get_batcher(
         if observers is None:
             observers = []
             _set(owner, _OBSERVERS_ATTR, observers)
-        live: BatchLimits = _Limits(**limits) if isinstance(limits, dict) else limits
+        live: LiveSettings = _Limits(**limits) if isinstance(limits, dict) else limits
+        planned: dict[str, BatchingPlan] = getattr(owner, _CONFIG_ATTR, None) or {}
+        chosen = planned.get(name.rsplit(".", 1)[-1]) or planned.get("__call__")
+        if chosen is not None:  # the plan's values (the SLO planner's, or a plan file's) win
+            _apply_plan(live, chosen)
         batcher = Batcher(fn, name, observers=observers, limits=live, streaming=streaming)
         batchers[name] = batcher
     return batcher
+
+
+def _apply_plan(live: LiveSettings, chosen: BatchingPlan) -> None:
+    """Make the settings the batcher reads carry the plan's values (the SLO planner's, or a plan file's)."""
+    live.max_batch_size = chosen.max_batch_size
+    live.batch_wait_timeout_s = chosen.batch_wait_timeout_s
+    live.max_concurrent_batches = chosen.max_concurrent_batches
+    live.adaptive = chosen.adaptive
+    live.latency_budget_s = chosen.latency_budget_s
+
+
+def configure_batching(owner: Any, plans: list[BatchingPlan]) -> None:
+    """Make ``owner``'s batched methods run with the plan's values (size, wait, adaptive, budget)
+    instead of the ``@gs.batch`` decorator's."""
+    if plans:
+        _set(owner, _CONFIG_ATTR, {b.method: b for b in plans})
+
+
+def batch_limits(owner: Any) -> dict[str, BatchLimits]:
+    """The current limits of ``owner``'s batchers (``/-/metrics``)."""
+    batchers: dict[str, Batcher] = getattr(owner, _BATCHERS_ATTR, None) or _MODULE_BATCHERS.get(id(owner), {})
+    return {name: b.limits() for name, b in sorted(batchers.items())}
 
 
 def close_batchers(owner: Any) -> None:
@@ -442,17 +527,10 @@ def close_batchers(owner: Any) -> None:
     batchers.clear()
 
 
-def batch_limits(owner: Any) -> dict[str, dict[str, float]]:
-    """Method name -> the limits ``owner``'s batchers use now (for the live page)."""
-    batchers: dict[str, Batcher] = getattr(owner, _BATCHERS_ATTR, None) or _MODULE_BATCHERS.get(id(owner), {})
-    return {
-        name.rpartition(".")[2]: {
-            "max_batch_size": b.max_batch_size,
-            "batch_wait_timeout_s": b.batch_wait_timeout_s,
-            "max_concurrent_batches": b.max_concurrent_batches,
-        }
-        for name, b in batchers.items()
-    }
+def limits_by_method(limits: dict[str, BatchLimits]) -> dict[str, BatchLimits]:
+    """``batch_limits(owner)`` keyed by method name alone (``Model.predict`` -> ``predict``),
+    as the live page shows a deployment's batching."""
+    return {name.rpartition(".")[2]: values for name, values in limits.items()}
 
 
 def observe_batches(owner: Any, observer: BatchObserver) -> None:

@@ -24,6 +24,10 @@ A traced request (``execute(..., trace=Trace(...))``, see ``tracing.py``) walks 
 path: a deployment call or glue gets a span from when its inputs are ready to when its
 value is (on Ray, the actor's own record of the call), fused nodes are marked when they
 produce theirs. An untraced request pays one ``trace is None`` check per node.
+
+An optional :class:`~.observer.ExecutionObserver` (``executor.observer``; the profiler
+sets one) is told every deployment call with its inputs and times and every switch's
+arm, on the same path; without one each call and switch pays one ``is None`` check.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import operator
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -46,6 +51,7 @@ from graphserve.errors import (
 from graphserve.plan import ConstValue, NodePlan, NodeRef, Plan
 
 from .backend import Backend
+from .observer import ExecutionObserver
 from .replica import load_target
 from .tracing import CURRENT, Trace
 
@@ -83,6 +89,7 @@ class _Op:
         "method",
         "needs",
         "node",
+        "one",
         "positional",
         "selector",
         "shared",
@@ -99,6 +106,7 @@ class _Op:
         # the nodes this one reads before it runs (a switch reads its selector, then one arm)
         refs = [*args, *self.kwargs.values()]
         self.needs = tuple(dict.fromkeys(ref for is_node, ref in refs if is_node))
+        self.one = self.needs[0] if len(self.needs) == 1 else None  # the only node read (chains)
         self.shared = len(node.consumers) > 1
         self.deployment = node.deployment or ""
         self.method = node.method or "__call__"
@@ -140,6 +148,7 @@ class GraphExecutor:
     def __init__(self, plan: Plan, backend: Backend) -> None:
         self.plan = plan
         self.backend = backend
+        self.observer: ExecutionObserver | None = None  # told about every call and switch (the profiler)
         self.input_id = plan.input
         self.output_id = plan.output
         self._schema = load_target(plan.resolve(plan.input_schema)) if plan.input_schema else None
@@ -257,12 +266,19 @@ class GraphExecutor:
 
     async def _call(self, op: _Op, run: _Run) -> Any:
         """A deployment call: submitted to the backend, its value passed on as it is."""
-        pending = self._missing(op.needs, run) if op.needs else None
-        if pending is not None:
-            await pending
         values = run.values
+        one = op.one
+        if one is not None:  # the common case, inline: a node with one node input
+            if one not in values:
+                await self._eval(one, run)
+        elif op.needs:
+            pending = self._missing(op.needs, run)
+            if pending is not None:
+                await pending
         args = op.positional(values)
         kwargs = {k: values[ref] if is_node else ref for k, (is_node, ref) in op.kwargs.items()} if op.kwargs else {}
+        if self.observer is not None:
+            return await self._call_observed(op, run, args, kwargs, self.observer)
         if run.trace is not None:
             return await self._call_traced(op, run, args, kwargs, run.trace)
         try:
@@ -273,6 +289,26 @@ class GraphExecutor:
             raise _node_error(op, exc) from exc
         run.submitted.append(value)
         values[op.id] = value
+        return value
+
+    async def _call_observed(
+        self, op: _Op, run: _Run, args: tuple[Any, ...], kwargs: dict[str, Any], observer: ExecutionObserver
+    ) -> Any:
+        """:meth:`_call` told to the observer: the call's inputs (values as the backend sees
+        them: results on the local backend) and when it started and returned."""
+        started = time.perf_counter()
+        if run.trace is not None:
+            value = await self._call_traced(op, run, args, kwargs, run.trace)
+        else:
+            try:
+                value = await self.backend.submit(op.id, op.deployment, op.method, args, kwargs)
+            except (RequestError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # the deployment's own failure: named after its node
+                raise _node_error(op, exc) from exc
+            run.submitted.append(value)
+            run.values[op.id] = value
+        observer.call_finished(op.id, args, kwargs, started, time.perf_counter())
         return value
 
     async def _call_traced(
@@ -344,12 +380,14 @@ class GraphExecutor:
             await self._eval(op.selector, run)
         (selector,) = await self.backend.fetch([values[op.selector]])
         chosen: Ref | None = None
+        arm = -1  # the arm's number as the plan's guards count them; -1: the default
         if op.truthy:
-            chosen = op.arms[0][1] if bool(selector) == op.arms[0][0] else op.arms[-1][1]
+            arm = 0 if bool(selector) == op.arms[0][0] else len(op.arms) - 1
+            chosen = op.arms[arm][1]
         else:
-            for value, ref in op.arms:
+            for index, (value, ref) in enumerate(op.arms):
                 if selector == value:
-                    chosen = ref
+                    chosen, arm = ref, index
                     break
             else:
                 chosen = op.default
@@ -358,6 +396,8 @@ class GraphExecutor:
             raise NodeExecutionError(
                 op.id, None, f"selector value {selector!r} matches no branch ({arms}) and the switch has no default"
             )
+        if self.observer is not None:
+            self.observer.switch_taken(op.id, arm)
         is_node, ref = chosen
         value = ref  # a constant arm
         if is_node:
@@ -369,9 +409,14 @@ class GraphExecutor:
 
     async def _output(self, op: _Op, run: _Run) -> Any:
         """The graph's output: every value fetched, in the plan's form."""
-        pending = self._missing(op.needs, run) if op.needs else None
-        if pending is not None:
-            await pending
+        one = op.one
+        if one is not None:
+            if one not in run.values:
+                await self._eval(one, run)
+        elif op.needs:
+            pending = self._missing(op.needs, run)
+            if pending is not None:
+                await pending
         fetched = await self.backend.fetch(list(op.positional(run.values)))
         if run.trace is not None:
             run.trace.mark(op.id)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -50,6 +51,8 @@ from graphserve.errors import DeploymentStartError, GraphError, RouteConflictErr
 from graphserve.plan import Plan
 
 from . import http_defaults
+from .drift import DEFAULT_WINDOW_S, DriftMonitor
+from .drift import KINDS as DRIFT_KINDS
 from .encoding import dumps
 from .graph_page import GraphPage
 from .graph_route import GraphRoute, RouteLimits, RouteObservers, valid_request_id
@@ -99,6 +102,7 @@ class Ingress:
         title: str = "graphserve",
         version: str = "0.1.0",
         allow_empty: bool = False,
+        drift_window_s: float = DEFAULT_WINDOW_S,
         tracer_provider: Any = None,
     ) -> None:
         if not runtimes and not allow_empty:
@@ -113,6 +117,10 @@ class Ingress:
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
         self.limits = RouteLimits(self.token, max_body_bytes, max_in_flight, default_timeout_s)
+        if not drift_window_s > 0:
+            raise GraphError(f"drift_window_s must be > 0, got {drift_window_s}")
+        self.drift_window_s = drift_window_s
+        self._drift_task: asyncio.Task[None] | None = None
         self.live = LiveStats(self.metrics)
         self.observers = RouteObservers(self.live)  # its OpenTelemetry exporter is set at startup
         self._tracer_provider = tracer_provider
@@ -122,7 +130,7 @@ class Ingress:
         self._paths: dict[str, GraphRoute] = {}
         for runtime in runtimes:
             path = _route_path(runtime.plan)
-            route = GraphRoute(runtime, path, self.limits, self.metrics, self.observers)
+            route = self._route(runtime, path)
             self._add_path(path, route)
             self.routes.append(route)
         if len(self.routes) == 1 and "/" not in self._paths:
@@ -179,7 +187,7 @@ class Ingress:
         if name in self.graphs:
             raise GraphError(f"a graph named {name!r} is already served at {self.graphs[name].path!r}")
         path = _route_path(runtime.plan) if path is None else (path.rstrip("/") or "/")
-        route = GraphRoute(runtime, path, self.limits, self.metrics, self.observers)
+        route = self._route(runtime, path)
         probe = dict(self._paths)
         self._add_path(path, route)  # refuses a taken route before anything is constructed
         self._paths = probe
@@ -197,6 +205,12 @@ class Ingress:
         self._refresh_openapi()
         self._refresh_prefixes()
         logger.info("graph %r ready at %s", name, path)
+        return route
+
+    def _route(self, runtime: GraphRuntime, path: str) -> GraphRoute:
+        route = GraphRoute(runtime, path, self.limits, self.metrics, self.observers)
+        if runtime.plan.slo is not None:  # planned for an SLO: watch for drift from it
+            route.drift = DriftMonitor(runtime.plan, self.drift_window_s, start=time.perf_counter())
         return route
 
     async def remove_graph(self, name: str) -> None:
@@ -263,6 +277,17 @@ class Ingress:
                 await _stop_quietly(runtime)
             raise
         self.ready = True
+        if any(route.drift is not None for route in self.routes):
+            self._drift_task = self.loop.create_task(self._check_drift(), name="graphserve-drift")
+
+    async def _check_drift(self) -> None:
+        """Check drift even without traffic (a rate that fell to nothing is drift too)."""
+        while True:
+            await asyncio.sleep(self.drift_window_s / 10)
+            now = time.perf_counter()
+            for route in self.routes:
+                if route.drift is not None:
+                    route.drift.check(now)
 
     def begin_shutdown(self) -> None:
         """The server stops accepting connections: end the page's event streams."""
@@ -273,6 +298,8 @@ class Ingress:
         self.page.close()
         self.stopping = True
         self.ready = False
+        if self._drift_task is not None:
+            self._drift_task.cancel()
         for route in reversed(self.routes):
             await _stop_quietly(route.runtime)
 
@@ -375,9 +402,27 @@ class Ingress:
         m.describe("graphserve_queue_depth", "Calls waiting for a replica, by graph and deployment")
         m.describe("graphserve_deployment_ongoing_requests", "Calls running on replicas, by graph and deployment")
         m.describe("graphserve_node_errors_total", "Failed requests, by graph and the node that failed")
+        m.describe("graphserve_batch_size_limit", "The batch size limit now, by replica (adaptive batchers move it)")
+        m.describe("graphserve_batch_wait_seconds", "The batch wait now, by replica (adaptive batchers move it)")
+        m.describe("graphserve_batch_latency_budget_seconds", "An adaptive batcher's share of the SLO, by replica")
+        m.describe("graphserve_drift", "1 while a graph's observed rate or p99 has left its plan's (by kind), else 0")
+        m.describe("graphserve_drift_events", "Times a graph drifted from its plan, by kind")
+        m.describe("graphserve_observed_rate_rps", "Requests per second over the drift window (graphs with an SLO)")
+        m.describe("graphserve_observed_p99_seconds", "p99 latency over the drift window (graphs with an SLO)")
+        m.describe("graphserve_planned_rate_rps", "The rate the graph's plan was made for")
+        m.describe("graphserve_planned_p99_seconds", "The p99 the graph's plan allows (its SLO, or its prediction)")
+        m.gauge("graphserve_drift", lambda: self._drift_gauge(lambda d, kind: float(d.states[kind].active)))
+        m.gauge("graphserve_drift_events", lambda: self._drift_gauge(lambda d, kind: float(d.states[kind].events)))
+        m.gauge("graphserve_observed_rate_rps", lambda: self._drift_gauge(lambda d, _: d.rate, kinds=("",)))
+        m.gauge("graphserve_observed_p99_seconds", lambda: self._drift_gauge(lambda d, _: d.p99, kinds=("",)))
+        m.gauge("graphserve_planned_rate_rps", lambda: self._drift_gauge(lambda d, _: d.planned_rate, kinds=("",)))
+        m.gauge("graphserve_planned_p99_seconds", lambda: self._drift_gauge(lambda d, _: d.planned_p99, kinds=("",)))
         m.gauge("graphserve_in_flight_requests", lambda: {r.labels: float(r.in_flight) for r in self.routes})
         m.gauge("graphserve_queue_depth", lambda: self._load_gauge(lambda load: load.queued))
         m.gauge("graphserve_deployment_ongoing_requests", lambda: self._load_gauge(lambda load: load.ongoing))
+        m.gauge("graphserve_batch_size_limit", lambda: self._batch_gauge("size_limit"))
+        m.gauge("graphserve_batch_wait_seconds", lambda: self._batch_gauge("wait_s"))
+        m.gauge("graphserve_batch_latency_budget_seconds", lambda: self._batch_gauge("latency_budget_s"))
 
     def _load_gauge(self, figure: Callable[[DeploymentLoad], int]) -> dict[Labels, float]:
         """One figure of every deployment's load, by graph and deployment."""
@@ -385,6 +430,36 @@ class Ingress:
         for view in self._views():
             for deployment, load in view.load.items():
                 values[(("graph", view.name), ("deployment", deployment))] = float(figure(load))
+        return values
+
+    def _drift_gauge(
+        self, read: Callable[[DriftMonitor, str], float], kinds: tuple[str, ...] = DRIFT_KINDS
+    ) -> dict[Labels, float]:
+        values: dict[Labels, float] = {}
+        now = time.perf_counter()
+        for route in self.routes:
+            drift = route.drift
+            if drift is None:
+                continue
+            drift.check(now)  # a scrape sees the window as it is now, traffic or not
+            for kind in kinds:
+                labels: Labels = (("graph", route.name), ("kind", kind)) if kind else (("graph", route.name),)
+                values[labels] = read(drift, kind)
+        return values
+
+    def _batch_gauge(self, field: str) -> dict[Labels, float]:
+        values: dict[Labels, float] = {}
+        for route in self.routes:
+            backend = route.runtime.backend
+            if backend is None or not route.runtime.ready:  # not started, or stopping
+                continue
+            for (deployment, replica), methods in backend.batch_limits().items():
+                for method, limits in methods.items():
+                    value = limits.get(field)
+                    if value is None:  # a budget only where the batcher adapts
+                        continue
+                    labels = (("graph", route.name), ("deployment", deployment), ("replica", str(replica)))
+                    values[(*labels, ("method", method))] = float(value)
         return values
 
 

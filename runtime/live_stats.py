@@ -19,12 +19,15 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphserve.plan import Plan
 
 from .metrics import Histogram, Labels, Metrics, quantile
 from .routing import DeploymentLoad
+
+if TYPE_CHECKING:
+    from .backend import BatchLimits
 
 NODE_LATENCY = "graphserve_node_latency_seconds"
 NODE_ERRORS = "graphserve_node_errors_total"
@@ -47,7 +50,7 @@ class GraphView:
     in_flight: int
     load: dict[str, DeploymentLoad] = field(default_factory=dict)
     # deployment -> method -> current batching limits (a batcher may adapt them)
-    batching: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    batching: dict[str, dict[str, BatchLimits]] = field(default_factory=dict)
 
 
 @dataclass

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from graphserve.errors import DeploymentStartError, NodeExecutionError, RequestError
 from graphserve.plan import Plan
 
-from .batcher import batch_limits, close_batchers, observe_batches
+from .backend import BatchLimits
+from .batcher import batch_limits, close_batchers, configure_batching, limits_by_method, observe_batches
 from .replica import HandleFactory, Replica, ReplicaStartError, construct, construction_order
 from .routing import DeploymentLoad, ReplicaRouter
 
@@ -69,6 +70,7 @@ class LocalBackend:
                     )
                 except ReplicaStartError as exc:
                     raise DeploymentStartError(exc.deployment, exc.message) from exc.__cause__
+                configure_batching(instance, dep.batching)  # the plan's batching values (a function's too)
                 if dep.batching and dep.kind == "class" and self._on_batch is not None:
                     observe_batches(instance, _batch_observer(self._on_batch, name))
                 replicas.append(Replica(instance, index, pool))
@@ -130,9 +132,23 @@ class LocalBackend:
         for name, router in self.routers.items():
             load = router.load()
             if router.replicas and self.plan.deployment(name).batching:
-                load = dataclasses.replace(load, batching=batch_limits(router.replicas[0].instance))
+                load = dataclasses.replace(load, batching=limits_by_method(batch_limits(router.replicas[0].instance)))
             loads[name] = load
         return loads
+
+    def batch_limits(self) -> dict[tuple[str, int], dict[str, BatchLimits]]:
+        """The current limits of every replica's batchers, by (deployment, replica index)."""
+        out: dict[tuple[str, int], dict[str, BatchLimits]] = {}
+        for name, router in self.routers.items():
+            seen: set[int] = set()
+            for replica in router.replicas:
+                if id(replica.instance) in seen:  # a function deployment: one object, one set of batchers
+                    continue
+                seen.add(id(replica.instance))
+                limits = batch_limits(replica.instance)
+                if limits:
+                    out[(name, replica.index)] = limits
+        return out
 
     async def stop(self) -> None:
         for router in self.routers.values():

@@ -9,8 +9,10 @@ start, or on the first call after Ray restarted a dead actor), so handles, batch
 ``@gs.batch`` wrappers batch inside the actor with ``runtime/batcher.py``.
 
 Handles a constructor receives are :class:`~graphserve.runtime.handle.DeploymentHandle`
-objects whose calls go straight to the target deployment's actors (least in-flight
-first) without passing through the driver.
+objects whose calls go straight to the target deployment's actors without passing through
+the driver, routed as the driver routes (:class:`~graphserve.runtime.routing.ReplicaRouter`
+with the target's ``max_ongoing_requests`` and ``max_queued_requests``; a refused call is an
+:class:`OverloadedError`, a 503 for the request).
 
 Errors are carried in two small picklable exceptions (:class:`ReplicaCallError`, and the
 replica core's :class:`~graphserve.runtime.replica.ReplicaStartError`) that name the node
@@ -34,13 +36,15 @@ import ray
 from ray import cloudpickle
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
-from graphserve.errors import NodeExecutionError, PlanError
-from graphserve.plan import ArgPlan
+from graphserve.errors import NodeExecutionError, OverloadedError, PlanError
+from graphserve.plan import ArgPlan, BatchingPlan, DeploymentPlan
 
-from .batcher import observe_batches
+from .backend import BatchLimits
+from .batcher import batch_limits, configure_batching, observe_batches
 from .handle import DeploymentHandle
 from .otel import attached, inject
 from .replica import Replica, ReplicaStartError, construct
+from .routing import ReplicaRouter
 from .tracing import CURRENT, ActorRecord
 
 
@@ -102,16 +106,24 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def death_message(deployment: str | None, replica: int | None, exc: BaseException, retries: int) -> str:
+def death_message(
+    deployment: str | None, replica: int | None, exc: BaseException, retries: int, ray_node: str | None = None
+) -> str:
     who = f"replica {replica} of deployment {deployment!r}" if replica is not None else f"a replica of {deployment!r}"
     reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
     tried = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
     hint = "" if retries else "; set max_retries on the deployment to retry such calls"
-    return f"{who} died while running this call{tried} ({type(exc).__name__}: {reason}); Ray restarts it{hint}"
+    where = f" on Ray node {ray_node}" if ray_node else ""
+    return f"{who} died while running this call{tried}{where} ({type(exc).__name__}: {reason}); Ray restarts it{hint}"
 
 
 def node_error(
-    exc: BaseException, node: str, deployment: str | None, replica: int | None = None, retries: int = 0
+    exc: BaseException,
+    node: str,
+    deployment: str | None,
+    replica: int | None = None,
+    retries: int = 0,
+    ray_node: str | None = None,
 ) -> NodeExecutionError:
     """A Ray failure seen while waiting on ``node``'s result, as a NodeExecutionError.
 
@@ -124,7 +136,7 @@ def node_error(
     if isinstance(cause, NodeExecutionError):
         return cause
     if isinstance(cause, RayActorError):
-        error = NodeExecutionError(node, deployment, death_message(deployment, replica, cause, retries))
+        error = NodeExecutionError(node, deployment, death_message(deployment, replica, cause, retries, ray_node))
     elif isinstance(cause, TaskCancelledError):
         error = NodeExecutionError(node, deployment, "the call was cancelled")
     else:
@@ -146,21 +158,42 @@ class ReplicaSpec:
     handles: dict[str, list[str]] = field(default_factory=dict)  # deployment -> its actors' names
     retries: dict[str, int] = field(default_factory=dict)  # deployment -> its max_retries
     batching: bool = False
+    batch_plans: list[BatchingPlan] = field(default_factory=list)  # the plan's batching values, applied
     threads: int = 32
+    # the handles' targets: their limits (max_ongoing_requests, max_queued_requests) route calls as the driver does
+    handle_plans: dict[str, DeploymentPlan] = field(default_factory=dict)
+    namespace: str | None = None  # where the handles' actors are named (None: this job's)
+
+
+class _Target:
+    """One actor a handle may call, with the calls this process has in flight on it."""
+
+    __slots__ = ("actor", "down", "index", "ongoing")
+
+    def __init__(self, actor: Any, index: int) -> None:
+        self.actor = actor
+        self.index = index
+        self.ongoing = 0
+        self.down = False
 
 
 class RemoteHandles:
-    """Calls from inside one actor to other deployments' actors (least in-flight first)."""
+    """Calls from inside one actor to other deployments' actors, through the same routing and
+    limits as the driver's calls: least in-flight first, at most ``max_ongoing_requests`` per
+    replica from this process, then a FIFO of at most ``max_queued_requests`` (OverloadedError)."""
 
     def __init__(self, spec: ReplicaSpec) -> None:
         # Looked up by name (not passed in): the constructor's arguments stay plain data, so Ray can
         # always rebuild a restarted actor from them.
-        self._actors = {name: [ray.get_actor(actor) for actor in actors] for name, actors in spec.handles.items()}
+        self._routers: dict[str, ReplicaRouter[_Target]] = {}
+        for name, actors in spec.handles.items():
+            plan = spec.handle_plans.get(name) or DeploymentPlan(name=name, import_path="", kind="class")
+            targets = [_Target(ray.get_actor(actor, namespace=spec.namespace), i) for i, actor in enumerate(actors)]
+            self._routers[name] = ReplicaRouter(plan, targets)
         self._retries = spec.retries
-        self._inflight = {name: [0] * len(actors) for name, actors in spec.handles.items()}
 
     def handle(self, deployment: str, loop: asyncio.AbstractEventLoop) -> DeploymentHandle:
-        if deployment not in self._actors:
+        if deployment not in self._routers:
             raise PlanError(f"no actors for deployment {deployment!r}")
         return DeploymentHandle(deployment, self.call, loop, references=self)
 
@@ -169,20 +202,27 @@ class RemoteHandles:
 
     # References: a DeploymentResponse passed on to another call travels as its ObjectRef.
     async def submit(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
-        counts = self._inflight[deployment]
-        index = min(range(len(counts)), key=counts.__getitem__)
-        node = f"{deployment}.{method}"
+        router = self._routers[deployment]
+        target = await router.acquire()  # may wait in the queue, or raise OverloadedError
         parent = CURRENT.get()
-        args, kwargs = _refs(args), _refs(kwargs)
-        ref: Any
-        record: Any = None
-        if isinstance(parent, ActorRecord):  # a traced call: the target sends its record back too
-            actor = self._actors[deployment][index]
-            ref, record = actor.call_traced.remote(node, method, inject(), *args, **kwargs)
-        else:
-            ref = self._actors[deployment][index].call.remote(node, method, *args, **kwargs)
-        counts[index] += 1
-        return _Call(ref, node, deployment, index, record, parent if isinstance(parent, ActorRecord) else None)
+        call = _Call(
+            None,
+            f"{deployment}.{method}",
+            deployment,
+            target,
+            router,
+            parent=parent if isinstance(parent, ActorRecord) else None,
+        )
+        try:
+            args, kwargs = _refs(args), _refs(kwargs)
+            if call.parent is not None:  # a traced call: the target sends its record back too
+                call.ref, call.record = target.actor.call_traced.remote(call.node, method, inject(), *args, **kwargs)
+            else:
+                call.ref = target.actor.call.remote(call.node, method, *args, **kwargs)
+        except BaseException:
+            self.forget(call)
+            raise
+        return call
 
     async def fetch(self, call: _Call) -> Any:
         try:
@@ -193,9 +233,11 @@ class RemoteHandles:
         except asyncio.CancelledError:
             ray.cancel(call.ref)
             raise
+        except OverloadedError:  # the target's own handle call was refused: still a 503
+            raise
         except Exception as exc:
             retries = self._retries.get(call.deployment, 0)
-            raise node_error(exc, call.node, call.deployment, call.index, retries)  # noqa: B904 - keeps its own __cause__
+            raise node_error(exc, call.node, call.deployment, call.target.index, retries)  # noqa: B904 - keeps its own __cause__
         finally:
             self.forget(call)
 
@@ -203,7 +245,7 @@ class RemoteHandles:
         """The call is no longer in flight from here (fetched, failed, or passed on to another call)."""
         if not call.counted:
             call.counted = True
-            self._inflight[call.deployment][call.index] -= 1
+            call.router.release(call.target)
 
 
 @dataclass
@@ -213,7 +255,8 @@ class _Call:
     ref: Any
     node: str
     deployment: str
-    index: int
+    target: _Target
+    router: ReplicaRouter[_Target]
     record: Any = None
     parent: Any = None
     counted: bool = False
@@ -290,10 +333,10 @@ class ReplicaActor:
         self._latencies: deque[tuple[str, float]] = deque(maxlen=100_000)  # (node, seconds) until drained
 
     # -- construction ------------------------------------------------------------------
-    async def ready(self) -> int:
-        """Build the replica now (the driver waits on every replica at start)."""
+    async def ready(self) -> tuple[int, str]:
+        """Build the replica now (the driver waits on every replica at start); its pid and Ray node id."""
         await self._ensure()
-        return os.getpid()
+        return os.getpid(), ray.get_runtime_context().get_node_id()
 
     async def _ensure(self) -> Replica:
         if self._replica is None:  # built once, even when calls arrive while an async __init__ runs
@@ -317,6 +360,7 @@ class ReplicaActor:
             )
         except ReplicaStartError as exc:  # its cause may not pickle: the message says it
             raise ReplicaStartError(exc.deployment, exc.message) from None
+        configure_batching(instance, spec.batch_plans)  # the plan's batching values (a function's too)
         if spec.batching and spec.kind == "class":
             observe_batches(instance, lambda method, size: self._batches.append((method, size)))
         pool = concurrent.futures.ThreadPoolExecutor(spec.threads, thread_name_prefix=f"gs-{spec.deployment}")
@@ -358,6 +402,8 @@ class ReplicaActor:
         except ReplicaStartError as exc:
             message = f"the replica could not be rebuilt: {exc.message}"
             raise ReplicaCallError(node, self.spec.deployment, message) from None
+        except OverloadedError:  # a handle's target is full: the request gets a 503, as on the driver
+            raise
         except Exception as exc:  # the user's method: carried to the driver, naming the node
             raise ReplicaCallError.wrap(node, self.spec.deployment, exc) from None
 
@@ -368,3 +414,8 @@ class ReplicaActor:
         latencies = list(self._latencies)
         self._latencies.clear()
         return batches, latencies
+
+    @ray.method(concurrency_group="control")
+    async def batch_limits(self) -> dict[str, BatchLimits]:
+        """The current limits of this replica's batchers (empty before its first batch)."""
+        return batch_limits(self._replica.instance) if self._replica is not None else {}

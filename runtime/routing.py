@@ -14,10 +14,13 @@ import asyncio
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from graphserve.errors import OverloadedError
 from graphserve.plan import DeploymentPlan
+
+if TYPE_CHECKING:
+    from .backend import BatchLimits
 
 
 class Routed(Protocol):
@@ -44,7 +47,7 @@ class DeploymentLoad:
     ongoing: int  # calls running on them
     queued: int  # calls waiting for a free replica
     # method -> the batching limits its batchers use now (where the backend can see them)
-    batching: dict[str, dict[str, float]] = field(default_factory=dict)
+    batching: dict[str, BatchLimits] = field(default_factory=dict)
 
 
 class ReplicaRouter(Generic[R]):
@@ -99,9 +102,11 @@ class ReplicaRouter(Generic[R]):
         """A replica with a slot reserved for the caller, if one is free and nobody waits (else None)."""
         if self._waiters or self.closed:
             return None
-        replica = self._pick()
-        if replica is not None:
-            replica.ongoing += 1
+        replicas = self.replicas
+        replica = replicas[0] if len(replicas) == 1 else self._pick()  # one replica: no choice to make
+        if replica is None or replica.ongoing >= self.limit:
+            return None
+        replica.ongoing += 1
         return replica
 
     async def acquire(self) -> R:

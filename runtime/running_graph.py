@@ -87,10 +87,13 @@ class GraphRuntime:
         self.executor = GraphExecutor(self.plan, self.backend)
         self.ready = True
 
-    async def execute(self, request: Any, timeout_s: float | None = None, trace: Trace | None = None) -> Any:
+    def execute(
+        self, request: Any, timeout_s: float | None = None, trace: Trace | None = None
+    ) -> Coroutine[Any, Any, Any]:
+        """The executor's run of ``request`` (await it); no coroutine of its own on the hot path."""
         if self.executor is None:
             raise GraphError(f"graph {self.plan.name!r} is not started")
-        return await self.executor.execute(request, timeout_s, trace)
+        return self.executor.execute(request, timeout_s, trace)
 
     async def stop(self) -> None:
         self.stopping = True

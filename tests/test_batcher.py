@@ -207,3 +207,32 @@ async def test_next_batch_starts_before_the_previous_batch_callers_resume() -> N
     # the queued batch (2, 3) is sent as soon as (0, 1) returns, before its callers go on
     assert events.index(("start", (2, 3))) < events.index(("done", 0))
     assert events.index(("start", (2, 3))) < events.index(("done", 1))
+
+
+def test_the_plans_batching_values_replace_the_decorators() -> None:
+    """``graphserve deploy plan.json`` runs the plan's (planned or edited) values, not ``@gs.batch``'s."""
+    from graphserve.plan import BatchingPlan
+    from graphserve.runtime.batcher import batch_limits, configure_batching, get_batcher
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    planned = BatchingPlan(
+        method="predict",
+        max_batch_size=3,
+        batch_wait_timeout_s=0.002,
+        max_concurrent_batches=1,
+        adaptive=True,
+        latency_budget_s=0.02,
+    )
+    configure_batching(owner, [planned])
+
+    async def fn(xs: list[int]) -> list[int]:
+        return xs
+
+    batcher = get_batcher(
+        owner, "Owner.predict", fn, {"max_batch_size": 10, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1}
+    )
+    assert (batcher.max_batch_size, batcher.batch_wait_timeout_s, batcher.adaptive is not None) == (3, 0.002, True)
+    assert batch_limits(owner)["Owner.predict"]["size_limit"] == 3

@@ -59,6 +59,17 @@ def test_open_loop_sends_at_the_rate_and_measures_every_request(starlette_server
     json.dumps(result)
 
 
+def test_open_loop_follows_a_schedule_and_records_when_it_sent(starlette_server):
+    schedule = [0.0, 0.05, 0.06, 0.2]
+    result = load.open_loop(
+        starlette_server.url("W1"), [costs.BODY], rate=1, duration_s=1, schedule=schedule, record_sends=True
+    )
+    assert result["requests"] == result["completed"] == 4 and result["error_count"] == 0
+    sent = [s for s, *_ in result["sends"]]
+    assert sent == pytest.approx(schedule, abs=0.03)
+    assert all(0 < latency < 1 and server is None for _, latency, server in result["sends"])
+
+
 def test_open_loop_counts_error_statuses(starlette_server):
     url = starlette_server.url("W1").replace("/w1", "/missing")
     result = load.open_loop(url, [costs.BODY], rate=50, duration_s=0.2)
@@ -208,3 +219,24 @@ def test_quick_run_on_ray_and_ray_serve(tmp_path):
         assert w["closed"]["1"]["rps"] > 0 and w["open"]["20"]["completed"] == 20
     by_figure = {t["figure"]: t for t in results["targets"]}
     assert by_figure["W1 req/s, graphserve Ray / Ray Serve"]["measured"] > 0
+
+
+def test_w6_hand_setting_and_targets() -> None:
+    """W6's hand setting is the same batching everywhere with one replica each; its targets are
+    computed from the rows, not asserted."""
+    import graphserve as gs
+    from bench import w6, w6_workload
+
+    plan = gs.build(w6_workload.app, cluster="none")
+    hand = w6.hand_plan(plan, 8, 0.005)
+    assert {d.num_replicas for d in hand.deployments} == {1}
+    assert {(b.max_batch_size, b.batch_wait_timeout_s) for d in hand.deployments for b in d.batching} == {(8, 0.005)}
+    assert sum(json.loads(b)["x"] >= w6_workload.BRANCH_AT for b in w6_workload.BODIES) == 30  # the 30% branch
+    row = {"p99_ms": 40.0, "rejected_share": 0.0, "replicas": 4}
+    systems = {
+        "planned": {"rates": [{**row, "rate": 100, "feasible": True, "met": True, "p99_error": 0.1, "replicas": 2}]},
+        "hand": {"rates": [{**row, "rate": 100, "met": True}]},
+    }
+    t = w6.targets(systems)
+    assert t["replica_saving_where_both_meet"] == [0.5] and t["replica_saving_at_least_30pct"]
+    assert t["predicted_p99_within_20pct"] and not t["planned_meets_where_hand_misses"]

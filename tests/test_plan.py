@@ -58,7 +58,7 @@ def test_json_holds_the_plan_fields() -> None:
     assert heavy["import_path"] == "tests.graphs.branching:Heavy"
     assert heavy["init_args"] == [{"kind": "const", "value": 2}]
     assert heavy["batching"][0]["max_batch_size"] == 8
-    assert data["cluster"] == {"cpus": 8.0, "gpus": 0.0, "source": "given"}
+    assert data["cluster"] == {"cpus": 8.0, "gpus": 0.0, "source": "given", "nodes": []}
     assert [w["code"] for w in data["warnings"]] == ["GS110"]
 
 

@@ -199,7 +199,10 @@ function showNode(id) {
       for (const b of dep.batching) {
         const now = live && live.batching && live.batching[b.method];
         let text = `${b.method}: max_batch_size=${b.max_batch_size} batch_wait_timeout_s=${b.batch_wait_timeout_s} max_concurrent_batches=${b.max_concurrent_batches} (plan)`;
-        if (now) text += `; now max_batch_size=${now.max_batch_size} batch_wait_timeout_s=${now.batch_wait_timeout_s}`;
+        if (now) {  // an adaptive batcher moves its size limit and wait under load
+          text += `; now size limit ${now.size_limit ?? now.max_batch_size}, wait ${now.wait_s ?? now.batch_wait_timeout_s}s`;
+          if (now.latency_budget_s != null) text += ` (adaptive, latency budget ${now.latency_budget_s}s)`;
+        }
         rows.push(["batching", text]);
       }
     }

@@ -1,0 +1,64 @@
+"""Adaptive batching: a batcher's size limit and wait, adjusted from the latencies it observes
+so the node stays inside its latency budget (its share of the graph's SLO) as load changes.
+
+Clipper's AIMD on the size limit (NSDI 2017): a batch whose oldest item took longer than the
+budget (from entering the batcher to its result) cuts the limit by 10%; a batch inside 90%
+of the budget raises it by one, never above the planned ``max_batch_size``. The wait is
+BentoML's rule: a batch may wait only as long as the budget leaves after running a batch of
+the current limit, estimated from a decaying least-squares fit of batch time on batch size,
+never above the planned ``batch_wait_timeout_s``.
+
+Pure arithmetic with no clock of its own: the batcher passes the times it measured, so the
+rule is tested with a fake clock.
+"""
+
+from __future__ import annotations
+
+import math
+
+DECREASE = 0.9  # multiplicative decrease when a batch breaks the budget (Clipper backs off 10%)
+INCREASE = 1  # additive increase after a batch well inside the budget
+INSIDE = 0.9  # "well inside": under this share of the budget
+DECAY = 0.9  # weight of older batches in the batch-time fit
+
+
+class AdaptiveLimits:
+    """The current ``max_batch_size`` and ``batch_wait_timeout_s`` of one adaptive batcher."""
+
+    def __init__(self, max_batch_size: int, max_wait_s: float, budget_s: float) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.budget_s = budget_s
+        self.limit = max_batch_size
+        self.wait_s = max_wait_s
+        self.decreases = 0
+        # decayed sums for the fit t(n) = fixed + per_item x n
+        self._w = self._n = self._nn = self._t = self._nt = 0.0
+
+    def observe(self, size: int, latency_s: float, run_s: float) -> None:
+        """One batch of ``size`` items ran ``run_s``; its oldest item waited ``latency_s`` in all."""
+        self._fit(size, run_s)
+        if latency_s > self.budget_s:
+            self.limit = max(1, min(self.limit - 1, math.floor(self.limit * DECREASE)))
+            self.decreases += 1
+        elif latency_s <= INSIDE * self.budget_s:
+            self.limit = min(self.max_batch_size, self.limit + INCREASE)
+        self.wait_s = min(self.max_wait_s, max(0.0, self.budget_s - 2 * self.estimate(self.limit)))
+
+    def estimate(self, size: int) -> float:
+        """The fitted time of a batch of ``size`` (0 before any batch ran)."""
+        if self._w <= 0:
+            return 0.0
+        mean_n, mean_t = self._n / self._w, self._t / self._w
+        var = self._nn / self._w - mean_n * mean_n
+        slope = (self._nt / self._w - mean_n * mean_t) / var if var > 1e-12 else 0.0
+        slope = max(0.0, slope)
+        return max(0.0, mean_t + slope * (size - mean_n))
+
+    def _fit(self, size: int, run_s: float) -> None:
+        d = DECAY
+        self._w = self._w * d + 1
+        self._n = self._n * d + size
+        self._nn = self._nn * d + size * size
+        self._t = self._t * d + run_s
+        self._nt = self._nt * d + size * run_s

@@ -1,0 +1,227 @@
+"""The SLO planner (compiler/slo.py) on synthetic profiles: monotone in load and in the SLO,
+user values kept, infeasible SLOs diagnosed at the right node, placement within every
+node, byte-identical plans; the adaptive batch limits under a step change of load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from graphserve.compiler import compile_app
+from graphserve.compiler.codes import Code
+from graphserve.compiler.planner import parse_cluster
+from graphserve.compiler.profile import Profile
+from graphserve.compiler.slo import plan_for_slo
+from graphserve.errors import GraphValidationError
+from graphserve.plan import Plan, SLOPlan
+from graphserve.runtime.adaptive import AdaptiveLimits
+from tests.graphs import slo_graphs as g
+
+SIZES = (1, 2, 4, 8, 16, 32)
+
+
+def _profile(plan: Plan) -> Profile:
+    switch = next(n.id for n in plan.nodes if n.kind == "switch")
+    costs: dict[str, object] = {}
+    for n in plan.nodes:
+        if n.kind != "call" or not n.deployment:
+            continue
+        if "Detector" in n.id:
+            costs[n.id] = {b: g.DETECT_FIXED_S + g.DETECT_PER_ITEM_S * b for b in SIZES}
+        elif "Classifier" in n.id:
+            costs[n.id] = {b: g.CLASSIFY_FIXED_S + g.CLASSIFY_PER_ITEM_S * b for b in SIZES}
+        else:
+            costs[n.id] = g.PREPROCESS_CPU_S if "Preprocess" in n.id else 0.0001
+    return Profile.assumed(plan, costs, paths=[({switch: 0}, 0.3), ({switch: 1}, 0.7)])  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> tuple[Plan, Profile]:
+    plan = compile_app(g.pipeline)
+    return plan, _profile(plan)
+
+
+def _slo(p99_ms: float, rate: float) -> SLOPlan:
+    return SLOPlan(p99_s=p99_ms / 1000, rate_rps=rate)
+
+
+def test_more_load_never_gives_fewer_replicas(pipeline):
+    plan, profile = pipeline
+    totals = []
+    for rate in (50, 200, 500, 900):
+        planned = plan_for_slo(plan, profile, _slo(50, rate), sim_requests=2000)
+        totals.append(sum(d.num_replicas for d in planned.deployments))
+        assert planned.prediction is not None and planned.prediction.p99_s <= 0.05 * 0.8
+    assert totals == sorted(totals) and totals[-1] > totals[0], totals
+
+
+def test_a_tighter_slo_never_gives_larger_waits(pipeline):
+    plan, profile = pipeline
+    previous: dict[str, float] | None = None
+    for p99_ms in (120, 80, 50, 35):
+        planned = plan_for_slo(plan, profile, _slo(p99_ms, 200), sim_requests=2000)
+        waits = {d.name: b.batch_wait_timeout_s for d in planned.deployments for b in d.batching}
+        if previous is not None:
+            assert all(waits[k] <= previous[k] for k in waits), (previous, waits)
+        previous = waits
+
+
+def test_user_values_are_kept_and_every_value_says_where_it_came_from():
+    plan = compile_app(g.fixed)
+    planned = plan_for_slo(plan, _profile(plan), _slo(80, 300), sim_requests=2000)
+    det = planned.deployment("FixedDetector")
+    assert det.num_replicas == 2
+    assert (det.batching[0].max_batch_size, det.batching[0].batch_wait_timeout_s) == (4, 0.001)
+    assert det.batching[0].adaptive is False  # the user chose the batch size: not adapted
+    sources = {c.field: c.source for c in det.choices}
+    assert sources["num_replicas"] == sources["__call__.max_batch_size"] == "user"
+    assert sources["__call__.batch_wait_timeout_s"] == "user"
+    cls = planned.deployment("Classifier")
+    assert {c.field: c.source for c in cls.choices}["__call__.max_batch_size"] == "planned"
+    assert cls.batching[0].adaptive is True and cls.batching[0].latency_budget_s
+    assert cls.reason is not None and "req/s" in cls.reason and "budget" in cls.reason
+    assert all(n.latency_budget_s is not None for n in planned.nodes if n.kind == "call" and n.deployment)
+
+
+def test_an_infeasible_slo_names_the_bottleneck_and_what_is_achievable(pipeline):
+    plan, profile = pipeline
+    with pytest.raises(GraphValidationError) as caught:  # the classifier alone takes 10 ms
+        plan_for_slo(plan, profile, _slo(8, 100), cluster=parse_cluster("cpus=4"), sim_requests=1000)
+    (diagnostic,) = caught.value.diagnostics
+    assert diagnostic.code == Code.SLO_INFEASIBLE
+    assert diagnostic.node == "Classifier.__call__"
+    assert "best p99" in diagnostic.message and "highest rate" in diagnostic.message
+
+
+def test_placement_never_over_commits_spreads_replicas_and_keeps_the_chain_together(pipeline, tmp_path):
+    plan, profile = pipeline
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps({"nodes": [{"name": "a", "cpus": 0.5}, {"name": "b", "cpus": 4}]}))
+    cluster = parse_cluster(f"nodes={nodes}")
+    planned = plan_for_slo(plan, profile, _slo(50, 600), cluster=cluster, sim_requests=2000)
+    assert cluster is not None
+    for node in cluster.nodes:
+        used = sum(r.num_cpus for r in planned.replicas if r.node == node.name)
+        assert used <= node.cpus + 1e-9, (node.name, used)
+    by_deployment: dict[str, list[str]] = {}
+    for r in planned.replicas:
+        by_deployment.setdefault(r.deployment, []).append(r.node)
+    # a deployment's replicas spread over the nodes (losing one node never takes them all) ...
+    spread = [nodes for nodes in by_deployment.values() if len(nodes) > 1]
+    assert spread and all(set(nodes) == {"a", "b"} for nodes in spread), by_deployment
+    # ... and the chain's first replicas stay together on the node with room (no transfers between them)
+    assert {nodes[0] for nodes in by_deployment.values()} == {"b"}, by_deployment
+
+
+def test_placement_spreads_when_one_node_is_too_small(pipeline, tmp_path):
+    plan, profile = pipeline
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps([{"name": "a", "cpus": 0.2}, {"name": "b", "cpus": 0.2}, {"name": "c", "cpus": 0.2}]))
+    cluster = parse_cluster(f"nodes={nodes}")
+    planned = plan_for_slo(plan, profile, _slo(80, 100), cluster=cluster, sim_requests=1000)
+    assert cluster is not None
+    for node in cluster.nodes:
+        assert sum(r.num_cpus for r in planned.replicas if r.node == node.name) <= node.cpus + 1e-9
+    assert len({r.node for r in planned.replicas}) > 1
+
+
+def test_identical_input_gives_a_byte_identical_plan(pipeline):
+    plan, profile = pipeline
+    first = plan_for_slo(plan, profile, _slo(50, 300), sim_requests=1500).to_json()
+    second = plan_for_slo(plan, profile, _slo(50, 300), sim_requests=1500).to_json()
+    assert first == second
+    assert Plan.from_json(first).to_json() == first
+
+
+def test_the_adaptive_limits_follow_a_step_change_of_load():
+    """A fake device (t = 4 ms + 0.6 ms x n) and a fake clock: batches of whatever queued at the
+    offered rate; the load steps up (the device slows 4x, as if shared), then back."""
+    limits = AdaptiveLimits(max_batch_size=16, max_wait_s=0.004, budget_s=0.020)
+    now, previous_run, history = 0.0, 0.0, []
+
+    def run(rate: float, slowdown: float, batches: int) -> None:
+        nonlocal now, previous_run
+        for _ in range(batches):  # what arrived while the previous batch ran, plus the wait
+            size = max(1, min(limits.limit, round(rate * (previous_run + limits.wait_s))))
+            run_s = slowdown * (0.004 + 0.0006 * size)
+            waited = previous_run + min(limits.wait_s, size / rate)
+            now += waited + run_s
+            limits.observe(size, waited + run_s, run_s)
+            history.append((limits.limit, waited + run_s))
+            previous_run = run_s
+
+    run(rate=200, slowdown=1.0, batches=50)
+    assert limits.limit == 16 and limits.decreases == 0  # light load: the planned maximum, inside the budget
+    run(rate=1500, slowdown=1.0, batches=200)  # the step: a batch of 16 waits for one of 16: 27 ms, over 20 ms
+    assert limits.decreases > 0
+    recent = history[-50:]
+    assert max(limit for limit, _ in recent) < 16
+    assert sum(lat <= 0.020 for _, lat in recent) >= 0.8 * len(recent)  # back inside the budget (AIMD's sawtooth)
+    assert limits.wait_s == min(0.004, max(0.0, 0.020 - 2 * limits.estimate(limits.limit)))  # BentoML's rule
+    run(rate=200, slowdown=1.0, batches=80)
+    assert limits.limit == 16  # recovered, and never above the planned maximum
+    assert max(limit for limit, _ in history) == 16
+
+
+def test_the_current_adaptive_limits_are_in_the_metrics(pipeline):
+    """A planned graph served over HTTP: /-/metrics shows each replica's batch limits, and an
+    adaptive batcher whose budget every batch breaks shows its size limit cut below the plan's."""
+    import asyncio
+
+    import httpx
+
+    from tests.serving_utils import running_server
+    from tests.test_ingress import metric
+
+    plan, profile = pipeline
+    planned = plan_for_slo(plan, profile, _slo(80, 200), sim_requests=1000)
+    data = json.loads(planned.to_json())
+    for dep in data["deployments"]:
+        for batching in dep["batching"]:
+            if dep["name"] == "Detector":
+                batching.update(max_batch_size=8, adaptive=True, latency_budget_s=0.001)  # no batch can meet 1 ms
+    squeezed = Plan.model_validate(data)
+    with running_server(squeezed) as url:
+
+        async def load() -> None:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                for _ in range(4):  # rounds of concurrent requests: batches, each over budget
+                    answers = await asyncio.gather(*(client.post("/", json={"x": i / 16}) for i in range(16)))
+                    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+
+        asyncio.run(load())
+        text = httpx.get(url + "/-/metrics", timeout=30).text
+    labels = {"graph": "pipeline", "deployment": "Detector", "replica": "0", "method": "Detector.__call__"}
+    assert "# TYPE graphserve_batch_size_limit gauge" in text
+    limit = metric(text, "graphserve_batch_size_limit", **labels)
+    assert limit is not None and 1 <= limit < 8
+    assert metric(text, "graphserve_batch_latency_budget_seconds", **labels) == 0.001
+    wait = metric(text, "graphserve_batch_wait_seconds", **labels)
+    assert wait is not None and 0 <= wait <= squeezed.deployment("Detector").batching[0].batch_wait_timeout_s
+    cls = {**labels, "deployment": "Classifier", "method": "Classifier.__call__"}
+    assert metric(text, "graphserve_batch_size_limit", **cls) is not None  # every batched replica is shown
+
+
+@pytest.mark.slow
+def test_end_to_end_profile_plan_deploy_and_load_at_the_target_rate(tmp_path):
+    """The real chain: gs.profile measures the pipeline, the planner plans it for a generous SLO,
+    a server on 127.0.0.1 runs the plan, and an open-loop Poisson load at the SLO's rate over HTTP
+    answers inside the SLO's p99."""
+    import graphserve as gs
+    from bench.load import open_loop
+    from graphserve.compiler.arrivals import poisson
+    from graphserve.planning import plan_for_slo as plan_with_profile
+    from tests.serving_utils import running_server
+
+    rate, p99_ms, seconds = 60.0, 150.0, 4.0
+    plan = compile_app(g.pipeline)
+    samples = [{"x": i / 20} for i in range(20)]
+    profile = gs.profile(plan, samples, duration_s=2.0, batch_sizes=[1, 2, 4, 8, 16])
+    planned = plan_with_profile(plan, SLOPlan(p99_s=p99_ms / 1000, rate_rps=rate), profile=profile)
+    assert planned.prediction is not None and planned.prediction.p99_s <= p99_ms / 1000
+    bodies = [json.dumps(s).encode() for s in samples]
+    with running_server(planned) as url:
+        result = open_loop(url + "/", bodies, rate, seconds, schedule=poisson(rate, seconds, seed=7))
+    assert result["error_count"] == 0 and result["statuses"] == {"200": result["requests"]}, result
+    assert result["latency_ms"]["p99"] <= p99_ms, (result["latency_ms"], planned.prediction)
