@@ -2,12 +2,15 @@
 
 Graph routes (``POST /<graph name>`` or the plan's ``route_prefix``; a single graph is
 also at ``/``; GET with a body is accepted too) are found by a plain ASGI path lookup
-with no middleware and answered by their :class:`~graphserve.runtime.graph_route.GraphRoute`
-(``graph_route.py``: read the body, parse it with orjson, ``await runtime.execute(...)``
-on the server's own event loop, write orjson; each step a function). A plan whose ingress takes the request
-itself (``plan.http_request``, Ray Serve style) gets a Starlette ``Request`` instead of
-the parsed body, for any method; its output may be a Starlette ``Response`` (sent as
-it is), bytes, or a str (sent as text when the app has no InputNode). Graphs can be
+with no middleware, else by prefix as Ray Serve routes (a graph at ``/api`` answers
+``/api/x``; the longest prefix wins; the request keeps its full path, and the matched
+route is ``scope["graphserve.route_prefix"]``), and answered by their
+:class:`~graphserve.runtime.graph_route.GraphRoute` (``graph_route.py``: read the body,
+parse it with orjson, ``await runtime.execute(...)`` on the server's own event loop,
+write orjson; each step a function). A plan whose ingress takes the request itself
+(``plan.http_request``, Ray Serve style) gets a Starlette ``Request`` instead of the
+parsed body, for any method; its output may be a Starlette ``Response`` (sent as it
+is), bytes, or a str (sent as text when the app has no InputNode). Graphs can be
 added and removed while serving (:meth:`Ingress.add_graph`, used by ``gs.run``).
 Everything else (``/-/healthz``, ``/-/ready``, ``/-/metrics``, ``/-/graphs``,
 ``/-/graphs/<name>.svg``, ``/openapi.json``, and the live page: ``/-/``, ``/-/stats``,
@@ -74,6 +77,7 @@ logger = logging.getLogger("graphserve.ingress")
 
 _RENDER_TYPES = {"svg": "image/svg+xml", "png": "image/png", "dot": "text/vnd.graphviz"}
 _OPS_PREFIX = "/-/"
+ROUTE_PREFIX_KEY = "graphserve.route_prefix"  # the ASGI scope key naming the graph route a request matched
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -123,6 +127,7 @@ class Ingress:
         self._tracer_provider = tracer_provider
         self.render = render
         self.routes: list[GraphRoute] = []
+        self._prefixes: list[tuple[str, GraphRoute]] = []
         self._paths: dict[str, GraphRoute] = {}
         for runtime in runtimes:
             path = _route_path(runtime.plan)
@@ -140,9 +145,26 @@ class Ingress:
         self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
         self._title, self._version = title, version
         self._refresh_openapi()
+        self._refresh_prefixes()
         self.page = GraphPage(self.live, self._views)
         self._ops = _with_request_id(self._ops_app())
         self._describe_metrics()
+
+    def _by_prefix(self, path: str) -> GraphRoute | None:
+        """The graph whose route is the longest prefix of ``path`` (as Ray Serve routes), if any.
+
+        ``/api`` answers ``/api/x`` but not ``/apix``; a graph at ``/`` answers every path
+        but the server's own (``/-/...``, ``/openapi.json``).
+        """
+        if path.startswith(_OPS_PREFIX) or path == "/openapi.json":
+            return None
+        for prefix, route in self._prefixes:
+            if prefix == "/" or path.startswith(prefix + "/"):
+                return route
+        return None
+
+    def _refresh_prefixes(self) -> None:
+        self._prefixes = sorted(((r.path, r) for r in self.routes), key=lambda item: len(item[0]), reverse=True)
 
     def _refresh_openapi(self) -> None:
         routes = [(r.path, r.plan) for r in self.routes]
@@ -182,6 +204,7 @@ class Ingress:
         self.routes.append(route)
         self.graphs[name] = route
         self._refresh_openapi()
+        self._refresh_prefixes()
         logger.info("graph %r ready at %s", name, path)
         return route
 
@@ -199,17 +222,19 @@ class Ingress:
         self.routes.remove(route)
         self._paths = {key: r for key, r in self._paths.items() if r is not route}
         self._refresh_openapi()
+        self._refresh_prefixes()
         self.live.forget(name)
         await _stop_quietly(route.runtime)
 
     # -- ASGI ------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            route = self._paths.get(scope["path"])
+            route = self._paths.get(scope["path"]) or self._by_prefix(scope["path"])
             if route is not None:
                 if scope["method"] == "GET" and scope["path"] == "/" and _browser_visit(scope, route):
                     await self._ops(scope, receive, send)  # the page, not a 422 for a missing body
                     return
+                scope[ROUTE_PREFIX_KEY] = route.path
                 await route.serve(scope, receive, send)
                 return
         elif scope["type"] == "lifespan":
@@ -301,7 +326,7 @@ class Ingress:
             return RedirectResponse("/-/", status_code=307)
         routes = {route.name: route.path for route in self.routes}
         self.metrics.inc("graphserve_requests_total", (("graph", NO_GRAPH), ("status", "404")))
-        return _json_error(404, f"no graph at '/'; graphs: {routes}; the live page is at /-/")
+        return _json_error(404, f"Path '/' not found (no graph at '/'). Graphs: {routes}; the live page is at /-/")
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         """Starlette's own answers (no such route, a method not served) as JSON with ``error``."""
@@ -310,7 +335,9 @@ class Ingress:
         path = request.url.path
         if status == 404:
             routes = sorted(route.path for route in self.routes)
-            text = f"no route {path!r}: graphs are at {routes}; the server's routes are under /-/ and /openapi.json"
+            text = (
+                f"Path '{path}' not found: graphs are at {routes}; the server's routes are under /-/ and /openapi.json"
+            )
         elif status == 405:
             text = f"{request.method} is not served at {path!r}: it answers {headers.get('Allow', 'GET')}"
         else:

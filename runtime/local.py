@@ -63,7 +63,9 @@ class LocalBackend:
             replicas = []
             for index in range(dep.num_replicas):
                 try:
-                    instance = construct(name, dep.kind, target, dep.init_args, dep.init_kwargs, self._handle_factory)
+                    instance = await construct(
+                        name, dep.kind, target, dep.init_args, dep.init_kwargs, self._handle_factory
+                    )
                 except ReplicaStartError as exc:
                     raise DeploymentStartError(exc.deployment, exc.message) from exc.__cause__
                 configure_batching(instance, dep.batching)  # the plan's batching values (a function's too)
@@ -116,7 +118,7 @@ class LocalBackend:
         except (RequestError, asyncio.CancelledError):
             raise
         except Exception as exc:  # the deployment's own failure, named after the method called
-            raise NodeExecutionError.from_exception(f"{deployment}.{method}", deployment, exc) from exc
+            raise NodeExecutionError.wrapping(f"{deployment}.{method}", deployment, exc) from exc
 
     def cancel(self, values: list[Any]) -> None:
         return None

@@ -13,12 +13,10 @@ os.environ.setdefault("GRAPHSERVE_HTTP_PORT", "0")  # gs.run serves HTTP (as ser
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray's switch to keep a local cluster on 127.0.0.1
 
 
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[Any]:
-    """One local Ray instance for the whole session (2 CPUs, 1 GPU slot, no dashboard, loopback only)."""
-    ray = pytest.importorskip("ray")
+def start_session_ray(ray: Any) -> None:
+    """The session's local Ray instance: 2 CPUs, one logical GPU (none physical here, so num_gpus
+    placement is exercised on CPU-only machines), no dashboard, loopback only."""
     if not ray.is_initialized():
-        # One logical GPU (none physical here) so num_gpus placement is exercised on CPU-only machines.
         ray.init(
             address="local",  # a cluster of our own, never one that another process on this machine started
             num_cpus=2,
@@ -27,5 +25,12 @@ def ray_cluster() -> Iterator[Any]:
             logging_level="warning",
             log_to_driver=False,
         )
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """One local Ray instance for the whole session (see :func:`start_session_ray`)."""
+    ray = pytest.importorskip("ray")
+    start_session_ray(ray)
     yield ray
     ray.shutdown()
