@@ -164,11 +164,13 @@ def _fuzz_operation(url: str, operation: Any, mode: Any, cases: int, statuses: l
 # -- overload -------------------------------------------------------------------------------
 def overload(
     max_in_flight: int = 4,
-    service_s: float = 0.05,
+    service_s: float = 0.1,
     factor: float = CRITERIA["overload_factor"],
     duration_s: float = 3.0,
 ) -> dict[str, Any]:
-    """``factor`` times the capacity (max_in_flight / service_s) at a fixed rate."""
+    """``factor`` times the capacity (max_in_flight / service_s) at a fixed rate. The capacity
+    is small (40 req/s) so that the client's own work at 10x stays a small share of a 2-core
+    machine's CPU: the 503s' latency is the server's, not the load generator's."""
     capacity = max_in_flight / service_s
     body = json.dumps({"delay": service_s}).encode()
     with Deployed([f"{GRAPHS}:sleepy"], "--max-in-flight", str(max_in_flight)) as server:
