@@ -23,7 +23,7 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from graphserve.errors import PlanError
@@ -130,12 +130,14 @@ class Replica:
             found = self._methods[name] = (fn, is_async)
         return found
 
-    async def invoke(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run method ``name``: on the loop when async, else in the thread pool."""
+    def invoke(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
+        """Run method ``name`` (await what this returns): an async method's own coroutine, on
+        the loop (no frame of ours around it), else the call in the thread pool."""
         fn, is_async = self._methods.get(name) or self.method(name)
         if is_async:
-            return await fn(*args, **kwargs)
-        return await self.run_sync(fn, args, kwargs)
+            result: Awaitable[Any] = fn(*args, **kwargs)
+            return result
+        return self.run_sync(fn, args, kwargs)
 
     async def run_sync(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A synchronous method in the pool (the loop stays free)."""
