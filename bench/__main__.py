@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--open-duration", type=float, default=None, help="seconds of the fixed-rate run (default 5)")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="where the JSON goes")
     p.add_argument("--sim-out", type=Path, default=RESULTS / "sim.json", help="where the simulator's results go")
-    p.add_argument("--sim-duration", type=float, default=None, help="seconds of arrivals per rate, sim (default 30)")
+    p.add_argument("--sim-duration", type=float, default=None, help="sim: seconds per run (default 10)")
     p.add_argument("--w6-out", type=Path, default=RESULTS / "w6.json", help="where W6's results go")
     p.add_argument("--w6-duration", type=float, default=None, help="seconds of arrivals per rate, w6 (default 15)")
     p.add_argument("--w6-profile", type=float, default=None, help="seconds of profiling, w6 (default 8)")
@@ -135,7 +135,7 @@ def run_sim(args: argparse.Namespace) -> None:
 
     options = argparse.Namespace(
         quick=args.quick,
-        duration_s=args.sim_duration or (3.0 if args.quick else 30.0),
+        duration_s=args.sim_duration or (1.0 if args.quick else 10.0),
         profile_s=2.0 if args.quick else 10.0,
         capacity_s=1.0 if args.quick else 5.0,
         out=args.sim_out,

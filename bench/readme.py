@@ -193,6 +193,41 @@ def performance(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@section("cluster", "bench/results/cluster.json")
+def cluster(results: dict[str, Any]) -> str:
+    """``python -m bench.cluster``: a Ray hop, a node lost under load, several ingress processes."""
+    hop, loss, machine = results["hop"], results["node_loss"], results["machine"]
+    ingress = results["ingress"]
+    base = ingress["1"]["rps"]
+    rows = [
+        f"| {count} | {rps(run['rps'])} | {run['rps'] / base:.2f}x | {run['ok'] * 100:.0f}% |"
+        for count, run in sorted(ingress.items(), key=lambda item: int(item[0]))
+    ]
+    return "\n".join(
+        [
+            f"Measured by `python -m bench.cluster` on {machine['cpus']} CPUs ({machine['platform']}, Python "
+            f"{machine['python']}); everything on this one machine.",
+            "",
+            f"- **A Ray hop**: a driver -> actor -> driver no-op call takes {ms(hop['ray_roundtrip_ms'])} ms "
+            f"(one at a time): the floor of any hop through a Ray actor (two gRPC messages, the task's "
+            f"serialization and the actor's event loop, on shared cores). graphserve on Ray costs "
+            f"{ms(hop['per_node_ms'])} ms per node of a chain of no-op deployments.",
+            f"- **A node lost under load**: {loss['failed_calls']} of {loss['calls']} calls failed (those in flight "
+            f"on the removed worker, each naming it); every replica answered again from the remaining worker "
+            f"{loss['recovery_s']:.1f} s after the removal (Ray's health checks at 0.5 s x 3), and "
+            f"{loss['success_after_recovery'] * 100:.0f}% of the calls after that succeeded.",
+            "- **Several ingress processes** sharing one replica set, 16 concurrent clients spread over them "
+            "(the ingresses, the replicas and the load generator compete for the same few CPUs here, so this is "
+            "what one small machine allows, not the scaling ingresses on several machines give):",
+            "",
+            "| ingress processes | requests/s | vs one | success |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+
+
 @section("sim", "bench/results/sim.json")
 def simulator(results: dict[str, Any]) -> str:
     """The simulator's predictions against the runtime, from bench/results/sim.json (``bench/sim.py``)."""

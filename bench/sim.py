@@ -7,10 +7,11 @@ conditional, a batched GPU-like model):
 2. serve it on the local runtime (a subprocess, ``bench.sim_server``) and measure its
    capacity: the closed-loop peak (``wrk``, 32 connections); and, to tell the runtime from
    HTTP, the peak of 32 closed-loop callers on the runtime in this process;
-3. at 30%, 60% and 85% of that capacity, draw one Poisson arrival trace (seeded) and send
-   it over HTTP with the open-loop client (each request's body drawn at random from the
-   samples), and simulate the times the requests really left the client with the profile
-   (the mean of ``SIM_SEEDS`` simulator seeds). Measured latency counts from the moment a
+3. at 30%, 60% and 85% of that capacity, ``REPEATS`` times: draw a Poisson arrival trace
+   (seeded) and send it over HTTP with the open-loop client (each request's body drawn at
+   random from the samples), and simulate the times the requests really left the client
+   with the profile (the mean of ``SIM_SEEDS`` simulator seeds). Each figure of a rate is
+   the median over its runs, predicted and measured alike. Measured latency counts from the moment a
    request was sent (``measured``), and also from its scheduled time
    (``measured_from_schedule``: adds whatever the client itself fell behind);
 4. compare predicted and measured p50, p99 and throughput. Latency is measured twice: by
@@ -34,6 +35,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -50,6 +52,7 @@ THROUGHPUT_TOLERANCE = 0.05
 SPEED_REQUESTS = 100_000
 SPEED_TARGET_S = 5.0
 SIM_SEEDS = 5
+REPEATS = 3  # runs per rate; each figure is their median (one stall of the machine spoils one run, not the row)
 NICE = -10  # on a shared machine, other work delays the measured processes less (needs root)
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -145,6 +148,77 @@ def in_process_capacity(plan: Any, seconds: float, callers: int = 32) -> float:
         loop.close()
 
 
+def measure_once(url: str, sim: Any, rate: float, duration_s: float, seed: int, rng: random.Random) -> dict[str, Any]:
+    """One Poisson trace over HTTP, and the simulator on the times its requests were really sent."""
+    from graphserve.compiler.arrivals import poisson
+
+    trace = poisson(rate, duration_s, seed=seed)
+    bodies = [rng.choice(sim_workloads.BODIES) for _ in trace]
+    measured = load.open_loop(url, bodies, rate, duration_s, schedule=trace, record_sends=True)
+    sends = measured.pop("sends")
+    # the simulator replays the times the requests really left the client (a client that
+    # fell behind its schedule delayed them; that delay is the client's, not the server's)
+    sent_at = [s for s, _, _ in sends] or trace
+    served = sorted(latency for _, latency, _ in sends)
+    inside = sorted(t for _, _, t in sends if t is not None)
+    runs = [sim.run(arrivals=sent_at, seed=k) for k in range(SIM_SEEDS)]
+    # throughput as the simulator counts it: answers / (last answer - first send)
+    span = max((s + latency for s, latency, _ in sends), default=0.0) - min((s for s, _, _ in sends), default=0.0)
+    throughput = len(sends) / span if span > 0 else 0.0
+    return {
+        "requests": len(trace),
+        "predicted": {
+            "p50_ms": round(sum(r.latency.p50_s for r in runs) / len(runs) * 1000, 3),
+            "p99_ms": round(sum(r.latency.p99_s for r in runs) / len(runs) * 1000, 3),
+            "throughput_rps": round(sum(r.throughput_rps for r in runs) / len(runs), 1),
+        },
+        "measured": _summary(load._summary_ms(served), throughput) if served else {},
+        "measured_server": _summary(load._summary_ms(inside), throughput) if inside else {},
+        "measured_from_schedule": _summary(measured["latency_ms"], measured["achieved_rps"]) if served else {},
+        "errors": measured["errors"],
+        "complete": measured["error_count"] == 0 and len(served) == len(trace),
+        "max_send_lag_ms": measured["max_send_lag_ms"],
+    }
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """Each figure's median over the runs (empty if a run has none)."""
+    if not all(run[key] for run in runs):
+        return {}
+    return {k: round(statistics.median(run[key][k] for run in runs), 3) for k in runs[0][key]}
+
+
+def measure_rate(
+    url: str, sim: Any, fraction: float, rate: float, duration_s: float, seed: int, rng: random.Random
+) -> dict[str, Any]:
+    """``REPEATS`` runs at ``rate``; each figure is the median over them, predicted and measured alike."""
+    runs = [measure_once(url, sim, rate, duration_s, seed + r, rng) for r in range(REPEATS)]
+    row: dict[str, Any] = {
+        "fraction": fraction,
+        "rate": round(rate, 1),
+        "requests": sum(run["requests"] for run in runs),
+        "predicted": _median(runs, "predicted"),
+        "measured": _median(runs, "measured"),
+        "measured_server": _median(runs, "measured_server"),
+        "measured_from_schedule": _median(runs, "measured_from_schedule"),
+        "runs": runs,
+    }
+    complete = all(run["complete"] for run in runs)
+    for key, seen in (("", row["measured"]), ("_server", row["measured_server"])):
+        if not seen:
+            row["passed" + key] = False
+            continue
+        row["error" + key] = errors = {k: _error(row["predicted"][k], seen[k]) for k in row["predicted"]}
+        row["passed" + key] = (
+            complete
+            and errors["p99_ms"] is not None
+            and abs(errors["p99_ms"]) <= P99_TOLERANCE
+            and errors["throughput_rps"] is not None
+            and abs(errors["throughput_rps"]) <= THROUGHPUT_TOLERANCE
+        )
+    return row
+
+
 def measure_graph(name: str, args: Any, log_dir: Path) -> dict[str, Any]:
     import graphserve as gs
     from graphserve.compiler.simulate import Simulator
@@ -194,55 +268,14 @@ def measure_graph(name: str, args: Any, log_dir: Path) -> dict[str, Any]:
             f"{predicted_capacity:.0f} predicted"
         )
         for i, fraction in enumerate(FRACTIONS):
-            rate = fraction * capacity
-            from graphserve.compiler.arrivals import poisson
-
-            trace = poisson(rate, args.duration_s, seed=1000 + i)
-            bodies = [rng.choice(sim_workloads.BODIES) for _ in trace]
-            measured = load.open_loop(url, bodies, rate, args.duration_s, schedule=trace, record_sends=True)
-            sends = measured.pop("sends")
-            # the simulator replays the times the requests really left the client (a client that
-            # fell behind its schedule delayed them; that delay is the client's, not the server's)
-            sent_at = [s for s, _, _ in sends] or trace
-            served = sorted(latency for _, latency, _ in sends)
-            inside = sorted(t for _, _, t in sends if t is not None)
-            runs = [sim.run(arrivals=sent_at, seed=seed) for seed in range(SIM_SEEDS)]
-            predicted = {
-                "p50_ms": round(sum(r.latency.p50_s for r in runs) / len(runs) * 1000, 3),
-                "p99_ms": round(sum(r.latency.p99_s for r in runs) / len(runs) * 1000, 3),
-                "throughput_rps": round(sum(r.throughput_rps for r in runs) / len(runs), 1),
-            }
-            got = _summary(load._summary_ms(served), measured["achieved_rps"]) if served else {}
-            row: dict[str, Any] = {
-                "fraction": fraction,
-                "rate": round(rate, 1),
-                "requests": len(trace),
-                "predicted": predicted,
-                "measured": got,
-                "measured_server": _summary(load._summary_ms(inside), measured["achieved_rps"]) if inside else {},
-                "measured_from_schedule": _summary(measured["latency_ms"], measured["achieved_rps"]) if served else {},
-                "measured_errors": measured["errors"],
-                "max_send_lag_ms": measured["max_send_lag_ms"],
-            }
-            complete = measured["error_count"] == 0 and len(served) == len(trace)
-            for key, seen in (("", got), ("_server", row["measured_server"])):
-                if not seen:
-                    row["passed" + key] = False
-                    continue
-                row["error" + key] = errors = {k: _error(predicted[k], seen[k]) for k in predicted}
-                row["passed" + key] = (
-                    complete
-                    and errors["p99_ms"] is not None
-                    and abs(errors["p99_ms"]) <= P99_TOLERANCE
-                    and errors["throughput_rps"] is not None
-                    and abs(errors["throughput_rps"]) <= THROUGHPUT_TOLERANCE
-                )
+            row = measure_rate(url, sim, fraction, fraction * capacity, args.duration_s, seed=1000 + 10 * i, rng=rng)
             out["rates"].append(row)
+            predicted, got, inside = row["predicted"], row["measured"], row["measured_server"]
             _log(
-                f"{name} {fraction:.0%} ({rate:.0f}/s): p99 predicted {predicted['p99_ms']} ms, "
+                f"{name} {fraction:.0%} ({row['rate']:.0f}/s): p99 predicted {predicted['p99_ms']} ms, "
                 f"measured {got.get('p99_ms')} ms; throughput {predicted['throughput_rps']} vs "
                 f"{got.get('throughput_rps')}; {'pass' if row['passed'] else 'FAIL'}; server-side p99 "
-                f"{row['measured_server'].get('p99_ms')} ms, {'pass' if row['passed_server'] else 'FAIL'}"
+                f"{inside.get('p99_ms')} ms, {'pass' if row['passed_server'] else 'FAIL'}"
             )
     finally:
         servers.stop(server)
@@ -324,6 +357,7 @@ def run(args: Any) -> dict[str, Any]:
             "profile_s": args.profile_s,
             "capacity_s": args.capacity_s,
             "sim_seeds": SIM_SEEDS,
+            "repeats": REPEATS,
             "p99_tolerance": P99_TOLERANCE,
             "throughput_tolerance": THROUGHPUT_TOLERANCE,
             "speed_requests": SPEED_REQUESTS,

@@ -32,8 +32,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"Run of {results.get('started', '?')} on {m.get('cpu', '?')}, {m.get('usable_cores', '?')} cores "
         f"(load average {results.get('load', {}).get('before', ['?'])[0]} before, "
         f"{results.get('load', {}).get('after', ['?'])[0]} after); {cfg.get('duration_s', '?')} s of Poisson "
-        f"arrivals per rate, profiles of {cfg.get('profile_s', '?')} s; predictions are the mean of "
-        f"{cfg.get('sim_seeds', '?')} simulator seeds on the same arrival trace.",
+        f"arrivals per run, {cfg.get('repeats', 1)} run(s) per rate, each figure the median over the runs; "
+        f"profiles of {cfg.get('profile_s', '?')} s; a run's prediction is the mean of "
+        f"{cfg.get('sim_seeds', '?')} simulator seeds on the times its requests were sent.",
         "",
         "Latency is measured by the client (from the moment each request was sent) and by the server "
         "(`Server-Timing`: from the ingress receiving the request to the response starting).",

@@ -107,10 +107,9 @@ def http_request(ir: GraphIR) -> tuple[bool, list[Diagnostic]]:
 
 def ingress_route_prefix(ir: GraphIR) -> str | None:
     """The app's route: its own ``route_prefix``, else the ingress deployment's (Ray Serve 1.x style)."""
-    if ir.route_prefix is not None or not ir.raw_ingress or ir.input is None:
+    if ir.route_prefix is not None or not ir.raw_ingress or ir.ingress is None:
         return ir.route_prefix
-    for consumer in ir.dag.successors(ir.input):
-        dep = ir.deployments.get(ir.node(consumer).deployment or "")
-        if dep is not None and isinstance(dep.options.get("route_prefix"), str):
-            return str(dep.options["route_prefix"])
+    dep = ir.deployments.get(ir.node(ir.ingress).deployment or "")
+    if dep is not None and isinstance(dep.options.get("route_prefix"), str):
+        return str(dep.options["route_prefix"])
     return None

@@ -129,6 +129,7 @@ class GraphIR:
     route_prefix: str | None = None
     location: Location | None = None
     raw_ingress: bool = False  # app without an InputNode: the ingress gets the request itself
+    ingress: str | None = None  # on such an app, the id of the ingress call node
     slo: SLOPlan | None = None  # the app's latency objective (planned by compiler/slo.py)
 
     def node(self, node_id: str) -> IRNode:

@@ -9,6 +9,7 @@ than raising, so validation can report everything at once.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 from graphserve import packing as builtin_glue
@@ -52,6 +53,7 @@ class _Lowerer:
         self.inputs: list[InputNode] = []
         self.seen_deployment_nodes: list[DeploymentNode] = []
         self.selections: dict[tuple[str, str, str], str] = {}  # (source, access, key) -> attr node
+        self.input_substitute: DAGNode | None = None  # what the app's InputNodes stand for (App.inputs_as)
 
     # -- helpers ---------------------------------------------------------------------
     def problem(
@@ -145,6 +147,11 @@ class _Lowerer:
             target = self.lower_deployment(value)
             self.ir.handles.add_edge(owner, target)
             return HandleArg(target)
+        if _is_bound_function(value):  # Ray Serve: a bound function deployment arrives as a handle too
+            target = self.lower_function_deployment(value._target, value._location)
+            self.deployment_names[id(value)] = target
+            self.ir.handles.add_edge(owner, target)
+            return HandleArg(target)
         if isinstance(value, DAGNode):
             self.problem(
                 Code.NODE_IN_CONSTRUCTOR,
@@ -160,6 +167,16 @@ class _Lowerer:
             return StructArg(form, tuple((i, self.init_arg(v, owner, location)) for i, v in enumerate(value)))
         if isinstance(value, dict) and _contains(value, DAGNode):
             return StructArg("dict", tuple((k, self.init_arg(v, owner, location)) for k, v in value.items()))
+        hidden = [v for v in getattr(value, "__dict__", {}).values() if _contains(v, DAGNode)]
+        if hidden and not isinstance(value, type):
+            self.problem(
+                Code.NODE_IN_CONSTRUCTOR,
+                f"constructor argument of {owner!r} is a {type(value).__name__} holding {hidden[0]!r}; "
+                "graphserve finds bound deployments only as arguments or in lists, tuples and dicts",
+                location,
+                node=owner,
+                hint=f"pass {hidden[0]!r} to {owner}.bind(...) itself and wrap the handle in the constructor",
+            )
         return ConstArg(value)
 
     # -- dataflow nodes --------------------------------------------------------------
@@ -199,6 +216,11 @@ class _Lowerer:
 
     def _lower(self, value: DAGNode) -> str:
         loc = value._location
+        substitute = self.app.inputs_as
+        if isinstance(value, InputNode) and substitute is not None and value is not substitute[0]:
+            if self.input_substitute is None:  # e.g. a DAGDriver's adapter in front of the graph's InputNode
+                self.input_substitute = substitute[1]()
+            return self.lower(self.input_substitute)
         if isinstance(value, InputNode):
             if self.inputs and self.inputs[0] is not value:
                 self.problem(
@@ -282,18 +304,25 @@ class _Lowerer:
         return node.id
 
     def lower_ingress(self, value: DeploymentNode) -> str:
-        """A bound deployment used as the app: its ``__call__`` gets the request itself."""
+        """A bound deployment used as the app: its ``__call__`` gets the request itself.
+
+        As in Ray Serve, a ``__call__(self)`` without parameters is called without the request,
+        and a deployment with only named methods is an app too (reached through its handle:
+        ``handle.method.remote(...)``).
+        """
         dep = self.lower_deployment(value)
         self.ir.raw_ingress = True
+        call = _own_method(value._deployment.target, "__call__")
         node = IRNode(
             id=self.fresh_id(f"{dep}.__call__"),
             kind="call",
             location=value._location,
             deployment=dep,
             method="__call__",
-            args=[NodeArg(self.ensure_input())],
+            args=[NodeArg(self.ensure_input())] if call is not None and _takes_an_argument(call, True) else [],
         )
         self.ir.add(node)
+        self.ir.ingress = node.id
         return node.id
 
     def ensure_input(self) -> str:
@@ -346,8 +375,10 @@ class _Lowerer:
         dep = self.ir.deployments.get(node.deployment or "")
         if node.kind == "call" and dep is not None and dep.is_function and not node.args and not node.kwargs:
             self.ir.raw_ingress = True
-            node.args = [NodeArg(self.ensure_input())]
-            self.ir.add(node)
+            self.ir.ingress = node.id
+            if _takes_an_argument(dep.target, False):  # a function without parameters is called without it
+                node.args = [NodeArg(self.ensure_input())]
+                self.ir.add(node)
 
     def _dead_nodes(self) -> None:
         roots: list[DAGNode] = [*self.inputs, *self.seen_deployment_nodes]
@@ -379,6 +410,37 @@ def _describe(node: DAGNode) -> str:
             return f"call {target.name}"
         return f"glue {getattr(target, '__name__', 'function')}"
     return type(node).__name__
+
+
+def _is_bound_function(value: Any) -> bool:
+    """``fn.bind(...)`` of a function deployment with plain (non-node) arguments."""
+    return (
+        isinstance(value, CallNode)
+        and isinstance(value._target, Deployment)
+        and value._target.is_function
+        and not _contains([value._args, value._kwargs], DAGNode)
+    )
+
+
+def _own_method(cls: Any, name: str) -> Any:
+    """``cls``'s own (or inherited, but not ``object``'s or ``type``'s) attribute ``name``, or None."""
+    for klass in inspect.getmro(cls) if isinstance(cls, type) else ():
+        if klass is not object and name in vars(klass):
+            return vars(klass)[name]
+    return None
+
+
+def _takes_an_argument(fn: Any, is_method: bool) -> bool:
+    """Whether ``fn`` can be called with one positional argument (the request)."""
+    if isinstance(fn, staticmethod):
+        fn, is_method = fn.__func__, False
+    try:
+        params = list(inspect.signature(inspect.unwrap(fn)).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    if is_method and params:
+        params = params[1:]
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
 
 
 def _contains(value: Any, kind: type) -> bool:

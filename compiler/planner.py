@@ -12,7 +12,8 @@ Decides, in this order:
    all of ``switch took arm i``); a node reachable only through untaken arms is skipped.
 4. **batching and limits**: batched methods, and ``max_ongoing_requests`` raised where
    it would cap a batch below ``max_batch_size`` (with a warning).
-5. **replicas and resources**: one entry per replica, checked against the cluster.
+5. **replicas and resources**: one entry per replica, checked against the cluster; on a
+   cluster that names its nodes, spread over them (``placement.py``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from graphserve.plan import (
 )
 from graphserve.resources import Capacity, shortfalls
 
-from . import edgetypes
+from . import edgetypes, placement
 from .codes import Code
 from .digraph import DiGraph, topological_order
 from .http_request import http_request, ingress_route_prefix
@@ -62,7 +63,7 @@ _FUSED_REASONS = {
     "output": "collects the result inline",
 }
 
-Cluster = Mapping[str, float] | None
+Cluster = Mapping[str, float] | ClusterPlan | None
 
 
 def detect_cluster() -> ClusterPlan:
@@ -84,8 +85,8 @@ def parse_cluster(cluster: Cluster | str) -> ClusterPlan | None:
 
     A nodes file is JSON: ``{"nodes": [{"name": "a", "cpus": 16, "gpus": 2, "address": "10.0.0.5",
     "labels": {"zone": "x"}}, ...]}`` (or the list alone); the cluster is their sum."""
-    if cluster is None:
-        return None
+    if cluster is None or isinstance(cluster, ClusterPlan):  # None, or already read (a live Ray cluster)
+        return cluster
     if isinstance(cluster, str):
         if cluster == "detect":
             return detect_cluster()
@@ -314,16 +315,39 @@ class _Planner:
         return out
 
     def replicas(self, deployments: list[DeploymentPlan]) -> list[ReplicaPlan]:
-        replicas = [
+        """One entry per replica: on node-0, or spread over the cluster's named nodes (placement.py)."""
+        if self.cluster is not None:
+            errors_before = len(self.errors)
+            self.check_feasible(deployments)
+            if self.cluster.nodes:
+                placed, unplaced = placement.spread(deployments, self.cluster.nodes)
+                if len(self.errors) == errors_before:  # the totals fit: report replicas no single node holds
+                    self.unplaced(unplaced)
+                return placed
+        return [
             ReplicaPlan(
                 deployment=d.name, index=i, node="node-0", num_cpus=d.resources.num_cpus, num_gpus=d.resources.num_gpus
             )
             for d in deployments
             for i in range(d.num_replicas)
         ]
-        if self.cluster is not None:
-            self.check_feasible(deployments)
-        return replicas
+
+    def unplaced(self, unplaced: list[placement.Unplaced]) -> None:
+        assert self.cluster is not None
+        nodes = ", ".join(f"{n.name} ({n.cpus:g} cpus, {n.gpus:g} gpus)" for n in placement.usable(self.cluster.nodes))
+        for name in dict.fromkeys(u.deployment for u in unplaced):
+            mine = [u for u in unplaced if u.deployment == name]
+            first = mine[0]
+            self.errors.append(
+                Diagnostic(
+                    Code.INFEASIBLE,
+                    f"{len(mine)} replica(s) of {name} ({first.cpus:g} cpus, {first.gpus:g} gpus each) fit on no node "
+                    f"of the cluster once the others are placed; nodes: {nodes or 'none with cpus or gpus'}",
+                    name,
+                    self.ir.deployments[name].location,
+                    "lower num_replicas or the resources per replica, or add a node",
+                )
+            )
 
     def check_feasible(self, deployments: list[DeploymentPlan]) -> None:
         """GS201 (``graphserve/resources.py``, the rule the Ray backend checks too) for the planned cluster."""

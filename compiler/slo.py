@@ -30,9 +30,12 @@ the rate and the highest rate that meets the p99.
 Resources: a replica the user gave no resources to is planned with the CPU it uses at the
 SLO's rate (profiled CPU share x busy time, 0.1 to 1 CPU in steps of 0.1); GPUs only where
 the user asked for them.
-Placement: replicas in graph order, each on the node of the cluster that already holds
-most replicas of its neighbours in the graph (a chain stays on one node and saves
-transfers), else on the node with most room; a node is never over-committed.
+Placement (``placement.py``, the rule plans without an SLO follow too): replicas in graph
+order, each on the node that fits it and holds the fewest replicas of its deployment (a
+deployment's replicas spread over the nodes, so losing one never takes them all), then
+the most replicas of its neighbours in the graph (a chain stays together where spreading
+allows, saving transfers), then the most room; a node is never over-committed; a node
+without CPUs or GPUs takes none.
 
 Deterministic: the same plan, profile, SLO and cluster give a byte-identical plan.
 """
@@ -59,6 +62,7 @@ from graphserve.plan import (
 )
 
 from .codes import Code
+from .placement import Demand, place
 from .profile import NodeProfile, Profile, batch_service
 from .simulate import SimulationResult, Simulator
 
@@ -445,41 +449,23 @@ def _neighbours(search: _Search, dep: str) -> set[str]:
 
 
 def _place(search: _Search, knobs: dict[str, _Knobs]) -> list[ReplicaPlan] | None:
-    """Replicas on cluster nodes (see the module docstring), or None when they do not fit."""
+    """Replicas on cluster nodes (``placement.py``: spread, then near their neighbours), or
+    None when they do not fit."""
     nodes = _cluster_nodes(search.cluster)
     order = list(dict.fromkeys(n.deployment or "" for n in search.calls.values()))
     order += sorted(set(knobs) - set(order))
-    replicas: list[ReplicaPlan] = []
     if nodes is None:
-        for dep in order:
-            k = knobs[dep]
-            replicas += [
-                ReplicaPlan(deployment=dep, index=i, node="node-0", num_cpus=k.cpus, num_gpus=k.gpus)
-                for i in range(k.replicas)
-            ]
-        return replicas
-    free = {n.name: [n.cpus, n.gpus] for n in nodes}
-    held: dict[str, dict[str, int]] = {n.name: {} for n in nodes}
-    for dep in order:
-        k = knobs[dep]
-        near = _neighbours(search, dep)
-        for i in range(k.replicas):
-            fits = [n.name for n in nodes if free[n.name][0] + _EPS >= k.cpus and free[n.name][1] + _EPS >= k.gpus]
-            if not fits:
-                return None
-            chosen = min(
-                fits,
-                key=lambda name: (
-                    -sum(held[name].get(d, 0) for d in near | {dep}),
-                    -(free[name][0] + free[name][1]),
-                    name,
-                ),
-            )
-            free[chosen][0] -= k.cpus
-            free[chosen][1] -= k.gpus
-            held[chosen][dep] = held[chosen].get(dep, 0) + 1
-            replicas.append(ReplicaPlan(deployment=dep, index=i, node=chosen, num_cpus=k.cpus, num_gpus=k.gpus))
-    return replicas
+        return [
+            ReplicaPlan(deployment=dep, index=i, node="node-0", num_cpus=knobs[dep].cpus, num_gpus=knobs[dep].gpus)
+            for dep in order
+            for i in range(knobs[dep].replicas)
+        ]
+    demands = [
+        Demand(dep, knobs[dep].replicas, knobs[dep].cpus, knobs[dep].gpus, frozenset(_neighbours(search, dep)))
+        for dep in order
+    ]
+    replicas, unplaced = place(demands, nodes)
+    return None if unplaced else replicas
 
 
 def _check_placeable(search: _Search, knobs: dict[str, _Knobs]) -> None:

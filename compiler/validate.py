@@ -50,6 +50,8 @@ UNSUPPORTED_OPTIONS = {
     "placement_group_strategy": "replicas are placed by num_cpus/num_gpus",
     "max_replicas_per_node": "replicas are placed by num_cpus/num_gpus",
     "version": "deployments are not versioned",
+    "request_router_class": "replicas are chosen by power of two choices",
+    "request_router_config": "replicas are chosen by power of two choices",
 }
 
 _RAY_ACTOR_OPTIONS_USED = {"num_cpus", "num_gpus"}
@@ -187,7 +189,8 @@ class _Validator:
         if config is None:
             return
         where = f"{dep.name}.{name}" if not dep.is_function else dep.name
-        if not inspect.iscoroutinefunction(inspect.unwrap(member)):
+        original = inspect.unwrap(member)
+        if not (inspect.iscoroutinefunction(original) or inspect.isasyncgenfunction(original)):
             self.problem(
                 Code.BATCH_NOT_ASYNC,
                 f"@gs.batch method {where} is not async",
@@ -268,6 +271,9 @@ class _Validator:
         dep = self.ir.deployments.get(node.deployment or "")
         if fn is None and dep is not None:
             methods = sorted(n for n, m in inspect.getmembers(dep.target, callable) if not n.startswith("_"))
+            if node.id == self.ir.ingress and methods:  # Ray Serve: an app reached through its handle's methods
+                self.types[node.id] = edgetypes.ANY
+                return
             self.problem(
                 Code.UNKNOWN_METHOD,
                 f"deployment {dep.name} ({_qual(dep.target)}) has no method {node.method!r}",

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         ingress,
         list_deployments,
         start,
+        status,
     )
     from graphserve.dsl import SLO, App, InputNode, cond, glue, graph, switch
     from graphserve.errors import (
@@ -71,6 +72,7 @@ _EXPORTS = {
             "ingress",
             "list_deployments",
             "start",
+            "status",
         ),
         "graphserve.compat",
     ),
@@ -95,6 +97,9 @@ _EXPORTS = {
     **dict.fromkeys(("profile", "simulate"), "graphserve.profiling"),
     "serve": "graphserve.serving",
 }
+
+# Ray Serve's submodules, reached as attributes (``serve.handle``, ``serve.exceptions``, ...)
+_SUBMODULES = {"dag", "deployment_graph", "drivers", "exceptions", "handle", "http_adapters", "schema"}
 
 __all__ = [
     "SLO",
@@ -132,12 +137,15 @@ __all__ = [
     "shutdown",
     "simulate",
     "start",
+    "status",
     "switch",
 ]
 
 if not TYPE_CHECKING:  # mypy sees the imports above; a typo stays an error
 
     def __getattr__(name: str) -> Any:
+        if name in _SUBMODULES:  # Ray Serve's `serve.handle.DeploymentHandle` and the like
+            return importlib.import_module(f"graphserve.{name}")
         module = _EXPORTS.get(name)
         if module is None:
             raise AttributeError(f"module 'graphserve' has no attribute {name!r}")

@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from graphserve import registry
+from graphserve.dag import RoutedRequest, dag_input
 from graphserve.dsl import App, as_app
 from graphserve.errors import GraphError, GraphWarning
+
+DEFAULT_APP_NAME = "default"  # Ray Serve's name for an app run without one
 
 
 def build(app: Any, cluster: Any = None) -> Any:
@@ -33,7 +37,7 @@ def build(app: Any, cluster: Any = None) -> Any:
 
 
 class GraphHandle:
-    """A running graph, and Ray Serve's handle to it.
+    """A running graph, and Ray Serve's handle to it (an instance of ``graphserve.handle.DeploymentHandle``).
 
     ``handle.remote(...)`` starts a call at once and returns a ``DeploymentResponse``:
     ``await`` it from any event loop (``asyncio.wait``/``gather`` accept it) or call
@@ -81,6 +85,8 @@ class GraphHandle:
         self.runtime = runtime
         self.url = url
         self.ingress_deployment = ingress_deployment(self.plan)
+        self.deployment_name = self.ingress_deployment or self.plan.name
+        self.deployed_at = time.time()
         self._loop = loop
         self._stop = stop
         self._stopped = False
@@ -94,17 +100,25 @@ class GraphHandle:
         if self.ingress_deployment is not None:
             return self.runtime.handle(self.ingress_deployment).remote(*args, **kwargs)
         timeout_s = kwargs.pop("timeout_s", None)
-        if len(args) > 1 or kwargs:
-            raise TypeError(f"graph {self.plan.name!r} takes one request: handle.remote(request, timeout_s=None)")
-        return self._start(self.runtime.execute(args[0] if args else None, timeout_s))
+        return self._start(self._execute(dag_input(args, kwargs), timeout_s))
 
-    def options(self, method_name: str | None = None, **_ignored: Any) -> Any:
-        """A handle to a method of the app's ingress deployment (Ray Serve's ``handle.options``)."""
-        return self.runtime.handle(self._ingress("options(method_name=...)"), method_name or "__call__")
+    async def _execute(self, request: Any, timeout_s: float | None) -> Any:
+        """Run the graph; responses of other calls in ``request`` are waited for first (chaining)."""
+        from graphserve.runtime.handle import resolve_responses
+
+        return await self.runtime.execute(await resolve_responses(request), timeout_s)
+
+    def options(self, method_name: str | None = None, stream: bool = False, **_ignored: Any) -> Any:
+        """A handle to a method of the app's ingress deployment (Ray Serve's ``handle.options``);
+        ``stream=True`` makes its calls return ``DeploymentResponseGenerator`` s."""
+        handle = self.runtime.handle(self._ingress("options(method_name=...)"), method_name or "__call__")
+        return handle.options(stream=True) if stream else handle
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
+        if self.__dict__.get("ingress_deployment") is None and name in ("predict", "predict_with_route"):
+            return _DAGMethod(self, with_route=name == "predict_with_route")  # Ray's RayServeDAGHandle
         if self.__dict__.get("ingress_deployment") is None:
             raise AttributeError(
                 f"{type(self).__name__} has no attribute {name!r}; graph handles call "
@@ -157,13 +171,36 @@ class GraphHandle:
         return f"GraphHandle({self.plan.name!r}, url={self.url!r})"
 
 
+class _DAGMethod:
+    """``handle.predict`` / ``handle.predict_with_route`` of a graph, as Ray's ``RayServeDAGHandle`` has them.
+
+    ``predict.remote(*args, **kwargs)`` runs the graph with the arguments as its input (one
+    argument is the input itself; several are read as ``inp[0]``, ``inp["key"]``);
+    ``predict_with_route.remote(route, ...)`` picks the DAG of a ``DAGDriver`` serving several.
+    """
+
+    def __init__(self, handle: GraphHandle, with_route: bool) -> None:
+        self._handle = handle
+        self._with_route = with_route
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._with_route:
+            return self._handle.remote(*args, **kwargs)
+        if not args:
+            raise TypeError("predict_with_route.remote(route, *args, **kwargs) needs the route")
+        request = RoutedRequest(args[0], dag_input(args[1:], kwargs))
+        return self._handle._start(self._handle._execute(request, None))
+
+
 def ingress_deployment(plan: Any) -> str | None:
     """The deployment that takes the request on an app without an InputNode, else None."""
     if not plan.raw_ingress:
         return None
-    for node in plan.nodes:
-        if node.kind == "call" and node.deployment and any(getattr(a, "node", None) == plan.input for a in node.args):
-            return str(node.deployment)
+    nodes = {node.id: node for node in plan.nodes}
+    for arg in nodes[plan.output].args:  # such an app's output is its ingress call
+        source = nodes.get(getattr(arg, "node", None) or "")
+        if source is not None and source.kind == "call" and source.deployment:
+            return str(source.deployment)
     return None
 
 
@@ -186,7 +223,9 @@ def run(
     ``serve.start(http_options=...)``'s host and port, else 127.0.0.1 and the port in
     ``GRAPHSERVE_HTTP_PORT`` (default 8000; 0 picks a free one); a busy port is a
     GraphError) at ``route_prefix`` (else the app's or its ingress deployment's, else
-    ``/``). An app of the same ``name`` (default: the graph's name) is replaced.
+    ``/``). The app is named ``name``, else the name given to ``gs.graph``, else
+    ``"default"``, as Ray Serve names it; an app of the same name, or at the same route,
+    is replaced.
     ``http=False`` (or ``_local_testing_mode=True``) runs it in process only.
     ``blocking=True`` serves until Ctrl-C / SIGTERM, then shuts everything down.
     The plan's warnings (e.g. GS117, a Ray Serve option graphserve ignores) are shown
@@ -198,9 +237,9 @@ def run(
     """
     if backend == "ray" and cluster == "detect":
         cluster = None
-    plan = build(as_app(app), cluster=cluster)
-    if name is not None:
-        plan.name = name
+    app = as_app(app)
+    plan = build(app, cluster=cluster)
+    plan.name = name if name is not None else app.name if app.named else DEFAULT_APP_NAME
     announce_warnings(plan, logging_config=logging_config)
     if http and not _local_testing_mode:
         handle = registry.serve_plan(plan, route_prefix, backend, backend_options, GraphHandle.attach)

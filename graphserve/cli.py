@@ -4,6 +4,7 @@
     graphserve render module:app|plan.json -o graph.svg|png|dot
     graphserve deploy module:app|plan.json ... [--backend local|ray] [--port 8000]
     graphserve call URL|module:app '{"x": 1}'
+    graphserve delete NAME [--address auto]
     graphserve profile module:app --requests requests.jsonl [-o profile.json]
     graphserve simulate plan.json --profile profile.json --rate 100 [--json]
 
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster",
         default="detect",
         help="cluster to place replicas on: 'cpus=8,gpus=2', 'nodes=FILE' (JSON list of nodes: name, cpus, gpus, "
-        "address, labels), 'detect' (this machine; default) or 'none' (no check)",
+        "address, labels), 'ray:auto' (the live Ray cluster's nodes), 'detect' (this machine; default) or 'none' "
+        "(no check)",
     )
     build.add_argument("--slo-p99-ms", type=float, help="plan for this p99 latency (ms) at --rate")
     build.add_argument("--rate", type=float, help="requests per second the SLO must hold at")
@@ -77,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = commands.add_parser("deploy", help="serve graphs over HTTP")
     deploy.add_argument("targets", nargs="+", help="module:app or plan.json (one or more)")
     deploy.add_argument("--backend", choices=("local", "ray"), default="local")
-    deploy.add_argument("--address", default=None, help="Ray cluster address (ray backend)")
+    deploy.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (ray backend): every deploy given an address shares the graph's replicas "
+        "with the other ingress processes serving it (see graphserve delete)",
+    )
+    deploy.add_argument("--namespace", default=None, help="Ray namespace of shared graphs (default: graphserve)")
     deploy.add_argument("--host", default=http_defaults.HOST)
     deploy.add_argument("--port", type=int, default=http_defaults.PORT)
     deploy.add_argument(
@@ -105,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         "on Ray the backend checks the Ray cluster's resources",
     )
     deploy.set_defaults(handler=deploy_command)
+
+    delete = commands.add_parser("delete", help="remove a graph's shared replicas from a Ray cluster")
+    delete.add_argument("name", help="the graph's name")
+    delete.add_argument("--address", default="auto", help="Ray cluster address (default: auto)")
+    delete.add_argument("--namespace", default=None, help="Ray namespace (default: graphserve)")
+    delete.set_defaults(handler=delete_command)
 
     call = commands.add_parser("call", help="send one request to a served graph (URL) or run it in process")
     call.add_argument("target", help="http(s)://host:port/route, module:app or plan.json")
@@ -152,12 +166,15 @@ def _load_plan(target: str, cluster: str | None) -> Plan | int:
     from graphserve.targets import cluster_option, load_plan
 
     try:
-        cluster_option(cluster)
+        checked = cluster_option(cluster)  # ray:auto is read here, once
     except ValueError as exc:
         print(f"error: --cluster {cluster!r}: {exc}", file=sys.stderr)
         return 2
+    except GraphError as exc:
+        report(exc)
+        return 1
     try:
-        return load_plan(target, cluster)
+        return load_plan(target, checked)
     except GraphError as exc:
         report(exc)
         return 1
@@ -314,7 +331,10 @@ def deploy_command(args: argparse.Namespace) -> int:
         if value is not None:
             options[name] = value
     address = getattr(args, "address", None)
-    if address:
+    if address and backend == "ray":  # on a cluster: one replica set, shared by every ingress of the graph
+        namespace = getattr(args, "namespace", None)
+        options["backend_options"] = {"address": address, "shared": True, "namespace": namespace}
+    elif address:
         options["backend_options"] = {"address": address}
     port = getattr(args, "port", None)
     try:
@@ -330,6 +350,22 @@ def deploy_command(args: argparse.Namespace) -> int:
         report(exc)
         return 1
     print("graphserve: stopped", flush=True)
+    return 0
+
+
+def delete_command(args: argparse.Namespace) -> int:
+    """``graphserve delete NAME [--address auto] [--namespace]``: remove a shared graph's replicas."""
+    from graphserve.runtime.ray_backend import SHARED_NAMESPACE, connect_briefly
+    from graphserve.runtime.ray_controller import delete_graph
+
+    namespace = args.namespace or SHARED_NAMESPACE
+    try:
+        with connect_briefly(args.address, namespace):
+            removed = delete_graph(args.name, namespace)
+    except GraphError as exc:
+        report(exc)
+        return 1
+    print(f"graphserve: graph {args.name!r} deleted ({removed} replicas)")
     return 0
 
 

@@ -29,6 +29,13 @@ from typing import Any, TypeVar, overload
 from graphserve import dsl, registry
 from graphserve.api import GraphHandle, run
 from graphserve.errors import GraphError, GraphWarning
+from graphserve.schema import (
+    ApplicationStatus,
+    ApplicationStatusOverview,
+    DeploymentStatus,
+    DeploymentStatusOverview,
+    ServeStatus,
+)
 
 logger = logging.getLogger("graphserve.compat")
 
@@ -87,21 +94,49 @@ def delete(name: str, _blocking: bool = True) -> None:
 
 
 def get_app_handle(name: str) -> GraphHandle:
-    """The handle of the running app ``name``."""
+    """The handle of the running app ``name``; Ray Serve's error when there is none."""
     app = registry.served_app(name)
     if not isinstance(app, GraphHandle):
-        raise GraphError(f"no app named {name!r} is running; running apps: {registry.served_names()}")
+        raise GraphError(f"Application '{name}' does not exist. Running applications: {registry.served_names()}")
     return app
 
 
 def get_deployment_handle(deployment_name: str, app_name: str | None = None) -> Any:
     """A handle to deployment ``deployment_name`` of a running app (the only one that has it, or ``app_name``)."""
     apps = registry.apps_by_name(app_name)
+    if app_name is not None and not apps:
+        raise GraphError(f"Application '{app_name}' does not exist. Running applications: {registry.served_names()}")
     owners = {h for h in apps.values() if any(d.name == deployment_name for d in h.plan.deployments)}
     if len(owners) != 1:
         what = "no running app has" if not owners else "several running apps have"
         raise GraphError(f"{what} a deployment named {deployment_name!r}; pass app_name=... ({sorted(apps)})")
     return owners.pop().deployment(deployment_name)
+
+
+def status() -> ServeStatus:
+    """Ray Serve's ``serve.status()``: every served application with its deployments' statuses."""
+    applications: dict[str, ApplicationStatusOverview] = {}
+    for name, app in registry.apps_by_name().items():
+        if not isinstance(app, GraphHandle):
+            continue
+        ready = bool(app.runtime.ready)
+        deployments = {
+            dep.name: DeploymentStatusOverview(
+                status=DeploymentStatus.HEALTHY if ready else DeploymentStatus.UPDATING,
+                status_trigger="CONFIG_UPDATE_COMPLETED" if ready else "CONFIG_UPDATE_STARTED",
+                replica_states={"RUNNING" if ready else "STARTING": dep.num_replicas},
+            )
+            for dep in app.plan.deployments
+        }
+        route = app.url[len(registry.server_url() or "") :] or "/" if app.url is not None else None
+        applications[name] = ApplicationStatusOverview(
+            status=ApplicationStatus.RUNNING if ready else ApplicationStatus.DEPLOYING,
+            message="",
+            last_deployed_time_s=app.deployed_at,
+            deployments=deployments,
+            route_prefix=route,
+        )
+    return ServeStatus(applications=applications)
 
 
 # -- Ray Serve 1.x -----------------------------------------------------------------------------
@@ -147,8 +182,14 @@ def deployment(_target: None = None, **options: Any) -> Callable[[T], Deployment
 
 def deployment(_target: Any = None, **options: Any) -> Any:
     """Declare a deployment, bare (``@gs.deployment``) or with options
-    (``@gs.deployment(num_replicas=2, num_gpus=1)``); see :func:`graphserve.dsl.deployment`."""
+    (``@gs.deployment(num_replicas=2, num_gpus=1)``, or 1.x's positional name
+    ``@serve.deployment("name", ...)``); see :func:`graphserve.dsl.deployment`."""
     location = dsl.caller_location()
+    if isinstance(_target, str):  # Ray Serve 1.x: @serve.deployment("name")
+        if "name" in options and options["name"] != _target:
+            raise GraphError(f"@serve.deployment({_target!r}, name={options['name']!r}): give the name once")
+        options, _target = {**options, "name": _target}, None
+    dsl.check_options(options)
     if _target is not None:
         return Deployment(_target, options, location)
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Self, TypeVar, overload
 
-from graphserve.errors import Location
+from graphserve.errors import DeploymentOptionError, GraphError, Location
 
 T = TypeVar("T")
 
@@ -209,6 +209,18 @@ class MethodRef:
     def bind(self, *args: Any, **kwargs: Any) -> CallNode:
         return CallNode(self._node, self._method, args, kwargs)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise GraphError(
+            f"{self!r}(...) calls nothing while the app is being built: write {self!r}.bind(...) to wire a "
+            f"call into the graph, or, on a running app, handle.{self._method}.remote(...)"
+        )
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        raise GraphError(
+            f"{self!r}.remote(...): this node is not running; run the app first "
+            f"(handle = serve.run(app)) and call handle.{self._method}.remote(...)"
+        )
+
     def __repr__(self) -> str:
         return f"{self._node!r}.{self._method}"
 
@@ -227,13 +239,41 @@ class DeploymentNode(DAGNode):
         self._kwargs = kwargs
         self._link(*args, *kwargs.values())
 
-    def __getattr__(self, name: str) -> MethodRef:
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("_") and name != "__call__":
             raise AttributeError(name)
+        if name in _MISUSES and not hasattr(self._deployment.target, name):
+            return _Misuse(self._deployment.name, name)
         return MethodRef(self, name)
 
     def __repr__(self) -> str:
         return f"{self._deployment.name}.bind(...)"
+
+
+_MISUSES = {
+    "bind": "{name}.bind(...) is already bound: bind once, then call a method with "
+    "{name}.bind(...).method.bind(...), or pass the node to another deployment's .bind(...) to get a handle",
+    "remote": "{name}.bind(...) is not running: run it (handle = serve.run({name}.bind(...))) and call "
+    "handle.remote(...)",
+    "options": "options go on the deployment, before binding: {name}.options(...).bind(...)",
+    "deploy": "{name}.bind(...) is an app, not a deployment: serve.run({name}.bind(...)), or {name}.deploy(...) "
+    "(Ray Serve 1.x)",
+}
+
+
+class _Misuse:
+    """``Model.bind().bind()`` and the like: a message saying what to write instead."""
+
+    def __init__(self, name: str, attribute: str) -> None:
+        self._message = _MISUSES[attribute].format(name=name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise GraphError(self._message)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise GraphError(self._message)
 
 
 class Deployment(Generic[T]):
@@ -272,6 +312,10 @@ class Deployment(Generic[T]):
 
     def options(self, **options: Any) -> Self:
         """A copy with some options changed, e.g. ``Model.options(name="a", num_replicas=2)``."""
+        check_options(options)
+        return self._with_options(options)
+
+    def _with_options(self, options: dict[str, Any]) -> Self:
         clone = copy.copy(self)
         clone._options = {**self._options, **options}
         clone._location = caller_location() or self._location
@@ -282,6 +326,13 @@ class Deployment(Generic[T]):
         if self.is_function:
             return CallNode(self, None, args, kwargs)
         return DeploymentNode(self, args, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise GraphError(
+            f"{self.name} is a deployment and cannot be called or constructed directly: build an app with "
+            f"{self.name}.bind(...) and run it (handle = serve.run(app)), then call handle.remote(...); "
+            f"the class or function itself is {self.name}.func_or_class"
+        )
 
     def __repr__(self) -> str:
         return f"Deployment({self.name})"
@@ -303,6 +354,16 @@ class Glue:
 
     def __repr__(self) -> str:
         return f"glue({self.__name__})"
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """What Ray Serve refuses as soon as the options are written (everything else is checked at build time)."""
+    if "max_replicas_per_node" in options and "placement_group_bundles" in options:
+        raise DeploymentOptionError(
+            "Setting max_replicas_per_node is not allowed when placement_group_bundles is provided."
+        )
+    if "max_ongoing_requests" in options and options["max_ongoing_requests"] is None:
+        raise DeploymentOptionError("max_ongoing_requests must be an integer >= 1, not None")
 
 
 def _glue_op(op: Callable[[Any, Any], Any], left: Any, right: Any) -> CallNode:
@@ -327,6 +388,7 @@ def deployment(_target: Any = None, **options: Any) -> Any:
     """Declare a deployment, bare (``@gs.deployment``) or with options
     (``@gs.deployment(num_replicas=2, num_gpus=1)``)."""
     location = caller_location()
+    check_options(options)
     if _target is not None:
         return Deployment(_target, options, location)
 
@@ -351,7 +413,14 @@ def switch(selector: Any, branches: Mapping[Any, Any], default: Any = _NO_DEFAUL
 
 
 class App:
-    """A graph ready to compile: its output (a node, or a list/tuple/dict of nodes) and options."""
+    """A graph ready to compile: its output (a node, or a list/tuple/dict of nodes) and options.
+
+    ``inputs_as=(request, make_node)``: every ``InputNode`` of the graph other than
+    ``request`` stands for the value of the node ``make_node()`` builds (once, when the
+    compiler first meets such an ``InputNode``), computed from ``request``, the graph's one
+    real input. Ray Serve's ``DAGDriver`` uses it to put its HTTP adapter in front of a
+    graph written with its own ``InputNode``.
+    """
 
     def __init__(
         self,
@@ -360,14 +429,17 @@ class App:
         timeout_s: float | None = None,
         route_prefix: str | None = None,
         location: Location | None = None,
+        inputs_as: tuple[InputNode, Callable[[], DAGNode]] | None = None,
         slo: SLO | None = None,
     ) -> None:
         self.output = output
         self.name = name or _default_name(output)
+        self.named = name is not None  # an app run without a name is Ray Serve's "default" app
         self.timeout_s = timeout_s
         self.slo = slo
         self.route_prefix = route_prefix
         self.location = location
+        self.inputs_as = inputs_as
 
     def __repr__(self) -> str:
         return f"App({self.name!r})"

@@ -6,14 +6,27 @@ Every error a user can meet is one of these::
     ├── GraphValidationError         the graph is wrong; .diagnostics lists *every* problem
     ├── PlanError                    a valid graph cannot be planned or serialized
     ├── DeploymentStartError         a deployment's constructor failed (.deployment)
+    ├── BatchOptionError             ``@gs.batch`` got a bad option value (also a ValueError)
+    ├── BatchOptionTypeError         ``@gs.batch`` got an option of the wrong type, or a
+    │                                function that is not ``async def`` (also a TypeError)
+    ├── BatchOutputError             a batched function broke list in, list out
     ├── ProfileError                 a graph cannot be profiled or simulated (bad requests file,
     │                                a profile of another graph, bad arrivals)
     ├── RouteConflictError           two graphs on one server want the same route (.path)
+    ├── RoutePrefixError             a route_prefix that does not start with '/' (also a ValueError)
+    ├── HTTPAdapterError             a DAGDriver's http_adapter is not one (also a ValueError)
+    ├── DeploymentOptionError        options Ray Serve refuses at once (also a ValueError)
     └── RequestError                 one request failed; the server maps each to a status
         ├── RequestValidationError   the request does not fit the input schema (HTTP 422)
+        ├── RouteNotFoundError       no graph (or DAG of a DAGDriver) at the request's route (HTTP 404)
+        ├── BatchItemTooLargeError   one item alone exceeds ``max_batch_size`` as measured by
+        │                            ``batch_size_fn`` (HTTP 413; also a RuntimeError)
         ├── OverloadedError          queues are full (HTTP 503)
         ├── DeadlineExceededError    the request passed its deadline (HTTP 504)
         └── NodeExecutionError       a node raised (.node, .deployment; HTTP 500)
+
+The exceptions that double as builtins (``ValueError``, ``TypeError``, ``RuntimeError``) are
+the ones Ray Serve raises as those builtins, so code written against Ray Serve catches them.
 
 User mistakes are always one of these exceptions with a message, never an ``assert``.
 Compiler warnings a user should see (e.g. GS117, a Ray Serve option that is accepted but
@@ -102,6 +115,18 @@ class DeploymentStartError(GraphError):
         super().__init__(f"deployment {deployment!r} failed to start: {message}")
 
 
+class BatchOptionError(GraphError, ValueError):
+    """``@gs.batch`` got an option value it cannot use (``max_batch_size=0``, a negative wait)."""
+
+
+class BatchOptionTypeError(GraphError, TypeError):
+    """``@gs.batch`` got an option of the wrong type, or decorates a function that is not ``async def``."""
+
+
+class BatchOutputError(GraphError):
+    """A batched function broke the list-in, list-out contract (one result per input)."""
+
+
 class ProfileError(GraphError):
     """A graph cannot be profiled, or a profile cannot be read or used for this plan."""
 
@@ -112,6 +137,18 @@ class RouteConflictError(GraphError):
     def __init__(self, message: str, path: str) -> None:
         self.path = path
         super().__init__(message)
+
+
+class RoutePrefixError(GraphError, ValueError):
+    """A ``route_prefix`` that is not a path starting with '/'."""
+
+
+class DeploymentOptionError(GraphError, ValueError):
+    """``@serve.deployment`` or ``.options`` got options that Ray Serve refuses at once."""
+
+
+class HTTPAdapterError(GraphError, ValueError):
+    """A DAGDriver's ``http_adapter`` is not callable, or a parameter of it is not annotated."""
 
 
 class RequestError(GraphError):
@@ -128,6 +165,18 @@ class RequestValidationError(RequestError):
     def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
         self.errors = errors or []
         super().__init__(message)
+
+
+class RouteNotFoundError(RequestError):
+    """No graph (or no DAG of a DAGDriver) answers the request's route."""
+
+    status = 404
+
+
+class BatchItemTooLargeError(RequestError, RuntimeError):
+    """One request's item alone is larger than ``max_batch_size`` as ``batch_size_fn`` measures it."""
+
+    status = 413
 
 
 class OverloadedError(RequestError):
@@ -154,5 +203,38 @@ class NodeExecutionError(RequestError):
     def __init__(self, node: str, deployment: str | None, message: str) -> None:
         self.node = node
         self.deployment = deployment
+        self.message = message
         owner = f" (deployment {deployment!r})" if deployment else ""
         super().__init__(f"node {node!r}{owner} failed: {message}")
+
+    @classmethod
+    def wrapping(cls, node: str, deployment: str | None, cause: BaseException, message: str | None = None) -> Any:
+        """The error for ``cause`` raised in ``node``, an instance of ``cause``'s type too (as Ray Serve's
+        errors are), so ``except ZeroDivisionError`` still catches a deployment's ZeroDivisionError."""
+        kind: Any = _typed(type(cause))
+        error = kind.__new__(kind)
+        NodeExecutionError.__init__(error, node, deployment, message or f"{type(cause).__name__}: {cause}")
+        error.__cause__ = cause
+        return error
+
+    def __reduce__(self) -> Any:
+        return (NodeExecutionError, (self.node, self.deployment, getattr(self, "message", str(self))))
+
+
+_TYPED: dict[type, type] = {}
+
+
+def _typed(kind: type) -> type:
+    """``NodeExecutionError`` made an instance of ``kind`` too (when Python allows the pair)."""
+    if not issubclass(kind, Exception) or issubclass(kind, GraphError):
+        return NodeExecutionError
+    typed = _TYPED.get(kind)
+    if typed is None:
+        try:
+            typed = type(
+                f"NodeExecutionError[{kind.__name__}]", (NodeExecutionError, kind), {"__str__": Exception.__str__}
+            )
+        except TypeError:  # layouts that cannot be combined (e.g. OSError's)
+            typed = NodeExecutionError
+        _TYPED[kind] = typed
+    return typed

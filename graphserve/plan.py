@@ -179,13 +179,16 @@ class ReplicaPlan(_Data):
 
 
 class ClusterNodePlan(_Data):
-    """One machine of a cluster (``--cluster nodes=FILE``). ``address``: its IP on Ray (a replica
-    planned on it asks for Ray's ``node:<address>`` resource); ``labels``: free-form facts."""
+    """One machine of a cluster (``--cluster nodes=FILE``, or read from a live Ray cluster with
+    ``--cluster ray:auto``). ``id``: its Ray node id; ``address``: its IP. On Ray a replica planned
+    on it is scheduled there (by id, else by an address only one live node has); ``labels``:
+    free-form facts (a Ray node's labels)."""
 
     name: str
     cpus: float
     gpus: float = 0.0
     address: str | None = None
+    id: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
 
 

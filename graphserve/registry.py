@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from graphserve.errors import GraphError, RouteConflictError
+from graphserve.errors import GraphError, RouteConflictError, RoutePrefixError
 
 if TYPE_CHECKING:
     from graphserve.plan import Plan
@@ -110,6 +110,12 @@ def first_time(key: tuple[str, str | None, str]) -> bool:
 def served_app(name: str) -> RunningApp | None:
     with _LOCK:
         return _STATE.served.get(name)
+
+
+def server_url() -> str | None:
+    """The URL of the process-wide HTTP server, when it runs."""
+    with _LOCK:
+        return _STATE.server.url if _STATE.server is not None else None
 
 
 def served_names() -> list[str]:
@@ -223,12 +229,13 @@ def serve_plan(
 ) -> App:
     """Start ``plan`` on the process-wide server at ``route_prefix`` (else its own, else ``/``).
 
-    The server starts if none runs. An app served under the same name is replaced.
-    ``attach`` makes the app's handle from its runtime, the server's loop, a stop function
-    and the app's URL.
+    The server starts if none runs. An app served under the same name is replaced (as Ray
+    Serve replaces it); another app at the same route is a :class:`RouteConflictError`, as
+    Ray Serve refuses it. ``attach`` makes the app's handle from its runtime, the server's
+    loop, a stop function and the app's URL.
     """
     if route_prefix is not None and not (isinstance(route_prefix, str) and route_prefix.startswith("/")):
-        raise GraphError(f"route_prefix={route_prefix!r} is invalid: expected a path starting with '/'")
+        raise RoutePrefixError(f"Invalid route_prefix {route_prefix!r}, must start with a forward slash ('/')")
     from graphserve.runtime.background_loop import running_loop
 
     path = route_prefix or plan.route_prefix or "/"
@@ -239,12 +246,12 @@ def serve_plan(
         server = _STATE.server
         if server is not None and server.ingress.loop is running_loop():
             raise GraphError(f"cannot deploy {name!r} from inside a deployment (the server's own event loop)")
-        old = _STATE.served.pop(name, None)
+        replaced = [app for app in [_STATE.served.pop(name, None)] if app is not None]
         if server is None:
             server = _new_server({}, explicit=False)
         _STATE.starting += 1
     try:
-        if old is not None:  # same name: replace it (Ray Serve redeploys an app run again)
+        for old in replaced:  # Ray Serve redeploys an app run again under its name or route
             old.shutdown()
         app = _add_app(server, plan, path, backend, backend_options, attach)
     finally:
@@ -283,10 +290,15 @@ def _add_app(
         with _LOCK:
             _stop_if_idle(server)
 
-    app = attach(runtime, loop, stop, server.url + ("" if path == "/" else path))
+    app = attach(runtime, loop, stop, _app_url(server, path))
     with _LOCK:
         _STATE.served[name] = app
     return app
+
+
+def _app_url(server: Server, path: str) -> str:
+    path = path.rstrip("/") or "/"
+    return server.url + ("" if path == "/" else path)
 
 
 def _stop_if_idle(server: Server) -> None:

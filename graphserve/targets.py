@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from graphserve.plan import Plan
 
 NO_CLUSTER = ("none", "off", "")
+RAY_CLUSTER = "ray:"  # --cluster ray:auto, ray:HOST:PORT: read the nodes of a live Ray cluster
 
 
 def load_app(target: str) -> Any:
@@ -72,11 +73,17 @@ def is_plan_file(target: str) -> bool:
 
 def cluster_option(value: Any) -> Any:
     """``--cluster`` / ``serve(cluster=...)``: None, ``"none"``, ``"off"`` or ``""`` -> None (no
-    check); ``"detect"``; ``"cpus=8,gpus=2"`` or a dict, checked here. Raises ValueError if malformed."""
+    check); ``"detect"``; ``"ray:auto"`` / ``"ray:HOST:PORT"`` -> the live Ray cluster's nodes (a
+    ClusterPlan, read now); ``"cpus=8,gpus=2"``, ``"nodes=FILE"`` or a dict, checked here. Raises
+    ValueError if malformed."""
     if value is None or (isinstance(value, str) and value.strip().lower() in NO_CLUSTER):
         return None
     if isinstance(value, str) and value.strip() == "detect":
         return "detect"
+    if isinstance(value, str) and value.strip().startswith(RAY_CLUSTER):  # the live Ray cluster's nodes
+        from graphserve.ray_cluster import read_ray_cluster
+
+        return read_ray_cluster(value.strip()[len(RAY_CLUSTER) :] or "auto")
     from graphserve.compiler import parse_cluster
 
     parse_cluster(value)  # raises ValueError for a malformed description
@@ -103,7 +110,7 @@ def load_plan(target: Any, cluster: Any = "detect") -> Plan:
         cluster = cluster_option(cluster)
     except ValueError as exc:
         raise GraphError(
-            f"bad cluster {cluster!r}: {exc} (expected 'cpus=8,gpus=1', 'nodes=FILE', 'detect' or 'none')"
+            f"bad cluster {cluster!r}: {exc} (expected 'cpus=8,gpus=1', 'nodes=FILE', 'ray:auto', 'detect' or 'none')"
         ) from exc
     plan = compile_app(target, cluster=cluster)
     if plan.slo is not None:  # gs.graph(..., slo=gs.SLO(...)): the planner chooses the tunables

@@ -444,7 +444,8 @@ def _getattr_or_item(value: Any, key: Any) -> Any:
 def _node_error(op: _Op, exc: BaseException) -> NodeExecutionError:
     if isinstance(exc, NodeExecutionError):
         return exc
-    return NodeExecutionError(op.id, op.node.deployment, f"{type(exc).__name__}: {exc}")
+    error: NodeExecutionError = NodeExecutionError.wrapping(op.id, op.node.deployment, exc)
+    return error
 
 
 def _jsonable_errors(errors: list[Any]) -> list[dict[str, Any]]:

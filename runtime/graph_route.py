@@ -9,7 +9,8 @@ objects, no middleware) in these steps, each a method or function below::
     read_body      the body, at most max_body_bytes (a client that leaves raises ClientLeft)
     request_value  the body as JSON, or a Starlette Request for a graph that takes it
     execute        await runtime.execute(request, deadline)
-    encode         the output as JSON (or as it is: a Response, bytes, text)
+    encode         the output as JSON (or as it is: a Response, bytes, text), or a Stream
+    stream         (a StreamingResponse, generator or async generator) chunks as they come
     (finish_trace  the trace beside the output, when X-Graphserve-Trace asked for it)
 
 A step that cannot go on raises :class:`Refused` carrying the :class:`Answer` to send
@@ -22,29 +23,38 @@ and gets it back: ``{"output": ..., "trace": ...}`` for a JSON output, ``{"error
 "trace": ...}`` for an error, else (an output sent as it is) in the ``X-Graphserve-Trace``
 response header. With OpenTelemetry configured every request is traced and exported.
 Untraced requests take none of these branches beyond one ``is None`` check.
+
+A client that disconnects cancels its request's work: while the graph runs past
+``DISCONNECT_CHECK_S`` a watcher waits for the disconnect and cancels the request, and a
+stream stops (its generator closed) as soon as its client is gone. Streams go out with
+chunked transfer encoding, each chunk as it is produced: ``str`` as UTF-8 text, ``bytes``
+as they are, anything else as a JSON line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import inspect
 import itertools
 import logging
 import math
 import os
 import re
 import time
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from graphserve.errors import NodeExecutionError, RequestError
 
 from .drift import DriftMonitor
 from .encoding import JSONDecodeError, dumps, loads
-from .http_errors import Answer, error_answer, request_error, retry_after
+from .http_errors import Answer, Headers, error_answer, request_error, retry_after
 from .live_stats import LiveStats
 from .metrics import Labels, Metrics
 from .otel import OtelExporter
@@ -61,6 +71,9 @@ _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
 _CLOSE = (b"connection", b"close")
 _TRACE_HEADER = b"x-graphserve-trace"
+#: How long a request runs before a watcher starts waiting for its client to disconnect (then
+#: cancelling its work): short requests cost nothing extra.
+DISCONNECT_CHECK_S = 0.05
 
 
 class Refused(Exception):
@@ -191,8 +204,11 @@ class GraphRoute:
             except ClientLeft:
                 status = CLIENT_LEFT
             else:
-                await send_answer(send, answer, head.request_id)
-                status = answer.status
+                if isinstance(answer, Stream):
+                    status = await self.stream(answer, receive, send, head.request_id)
+                else:
+                    await send_answer(send, answer, head.request_id)
+                    status = answer.status
         else:
             status = await self.serve_traced(scope, receive, send, head)
         self.metrics.inc("graphserve_requests_total", self.status(status))
@@ -201,7 +217,9 @@ class GraphRoute:
         if self.drift is not None:
             self.drift.request(now, now - start)
 
-    async def answer(self, scope: Scope, receive: Receive, head: RequestHead, trace: Trace | None = None) -> Answer:
+    async def answer(
+        self, scope: Scope, receive: Receive, head: RequestHead, trace: Trace | None = None
+    ) -> Answer | Stream:
         """What to send for one request; raises ClientLeft when nobody is left to answer."""
         try:
             self.admit(scope["method"], head)
@@ -209,12 +227,46 @@ class GraphRoute:
             self.in_flight += 1
             try:
                 body = await read_body(receive, self.limits.max_body_bytes)
-                result = await self.execute(self.request_value(scope, body), deadline, head.request_id, trace)
+                watch = _DisconnectWatch(receive)
+                try:
+                    request = self.request_value(scope, body)
+                    result = await self.execute(request, deadline, head.request_id, trace, watch)
+                finally:
+                    watch.stop()
                 return self.encode(result, head.request_id)
             finally:
                 self.in_flight -= 1
         except Refused as refused:
             return refused.answer
+
+    async def stream(self, stream: Stream, receive: Receive, send: Send, request_id: bytes) -> int:
+        """Send ``stream`` chunk by chunk as they come; stop (and close it) when the client leaves."""
+        headers = [*stream.headers, (b"x-request-id", request_id)]
+        await send({"type": "http.response.start", "status": stream.status, "headers": headers})
+        left = asyncio.ensure_future(_disconnected(receive))
+        chunks = stream.chunks.__aiter__()
+        try:
+            while True:
+                following = asyncio.ensure_future(chunks.__anext__())
+                await asyncio.wait((following, left), return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():  # the client is gone: stop the work that feeds it
+                    following.cancel()
+                    await asyncio.gather(following, return_exceptions=True)
+                    return CLIENT_LEFT
+                try:
+                    chunk = following.result()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:  # the status is sent: end the response unfinished, so the client sees it
+                    self.failed(request_id, 500, exc)
+                    return 500
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return stream.status
+        finally:
+            left.cancel()
+            await stream.close()
 
     def admit(self, method: str, head: RequestHead) -> None:
         """Refuse what this route must not run: a wrong method, a missing token, a graph
@@ -264,7 +316,14 @@ class GraphRoute:
         except JSONDecodeError as exc:
             raise Refused(error_answer(400, f"malformed JSON: {exc}")) from None
 
-    async def execute(self, request: Any, deadline: float | None, request_id: bytes, trace: Trace | None = None) -> Any:
+    async def execute(
+        self,
+        request: Any,
+        deadline: float | None,
+        request_id: bytes,
+        trace: Trace | None = None,
+        watch: _DisconnectWatch | None = None,
+    ) -> Any:
         """The graph's output; a failure becomes its answer (logged when it is the server's fault)."""
         try:
             if trace is None:
@@ -279,13 +338,21 @@ class GraphRoute:
             self.failed(request_id, 500, exc)
             raise Refused(error_answer(500, f"graph {self.name!r} failed: {type(exc).__name__}", node=None)) from None
         except asyncio.CancelledError:
-            # only the server cancels a request task: its graceful-shutdown bound ran out
+            if watch is not None and watch.left:  # the client disconnected: its work was cancelled
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                raise ClientLeft from None
+            # else only the server cancels a request task: its graceful-shutdown bound ran out
             logger.warning("request %s to graph %r cancelled: the server is shutting down", request_id, self.name)
             text = f"graph {self.name!r}: the server is shutting down and cancelled this request"
             raise Refused(error_answer(503, text, [*retry_after(1), _CLOSE])) from None
 
-    def encode(self, result: Any, request_id: bytes) -> Answer:
+    def encode(self, result: Any, request_id: bytes) -> Answer | Stream:
         """The answer for the graph's output; an output JSON cannot hold is a 500 naming the output node."""
+        stream = as_stream(result)
+        if stream is not None:
+            return stream
         try:
             return encode_result(result, text_as_text=self.plan.raw_ingress)
         except TypeError as exc:
@@ -305,10 +372,13 @@ class GraphRoute:
         status = CLIENT_LEFT
         try:
             answer = await self.answer(scope, receive, head, trace)
-            if head.trace is not None and trace.started:
-                answer = with_trace(answer, trace)
-            await send_answer(send, answer, head.request_id)
-            status = answer.status
+            if isinstance(answer, Stream):
+                status = await self.stream(answer, receive, send, head.request_id)
+            else:
+                if head.trace is not None and trace.started:
+                    answer = with_trace(answer, trace)
+                await send_answer(send, answer, head.request_id)
+                status = answer.status
         except ClientLeft:
             pass
         finally:
@@ -426,6 +496,111 @@ def with_trace(answer: Answer, trace: Trace) -> Answer:
     if body.endswith(b"}"):
         return Answer(status, body[:-1] + b',"trace":' + data + b"}", headers)
     return Answer(status, body, [*(headers or []), (_TRACE_HEADER, data)])
+
+
+class Stream(NamedTuple):
+    """A streamed answer: status and headers, then chunks as they come; ``close()`` ends the source."""
+
+    status: int
+    headers: Headers
+    chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
+
+
+def as_stream(result: Any) -> Stream | None:
+    """A Stream for a StreamingResponse, a generator or an async generator; None for anything else."""
+    if isinstance(result, StreamingResponse):
+        charset = result.charset or "utf-8"
+        headers = [(name, value) for name, value in result.raw_headers if name != b"content-length"]
+        source: Any = result.body_iterator
+        return Stream(result.status_code, headers, _encoded(source, charset), _closer(source))
+    if inspect.isasyncgen(result) or inspect.isgenerator(result):
+        chunks = _async_chunks(result)
+        return Stream(200, [(b"content-type", _TEXT)], _encoded(chunks, "utf-8"), _closer(chunks))
+    return None
+
+
+async def _encoded(chunks: AsyncIterable[Any], charset: str) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        if isinstance(chunk, (bytes, bytearray, memoryview)):
+            yield bytes(chunk)
+        elif isinstance(chunk, str):
+            yield chunk.encode(charset)
+        else:
+            yield dumps(chunk) + b"\n"
+
+
+async def _async_chunks(source: Any) -> AsyncIterator[Any]:
+    """An async generator's items, or a generator's, each ``next()`` run in a worker thread."""
+    if inspect.isasyncgen(source):
+        try:
+            async for item in source:
+                yield item
+        finally:
+            await source.aclose()
+        return
+    loop = asyncio.get_running_loop()
+    running: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            running = loop.run_in_executor(None, next, source, _DONE)
+            item = await running
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        if running is not None and not running.done():  # close it once its next() returns
+            running.add_done_callback(lambda _: source.close())
+        else:
+            source.close()
+
+
+_DONE = object()
+
+
+def _closer(source: Any) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+    return close
+
+
+class _DisconnectWatch:
+    """Cancels the request task when its client disconnects, if the graph runs past DISCONNECT_CHECK_S."""
+
+    __slots__ = ("_task", "_timer", "_watcher", "left")
+
+    def __init__(self, receive: Receive) -> None:
+        self.left = False
+        self._task = asyncio.current_task()
+        self._watcher: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = loop.call_later(DISCONNECT_CHECK_S, self._start, receive)
+
+    def _start(self, receive: Receive) -> None:
+        self._timer = None
+        self._watcher = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        await _disconnected(receive)
+        self.left = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has disconnected (the request body was read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def too_large(max_bytes: int) -> Answer:

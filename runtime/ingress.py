@@ -2,12 +2,15 @@
 
 Graph routes (``POST /<graph name>`` or the plan's ``route_prefix``; a single graph is
 also at ``/``; GET with a body is accepted too) are found by a plain ASGI path lookup
-with no middleware and answered by their :class:`~graphserve.runtime.graph_route.GraphRoute`
-(``graph_route.py``: read the body, parse it with orjson, ``await runtime.execute(...)``
-on the server's own event loop, write orjson; each step a function). A plan whose ingress takes the request
-itself (``plan.http_request``, Ray Serve style) gets a Starlette ``Request`` instead of
-the parsed body, for any method; its output may be a Starlette ``Response`` (sent as
-it is), bytes, or a str (sent as text when the app has no InputNode). Graphs can be
+with no middleware, else by prefix as Ray Serve routes (a graph at ``/api`` answers
+``/api/x``; the longest prefix wins; the request keeps its full path, and the matched
+route is ``scope["graphserve.route_prefix"]``), and answered by their
+:class:`~graphserve.runtime.graph_route.GraphRoute` (``graph_route.py``: read the body,
+parse it with orjson, ``await runtime.execute(...)`` on the server's own event loop,
+write orjson; each step a function). A plan whose ingress takes the request itself
+(``plan.http_request``, Ray Serve style) gets a Starlette ``Request`` instead of the
+parsed body, for any method; its output may be a Starlette ``Response`` (sent as it
+is), bytes, or a str (sent as text when the app has no InputNode). Graphs can be
 added and removed while serving (:meth:`Ingress.add_graph`, used by ``gs.run``).
 Everything else (``/-/healthz``, ``/-/ready``, ``/-/metrics``, ``/-/graphs``,
 ``/-/graphs/<name>.svg``, ``/openapi.json``, and the live page: ``/-/``, ``/-/stats``,
@@ -73,6 +76,7 @@ logger = logging.getLogger("graphserve.ingress")
 
 _RENDER_TYPES = {"svg": "image/svg+xml", "png": "image/png", "dot": "text/vnd.graphviz"}
 _OPS_PREFIX = "/-/"
+ROUTE_PREFIX_KEY = "graphserve.route_prefix"  # the ASGI scope key naming the graph route a request matched
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -122,6 +126,7 @@ class Ingress:
         self._tracer_provider = tracer_provider
         self.render = render
         self.routes: list[GraphRoute] = []
+        self._prefixes: list[tuple[str, GraphRoute]] = []
         self._paths: dict[str, GraphRoute] = {}
         for runtime in runtimes:
             path = _route_path(runtime.plan)
@@ -139,9 +144,26 @@ class Ingress:
         self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
         self._title, self._version = title, version
         self._refresh_openapi()
+        self._refresh_prefixes()
         self.page = GraphPage(self.live, self._views)
         self._ops = _with_request_id(self._ops_app())
         self._describe_metrics()
+
+    def _by_prefix(self, path: str) -> GraphRoute | None:
+        """The graph whose route is the longest prefix of ``path`` (as Ray Serve routes), if any.
+
+        ``/api`` answers ``/api/x`` but not ``/apix``; a graph at ``/`` answers every path
+        but the server's own (``/-/...``, ``/openapi.json``).
+        """
+        if path.startswith(_OPS_PREFIX) or path == "/openapi.json":
+            return None
+        for prefix, route in self._prefixes:
+            if prefix == "/" or path.startswith(prefix + "/"):
+                return route
+        return None
+
+    def _refresh_prefixes(self) -> None:
+        self._prefixes = sorted(((r.path, r) for r in self.routes), key=lambda item: len(item[0]), reverse=True)
 
     def _refresh_openapi(self) -> None:
         routes = [(r.path, r.plan) for r in self.routes]
@@ -181,6 +203,7 @@ class Ingress:
         self.routes.append(route)
         self.graphs[name] = route
         self._refresh_openapi()
+        self._refresh_prefixes()
         logger.info("graph %r ready at %s", name, path)
         return route
 
@@ -198,17 +221,19 @@ class Ingress:
         self.routes.remove(route)
         self._paths = {key: r for key, r in self._paths.items() if r is not route}
         self._refresh_openapi()
+        self._refresh_prefixes()
         self.live.forget(name)
         await _stop_quietly(route.runtime)
 
     # -- ASGI ------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            route = self._paths.get(scope["path"])
+            route = self._paths.get(scope["path"]) or self._by_prefix(scope["path"])
             if route is not None:
                 if scope["method"] == "GET" and scope["path"] == "/" and _browser_visit(scope, route):
                     await self._ops(scope, receive, send)  # the page, not a 422 for a missing body
                     return
+                scope[ROUTE_PREFIX_KEY] = route.path
                 await route.serve(scope, receive, send)
                 return
         elif scope["type"] == "lifespan":
@@ -290,15 +315,21 @@ class Ingress:
                 Route("/-/graphs/{file}", self._graph_file, methods=["GET"]),
                 Route("/openapi.json", self._openapi_json, methods=["GET"]),
                 *self.page.routes(),
-            ]
+            ],
+            exception_handlers={404: self._not_found},
         )
+
+    async def _not_found(self, request: Request, exc: Exception) -> Response:
+        """Ray Serve's words for a path no graph answers, and the routes that are served."""
+        routes = {route.name: route.path for route in self.routes}
+        return _json_error(404, f"Path '{request.url.path}' not found. Graphs: {routes}")
 
     async def _root(self, request: Request) -> Response:
         """``/`` where no graph answers: a browser's GET goes to the page, others learn the routes."""
         if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
             return RedirectResponse("/-/", status_code=307)
         routes = {route.name: route.path for route in self.routes}
-        return _json_error(404, f"no graph at '/'; graphs: {routes}; the live page is at /-/")
+        return _json_error(404, f"Path '/' not found (no graph at '/'). Graphs: {routes}; the live page is at /-/")
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

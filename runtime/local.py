@@ -65,7 +65,9 @@ class LocalBackend:
             replicas = []
             for index in range(dep.num_replicas):
                 try:
-                    instance = construct(name, dep.kind, target, dep.init_args, dep.init_kwargs, self._handle_factory)
+                    instance = await construct(
+                        name, dep.kind, target, dep.init_args, dep.init_kwargs, self._handle_factory
+                    )
                 except ReplicaStartError as exc:
                     raise DeploymentStartError(exc.deployment, exc.message) from exc.__cause__
                 configure_batching(instance, dep.batching)  # the plan's batching values (a function's too)
@@ -118,7 +120,7 @@ class LocalBackend:
         except (RequestError, asyncio.CancelledError):
             raise
         except Exception as exc:  # the deployment's own failure, named after the method called
-            raise NodeExecutionError(f"{deployment}.{method}", deployment, f"{type(exc).__name__}: {exc}") from exc
+            raise NodeExecutionError.wrapping(f"{deployment}.{method}", deployment, exc) from exc
         finally:
             router.release(replica)
 

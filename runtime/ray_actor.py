@@ -9,8 +9,10 @@ start, or on the first call after Ray restarted a dead actor), so handles, batch
 ``@gs.batch`` wrappers batch inside the actor with ``runtime/batcher.py``.
 
 Handles a constructor receives are :class:`~graphserve.runtime.handle.DeploymentHandle`
-objects whose calls go straight to the target deployment's actors (least in-flight
-first) without passing through the driver.
+objects whose calls go straight to the target deployment's actors without passing through
+the driver, routed as the driver routes (:class:`~graphserve.runtime.routing.ReplicaRouter`
+with the target's ``max_ongoing_requests`` and ``max_queued_requests``; a refused call is an
+:class:`OverloadedError`, a 503 for the request).
 
 Errors are carried in two small picklable exceptions (:class:`ReplicaCallError`, and the
 replica core's :class:`~graphserve.runtime.replica.ReplicaStartError`) that name the node
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import os
 import time
 from collections import deque
@@ -33,14 +36,15 @@ import ray
 from ray import cloudpickle
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
-from graphserve.errors import NodeExecutionError, PlanError
-from graphserve.plan import ArgPlan, BatchingPlan
+from graphserve.errors import NodeExecutionError, OverloadedError, PlanError
+from graphserve.plan import ArgPlan, BatchingPlan, DeploymentPlan
 
 from .backend import BatchLimits
 from .batcher import batch_limits, configure_batching, observe_batches
 from .handle import DeploymentHandle
 from .otel import attached, inject
 from .replica import Replica, ReplicaStartError, construct
+from .routing import ReplicaRouter
 from .tracing import CURRENT, ActorRecord
 
 
@@ -58,7 +62,11 @@ class ReplicaCallError(Exception):
         return str(self.to_node_error())
 
     def to_node_error(self) -> NodeExecutionError:
-        error = NodeExecutionError(self.node, self.deployment, self.message)
+        error: NodeExecutionError = (
+            NodeExecutionError.wrapping(self.node, self.deployment, self.cause, self.message)
+            if self.cause is not None
+            else NodeExecutionError(self.node, self.deployment, self.message)
+        )
         error.__cause__ = self.cause
         return error
 
@@ -98,16 +106,24 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def death_message(deployment: str | None, replica: int | None, exc: BaseException, retries: int) -> str:
+def death_message(
+    deployment: str | None, replica: int | None, exc: BaseException, retries: int, ray_node: str | None = None
+) -> str:
     who = f"replica {replica} of deployment {deployment!r}" if replica is not None else f"a replica of {deployment!r}"
     reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
     tried = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
     hint = "" if retries else "; set max_retries on the deployment to retry such calls"
-    return f"{who} died while running this call{tried} ({type(exc).__name__}: {reason}); Ray restarts it{hint}"
+    where = f" on Ray node {ray_node}" if ray_node else ""
+    return f"{who} died while running this call{tried}{where} ({type(exc).__name__}: {reason}); Ray restarts it{hint}"
 
 
 def node_error(
-    exc: BaseException, node: str, deployment: str | None, replica: int | None = None, retries: int = 0
+    exc: BaseException,
+    node: str,
+    deployment: str | None,
+    replica: int | None = None,
+    retries: int = 0,
+    ray_node: str | None = None,
 ) -> NodeExecutionError:
     """A Ray failure seen while waiting on ``node``'s result, as a NodeExecutionError.
 
@@ -120,7 +136,7 @@ def node_error(
     if isinstance(cause, NodeExecutionError):
         return cause
     if isinstance(cause, RayActorError):
-        error = NodeExecutionError(node, deployment, death_message(deployment, replica, cause, retries))
+        error = NodeExecutionError(node, deployment, death_message(deployment, replica, cause, retries, ray_node))
     elif isinstance(cause, TaskCancelledError):
         error = NodeExecutionError(node, deployment, "the call was cancelled")
     else:
@@ -144,48 +160,166 @@ class ReplicaSpec:
     batching: bool = False
     batch_plans: list[BatchingPlan] = field(default_factory=list)  # the plan's batching values, applied
     threads: int = 32
+    # the handles' targets: their limits (max_ongoing_requests, max_queued_requests) route calls as the driver does
+    handle_plans: dict[str, DeploymentPlan] = field(default_factory=dict)
+    namespace: str | None = None  # where the handles' actors are named (None: this job's)
+
+
+class _Target:
+    """One actor a handle may call, with the calls this process has in flight on it."""
+
+    __slots__ = ("actor", "down", "index", "ongoing")
+
+    def __init__(self, actor: Any, index: int) -> None:
+        self.actor = actor
+        self.index = index
+        self.ongoing = 0
+        self.down = False
 
 
 class RemoteHandles:
-    """Calls from inside one actor to other deployments' actors (least in-flight first)."""
+    """Calls from inside one actor to other deployments' actors, through the same routing and
+    limits as the driver's calls: least in-flight first, at most ``max_ongoing_requests`` per
+    replica from this process, then a FIFO of at most ``max_queued_requests`` (OverloadedError)."""
 
     def __init__(self, spec: ReplicaSpec) -> None:
         # Looked up by name (not passed in): the constructor's arguments stay plain data, so Ray can
         # always rebuild a restarted actor from them.
-        self._actors = {name: [ray.get_actor(actor) for actor in actors] for name, actors in spec.handles.items()}
+        self._routers: dict[str, ReplicaRouter[_Target]] = {}
+        for name, actors in spec.handles.items():
+            plan = spec.handle_plans.get(name) or DeploymentPlan(name=name, import_path="", kind="class")
+            targets = [_Target(ray.get_actor(actor, namespace=spec.namespace), i) for i, actor in enumerate(actors)]
+            self._routers[name] = ReplicaRouter(plan, targets)
         self._retries = spec.retries
-        self._inflight = {name: [0] * len(actors) for name, actors in spec.handles.items()}
 
     def handle(self, deployment: str, loop: asyncio.AbstractEventLoop) -> DeploymentHandle:
-        if deployment not in self._actors:
+        if deployment not in self._routers:
             raise PlanError(f"no actors for deployment {deployment!r}")
-        return DeploymentHandle(deployment, self.call, loop)
+        return DeploymentHandle(deployment, self.call, loop, references=self)
 
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        counts = self._inflight[deployment]
-        index = min(range(len(counts)), key=counts.__getitem__)
-        node = f"{deployment}.{method}"
+        return await self.fetch(await self.submit(deployment, method, args, kwargs))
+
+    # References: a DeploymentResponse passed on to another call travels as its ObjectRef.
+    async def submit(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
+        router = self._routers[deployment]
+        target = await router.acquire()  # may wait in the queue, or raise OverloadedError
         parent = CURRENT.get()
-        ref: Any
-        record: Any = None
-        if isinstance(parent, ActorRecord):  # a traced call: the target sends its record back too
-            actor = self._actors[deployment][index]
-            ref, record = actor.call_traced.remote(node, method, inject(), *args, **kwargs)
-        else:
-            ref = self._actors[deployment][index].call.remote(node, method, *args, **kwargs)
-        counts[index] += 1
+        call = _Call(
+            None,
+            f"{deployment}.{method}",
+            deployment,
+            target,
+            router,
+            parent=parent if isinstance(parent, ActorRecord) else None,
+        )
         try:
-            value = await ref
-            if record is not None and isinstance(parent, ActorRecord):
-                parent.calls.append(await record)
+            args, kwargs = _refs(args), _refs(kwargs)
+            if call.parent is not None:  # a traced call: the target sends its record back too
+                call.ref, call.record = target.actor.call_traced.remote(call.node, method, inject(), *args, **kwargs)
+            else:
+                call.ref = target.actor.call.remote(call.node, method, *args, **kwargs)
+        except BaseException:
+            self.forget(call)
+            raise
+        return call
+
+    async def fetch(self, call: _Call) -> Any:
+        try:
+            value = await call.ref
+            if call.record is not None and call.parent is not None:
+                call.parent.calls.append(await call.record)
             return value
         except asyncio.CancelledError:
-            ray.cancel(ref)
+            ray.cancel(call.ref)
+            raise
+        except OverloadedError:  # the target's own handle call was refused: still a 503
             raise
         except Exception as exc:
-            raise node_error(exc, node, deployment, index, self._retries.get(deployment, 0))  # noqa: B904 - keeps its own __cause__
+            retries = self._retries.get(call.deployment, 0)
+            raise node_error(exc, call.node, call.deployment, call.target.index, retries)  # noqa: B904 - keeps its own __cause__
         finally:
-            counts[index] -= 1
+            self.forget(call)
+
+    def forget(self, call: _Call) -> None:
+        """The call is no longer in flight from here (fetched, failed, or passed on to another call)."""
+        if not call.counted:
+            call.counted = True
+            call.router.release(call.target)
+
+
+@dataclass
+class _Call:
+    """A call started from inside an actor: its ObjectRef, where it runs, and its trace record."""
+
+    ref: Any
+    node: str
+    deployment: str
+    target: _Target
+    router: ReplicaRouter[_Target]
+    record: Any = None
+    parent: Any = None
+    counted: bool = False
+
+
+def _refs(value: Any) -> Any:
+    """Arguments with started calls as their ObjectRefs (Ray resolves them in the callee's worker)."""
+    if isinstance(value, _Call):
+        return value.ref
+    if isinstance(value, tuple):
+        return tuple(_refs(v) for v in value)
+    if isinstance(value, list):
+        return [_refs(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _refs(v) for k, v in value.items()}
+    return value
+
+
+async def resolve_nested_refs(value: Any) -> Any:
+    """``value`` with the ObjectRefs nested in its lists, tuples and dicts fetched (Ray fetches only
+    top-level arguments): a DeploymentResponse at any depth reaches the method as its value."""
+    found: list[Any] = []
+    for item in value.values() if isinstance(value, dict) else value:
+        _nested_refs(item, found, top=True)
+    if not found:
+        return value
+    values = await asyncio.gather(*found)
+    by_id = {id(ref): result for ref, result in zip(found, values, strict=True)}
+    return _replace_refs(value, by_id)
+
+
+def _nested_refs(value: Any, found: list[Any], top: bool = False) -> None:
+    if isinstance(value, ray.ObjectRef):
+        if not top:
+            found.append(value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _nested_refs(item, found)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _nested_refs(item, found)
+
+
+def _replace_refs(value: Any, by_id: dict[int, Any]) -> Any:
+    if isinstance(value, ray.ObjectRef):
+        return by_id.get(id(value), value)
+    if isinstance(value, tuple):
+        return tuple(_replace_refs(v, by_id) for v in value)
+    if isinstance(value, list):
+        return [_replace_refs(v, by_id) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_refs(v, by_id) for k, v in value.items()}
+    return value
+
+
+def _not_a_stream(result: Any, node: str) -> Any:
+    """A generator cannot leave its actor: say so instead of failing to pickle it."""
+    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        raise TypeError(
+            f"{node} returned a generator: streaming (generators, StreamingResponse) is not supported on the Ray "
+            "backend; run the app on the local backend, or return a list"
+        )
+    return result
 
 
 class ReplicaActor:
@@ -194,26 +328,29 @@ class ReplicaActor:
     def __init__(self, spec: ReplicaSpec) -> None:
         self.spec = spec
         self._replica: Replica | None = None
+        self._building: asyncio.Future[Replica] | None = None
         self._batches: list[tuple[str, int]] = []
         self._latencies: deque[tuple[str, float]] = deque(maxlen=100_000)  # (node, seconds) until drained
 
     # -- construction ------------------------------------------------------------------
-    async def ready(self) -> int:
-        """Build the replica now (the driver waits on every replica at start)."""
+    async def ready(self) -> tuple[int, str]:
+        """Build the replica now (the driver waits on every replica at start); its pid and Ray node id."""
         await self._ensure()
-        return os.getpid()
+        return os.getpid(), ray.get_runtime_context().get_node_id()
 
     async def _ensure(self) -> Replica:
-        if self._replica is None:  # the constructor is synchronous: no other call interleaves
-            self._replica = self._build()
+        if self._replica is None:  # built once, even when calls arrive while an async __init__ runs
+            if self._building is None or (self._building.done() and self._building.exception() is not None):
+                self._building = asyncio.ensure_future(self._build())
+            self._replica = await asyncio.shield(self._building)
         return self._replica
 
-    def _build(self) -> Replica:
+    async def _build(self) -> Replica:
         spec = self.spec
         loop = asyncio.get_running_loop()
         handles = RemoteHandles(spec)
         try:
-            instance = construct(
+            instance = await construct(
                 spec.deployment,
                 spec.kind,
                 spec.target,
@@ -257,10 +394,16 @@ class ReplicaActor:
     async def _run(self, node: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
             replica = self._replica or await self._ensure()
-            return await replica.invoke(method, args, kwargs)
+            if any(isinstance(a, (list, tuple, dict)) for a in args):
+                args = await resolve_nested_refs(args)
+            if any(isinstance(v, (list, tuple, dict)) for v in kwargs.values()):
+                kwargs = await resolve_nested_refs(kwargs)
+            return _not_a_stream(await replica.invoke(method, args, kwargs), node)
         except ReplicaStartError as exc:
             message = f"the replica could not be rebuilt: {exc.message}"
             raise ReplicaCallError(node, self.spec.deployment, message) from None
+        except OverloadedError:  # a handle's target is full: the request gets a 503, as on the driver
+            raise
         except Exception as exc:  # the user's method: carried to the driver, naming the node
             raise ReplicaCallError.wrap(node, self.spec.deployment, exc) from None
 

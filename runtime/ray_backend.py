@@ -2,7 +2,8 @@
 
 ``GraphRuntime(plan, backend="ray", address=None)`` (or ``gs.run(app, backend="ray")``)
 joins the Ray instance this process already has, or the cluster at ``address``
-(``"auto"``, ``"ray://host:10001"``), or starts a local one (loopback only, no
+(``"auto"``, ``"HOST:6379"``; ``ray://`` client mode is refused, see :data:`CLIENT_MODE_REFUSED`),
+or starts a local one (loopback only, no
 dashboard). Ray is imported only here, when this backend is asked for.
 
 Mapping: one :class:`~graphserve.runtime.ray_actor.ReplicaActor` per replica, with the
@@ -29,8 +30,10 @@ the one the graph was built with, is a :class:`DeploymentStartError` naming the
 deployment, never a silent switch to pickling.
 
 Options (``gs.run(app, backend="ray", **options)``, ``serve(..., backend_options=...)``):
-``address``; ``namespace`` and ``runtime_env`` (passed to ``ray.init``, e.g. a
-``working_dir`` when workers cannot import the deployments' modules); ``num_cpus`` /
+``address``; ``shared`` (replicas owned by the graph's named controller and shared by several
+ingress processes, see ``ray_controller.py``); ``namespace`` and ``runtime_env`` (passed to
+``ray.init`` and to every actor, e.g. a ``working_dir`` when workers cannot import the
+deployments' modules); ``num_cpus`` /
 ``num_gpus`` of a local instance started here; ``max_restarts`` (-1: always);
 ``start_timeout_s`` (replicas ready), ``connect_timeout_s`` (cluster answers);
 ``metrics_interval_s`` (how often batch sizes and call latencies, measured in the actors,
@@ -51,15 +54,16 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError, PlanError
-from graphserve.plan import DeploymentPlan, Plan, ReplicaPlan, has_import_path
+from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError, OverloadedError, PlanError
+from graphserve.plan import DeploymentPlan, Plan, has_import_path
 from graphserve.resources import Capacity, check_fits
 
 from .backend import BatchLimits
 from .batcher import limits_by_method
+from .ray_placement import Placement
 from .replica import ReplicaStartError, construction_order, load_target
 from .routing import DeploymentLoad, ReplicaRouter
 from .tracing import NodeSpan
@@ -72,8 +76,13 @@ logger = logging.getLogger("graphserve.ray")
 _owned_connections = 0  # backends sharing the Ray instance one of them started or connected
 
 
+CLIENT_MODE_REFUSED = (
+    "ray:// client mode is not supported: graphserve passes object references between actors and "
+    "waits on them from the ingress's event loop, which Ray Client does not offer; run graphserve on a "
+    "node of the cluster with --address auto (or the head's HOST:6379)"
+)
+SHARED_NAMESPACE = "graphserve"  # where shared graphs' controllers and replicas live unless told otherwise
 _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray puts a local cluster on 127.0.0.1
-NODE_RESOURCE_SHARE = 0.001  # how much of Ray's node:<address> resource a placed replica asks for
 
 
 def _import_ray(start_local: bool) -> Any:
@@ -110,7 +119,7 @@ class RayValue:
 
 
 class _Replica:
-    __slots__ = ("actor", "actor_id", "down", "index", "ongoing")
+    __slots__ = ("actor", "actor_id", "down", "index", "ongoing", "pid", "ray_node")
 
     def __init__(self, actor: Any, index: int) -> None:
         self.actor = actor
@@ -118,6 +127,8 @@ class _Replica:
         self.index = index
         self.ongoing = 0
         self.down = False  # died and is being restarted: other replicas are preferred
+        self.ray_node: str | None = None  # the Ray node it runs on (and its pid), once ready
+        self.pid: int | None = None
 
 
 _Router = ReplicaRouter[_Replica]
@@ -138,6 +149,7 @@ class RayBackend:
         num_cpus: int | None = None,
         num_gpus: int | None = None,
         max_restarts: int = -1,
+        shared: bool = False,
         start_timeout_s: float = 300.0,
         connect_timeout_s: float = 120.0,
         metrics_interval_s: float = 1.0,
@@ -147,15 +159,26 @@ class RayBackend:
         self.routers: dict[str, _Router] = {}
         self._on_batch = on_batch
         self._on_latency = on_latency
-        self._init_options: dict[str, Any] = {"namespace": namespace, "runtime_env": runtime_env}
+        self._init_options: dict[str, Any] = {
+            "namespace": namespace or (SHARED_NAMESPACE if shared else None),
+            "runtime_env": runtime_env,
+        }
+        # on every actor when this process had already joined Ray (ray.init never saw it); Ray accepts
+        # only URIs there (a local working_dir must go to ray.init: connect from a fresh process)
+        self._actor_env: dict[str, Any] = {"runtime_env": runtime_env} if runtime_env else {}
         if address is None:
             self._init_options.update(num_cpus=num_cpus, num_gpus=num_gpus)
         self._max_restarts = max_restarts
+        # shared: the replicas belong to the graph's named controller (ray_controller.py), not to this process
+        self._shared = shared
+        self._namespace = namespace or SHARED_NAMESPACE
+        self._controller: Any = None
         self._start_timeout_s = start_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._metrics_interval_s = metrics_interval_s
         self._ray: Any = None
         self._owns_connection = False
+        self._initialized_here = False  # this backend called ray.init (with the runtime_env)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
@@ -165,6 +188,8 @@ class RayBackend:
     # -- lifecycle ---------------------------------------------------------------------
     async def _connect(self) -> Any:
         global _owned_connections
+        if self.address is not None and self.address.startswith("ray://"):
+            raise GraphError(f"cannot start graph {self.plan.name!r} on {self.address}: {CLIENT_MODE_REFUSED}")
         ray = _import_ray(start_local=self.address is None)
         if ray.is_initialized():
             if _owned_connections > 0:  # another backend of ours connected: share it
@@ -188,7 +213,7 @@ class RayBackend:
         except Exception as exc:
             raise GraphError(f"cannot start graph {self.plan.name!r} on {where}: {type(exc).__name__}: {exc}") from exc
         _owned_connections += 1
-        self._owns_connection = True
+        self._owns_connection = self._initialized_here = True
         return ray
 
     def _disconnect(self) -> None:
@@ -206,7 +231,7 @@ class RayBackend:
         try:
             nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
             check_fits(self.plan.deployments, ray_capacity(ray.cluster_resources(), nodes), self.plan.name)
-            self._create_actors(ray)
+            await self._create_actors(ray)
             await self._wait_ready()
         except BaseException:
             await self.stop()
@@ -215,10 +240,11 @@ class RayBackend:
         if self._on_latency is not None or batching:
             self._poller = self._loop.create_task(self._poll_metrics(), name=f"graphserve-ray-metrics:{self.plan.name}")
 
-    def _create_actors(self, ray: Any) -> None:
+    async def _create_actors(self, ray: Any) -> None:
         from .ray_actor import ReplicaActor, ReplicaSpec
 
-        actor_class = ray.remote(concurrency_groups={"control": 1})(ReplicaActor)
+        placement = Placement(self.plan, [n for n in ray.nodes() if n.get("Alive")])
+        creations: list[tuple[str, dict[str, Any], ReplicaSpec]] = []
         for name in construction_order(self.plan):
             dep = self.plan.deployment(name)
             target = self._shipped_target(dep)
@@ -226,7 +252,6 @@ class RayBackend:
                 t: [self._actor_name(t, i) for i in range(self.plan.deployment(t).num_replicas)] for t in dep.handles
             }
             retries = {t: self.plan.deployment(t).max_retries for t in dep.handles}
-            replicas = []
             for index in range(dep.num_replicas):
                 spec = ReplicaSpec(
                     deployment=name,
@@ -240,37 +265,64 @@ class RayBackend:
                     batching=bool(dep.batching),
                     batch_plans=list(dep.batching),
                     threads=max(1, min(dep.max_ongoing_requests, 32)),
+                    handle_plans={t: self.plan.deployment(t) for t in dep.handles},
+                    namespace=self._namespace if self._shared else None,
                 )
-                replica = self._replica_plan(name, index)
-                actor = actor_class.options(
-                    num_cpus=replica.num_cpus if replica is not None else dep.resources.num_cpus,
-                    num_gpus=replica.num_gpus if replica is not None else dep.resources.num_gpus,
-                    resources=self._node_resources(replica),
-                    max_concurrency=dep.max_ongoing_requests,
-                    max_restarts=self._max_restarts,
-                    max_task_retries=dep.max_retries,
-                    name=self._actor_name(name, index),
-                ).remote(spec)
-                replicas.append(_Replica(actor, index))
-            self.routers[name] = _Router(dep, replicas)
+                options = {
+                    **placement.options(name, index),
+                    **(self._actor_env if not self._initialized_here else {}),
+                    "max_concurrency": dep.max_ongoing_requests,
+                    "max_restarts": self._max_restarts,
+                    "max_task_retries": dep.max_retries,
+                }
+                creations.append((self._actor_name(name, index), options, spec))
+        if self._shared:
+            actors = await self._attach(ray, creations)
+        else:
+            actor_class = ray.remote(concurrency_groups={"control": 1})(ReplicaActor)
+            actors = []
+            for actor_name, options, spec in creations:
+                try:
+                    configured = actor_class.options(**options, name=actor_name)
+                except ValueError as exc:  # e.g. a local working_dir on a Ray this process had joined already
+                    raise DeploymentStartError(spec.deployment, f"Ray refused its actor options: {exc}") from None
+                actors.append(configured.remote(spec))
+        by_deployment: dict[str, list[_Replica]] = {}
+        for actor, (_, _, spec) in zip(actors, creations, strict=True):
+            by_deployment.setdefault(spec.deployment, []).append(_Replica(actor, spec.index))
+        for name, replicas in by_deployment.items():
+            self.routers[name] = _Router(self.plan.deployment(name), replicas)
 
-    def _replica_plan(self, deployment: str, index: int) -> ReplicaPlan | None:
-        for replica in self.plan.replicas:
-            if replica.deployment == deployment and replica.index == index:
-                return replica
-        return None
+    async def _attach(self, ray: Any, creations: list[Any]) -> list[Any]:
+        """Shared mode: the graph's controller creates the replicas once; this ingress attaches to them."""
+        import hashlib
 
-    def _node_resources(self, replica: ReplicaPlan | None) -> dict[str, float]:
-        """A replica planned on a cluster node with an address asks for Ray's ``node:<address>``
-        resource, so Ray starts it on that node (the SLO planner's placement)."""
-        if replica is None or self.plan.cluster is None:
-            return {}
-        for node in self.plan.cluster.nodes:
-            if node.name == replica.node and node.address:
-                return {f"node:{node.address}": NODE_RESOURCE_SHARE}
-        return {}
+        from .ray_actor import root_cause
+        from .ray_controller import controller_class, controller_name
+
+        fingerprint = hashlib.sha256(self.plan.model_dump_json().encode()).hexdigest()
+        self._controller = (
+            controller_class()
+            .options(
+                name=controller_name(self.plan.name), namespace=self._namespace, lifetime="detached", get_if_exists=True
+            )
+            .remote(self.plan.name, self._namespace)
+        )
+        try:
+            names = await self._controller.ensure.remote(fingerprint, creations)
+            await self._controller.attach.remote(self._id)
+        except Exception as exc:
+            self._controller = None
+            cause = root_cause(exc)
+            if isinstance(cause, GraphError):
+                raise cause from None
+            what = f"{type(cause).__name__}: {cause}"
+            raise GraphError(f"graph {self.plan.name!r}: its controller failed: {what}") from exc
+        return [ray.get_actor(name, namespace=self._namespace) for name in names]
 
     def _actor_name(self, deployment: str, index: int) -> str:
+        if self._shared:  # one name for every ingress that attaches
+            return f"graphserve:{self.plan.name}:{deployment}:{index}"
         return f"graphserve:{self.plan.name}:{self._id}:{deployment}:{index}"
 
     def _shipped_target(self, dep: DeploymentPlan) -> Any:
@@ -298,9 +350,9 @@ class RayBackend:
         current = pending[0][0] if pending else ""
         try:
             async with asyncio.timeout(self._start_timeout_s):
-                for name, _, ref in pending:
+                for name, replica, ref in pending:
                     current = name
-                    await ref
+                    replica.pid, replica.ray_node = await ref
         except TimeoutError:
             raise DeploymentStartError(
                 current,
@@ -325,11 +377,18 @@ class RayBackend:
         for probe in list(self._probes):
             probe.cancel()
         routers, self.routers = self.routers, {}
+        controller, self._controller = self._controller, None
         for router in routers.values():
             router.close()
+            if controller is not None or self._shared:  # the controller's, not this process's
+                continue
             for replica in router.replicas:
                 with contextlib.suppress(Exception):
                     self._ray.kill(replica.actor)
+        if controller is not None:  # the last ingress to detach removes the replicas, then the controller
+            with contextlib.suppress(Exception):
+                if await asyncio.wait_for(controller.detach.remote(self._id), 30) == 0:
+                    self._ray.kill(controller)
         self._disconnect()
 
     # -- calls -------------------------------------------------------------------------
@@ -402,6 +461,10 @@ class RayBackend:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # Ray's errors for this ref: mapped to the node that failed
+                    from .ray_actor import root_cause
+
+                    if isinstance(root_cause(exc), OverloadedError):  # a handle inside an actor was refused: 503
+                        raise root_cause(exc) from None
                     raise self._node_error(value, exc)  # noqa: B904 - the error keeps its own __cause__
             out.append(value)
         return out
@@ -427,7 +490,7 @@ class RayBackend:
         retries = router.retries if router is not None else 0
         if isinstance(cause, RayActorError) and router is not None:
             self._mark_down(router, origin.replica)
-        return node_error(cause, origin.node, origin.deployment, origin.replica.index, retries)
+        return node_error(cause, origin.node, origin.deployment, origin.replica.index, retries, origin.replica.ray_node)
 
     def _mark_down(self, router: _Router, replica: _Replica) -> None:
         """Route around a replica that died until Ray has restarted it and it rebuilt its instance.
@@ -444,7 +507,7 @@ class RayBackend:
             while True:
                 try:
                     async with asyncio.timeout(self._start_timeout_s):
-                        await replica.actor.ready.remote()
+                        replica.pid, replica.ray_node = await replica.actor.ready.remote()
                 except TimeoutError:
                     continue  # still restarting (Ray has no room for it yet?): keep asking
                 except RayError as exc:
@@ -512,12 +575,35 @@ class RayBackend:
         """Every replica's batch limits as read at the last flush (every ``metrics_interval_s``)."""
         return dict(self._limits)
 
+    def replica_nodes(self) -> dict[str, list[tuple[int | None, str | None]]]:
+        """Per deployment, each replica's (pid, Ray node id) as last reported (at start, after a restart)."""
+        return {name: [(r.pid, r.ray_node) for r in router.replicas] for name, router in self.routers.items()}
+
     def actors(self, deployment: str) -> list[Any]:
         """The actor handles of ``deployment``'s replicas, in replica order."""
         router = self.routers.get(deployment)
         if router is None:
             raise GraphError(f"graph {self.plan.name!r} has no running deployment {deployment!r}")
         return [r.actor for r in router.replicas]
+
+
+@contextlib.contextmanager
+def connect_briefly(address: str, namespace: str) -> Iterator[Any]:
+    """Ray, joined at ``address`` in ``namespace`` for the block (unless this process already is)."""
+    if address.startswith("ray://"):
+        raise GraphError(CLIENT_MODE_REFUSED)
+    ray = _import_ray(start_local=False)
+    joined_here = not ray.is_initialized()
+    if joined_here:
+        try:
+            ray.init(address=address, namespace=namespace, logging_level="warning", log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise GraphError(f"cannot reach the Ray cluster at {address!r}: {type(exc).__name__}: {exc}") from exc
+    try:
+        yield ray
+    finally:
+        if joined_here:
+            ray.shutdown()
 
 
 def ray_capacity(totals: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> Capacity:
@@ -550,6 +636,11 @@ def _unwrap(arg: Any, parents: list[RayValue]) -> Any:
     if type(arg) is RayValue:
         parents.append(arg)
         return arg.ref  # Ray resolves it in the worker: the driver never fetches it
+    if isinstance(arg, (list, tuple, dict)):  # nested (a handle call's chained responses): the actor resolves them
+        if isinstance(arg, dict):
+            return {k: _unwrap(v, parents) for k, v in arg.items()}
+        items = [_unwrap(v, parents) for v in arg]
+        return items if isinstance(arg, list) else tuple(items)
     return arg
 
 

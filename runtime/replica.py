@@ -8,7 +8,8 @@ with :func:`construct` and call it with :meth:`Replica.invoke`:
   object, unwrapped from ``@gs.deployment`` to the user's class or function;
 - **construction with handles** (:func:`construct`): constructor arguments from the
   Plan's data, each :class:`HandleRef` made a handle by the backend's ``handle``
-  function; a failure is :class:`ReplicaStartError` naming the deployment;
+  function (an ``async def __init__`` is awaited, as Ray Serve allows); a failure is
+  :class:`ReplicaStartError` naming the deployment;
 - **method lookup and dispatch** (:meth:`Replica.invoke`): each method is looked up
   once; ``async`` methods run on the event loop, others in the replica's thread pool so
   they never block it (a sync wrapper that returns a coroutine is awaited).
@@ -80,7 +81,7 @@ def build_value(arg: Any, handle: HandleFactory) -> Any:
     raise PlanError(f"unknown argument {arg!r}")  # pragma: no cover
 
 
-def construct(
+async def construct(
     deployment: str,
     kind: str,
     target: Any,
@@ -100,6 +101,10 @@ def construct(
         return loaded
     args, kwargs = build_args(init_args, init_kwargs, handle)
     try:
+        if inspect.iscoroutinefunction(getattr(loaded, "__init__", None)):  # Ray Serve allows async __init__
+            instance = loaded.__new__(loaded)
+            await loaded.__init__(instance, *args, **kwargs)
+            return instance
         return loaded(*args, **kwargs)
     except Exception as exc:  # the user's constructor: any failure is this deployment's
         raise ReplicaStartError(deployment, f"constructor raised {type(exc).__name__}: {exc}") from exc

@@ -1,7 +1,8 @@
-"""Routing calls to replicas: least-loaded first, at most ``max_ongoing_requests`` per
-replica, the rest waiting in a FIFO of at most ``max_queued_requests`` (then
-:class:`OverloadedError`). Shared by the local and the Ray backend, which differ only
-in what a replica is and how a call runs on it.
+"""Routing calls to replicas: the less loaded of two drawn at random (power of two
+choices, as Ray Serve routes; the least loaded of all when both are full), at most
+``max_ongoing_requests`` per replica, the rest waiting in a FIFO of at most
+``max_queued_requests`` (then :class:`OverloadedError`). Shared by the local and the Ray
+backend, which differ only in what a replica is and how a call runs on it.
 
 A replica is anything with an ``ongoing`` count and a ``down`` flag (a replica that
 died and is restarting is avoided while another can take the call).
@@ -10,6 +11,7 @@ died and is restarting is avoided while another can take the call).
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
@@ -29,6 +31,13 @@ class Routed(Protocol):
 R = TypeVar("R", bound=Routed)
 
 
+def _draw_two(count: int) -> tuple[int, int]:
+    """Two different replica indexes, drawn at random."""
+    first = random.randrange(count)
+    second = random.randrange(count - 1)
+    return first, second if second < first else second + 1
+
+
 @dataclass(frozen=True)
 class DeploymentLoad:
     """How busy one deployment is right now (the live page and the gauges read it)."""
@@ -42,7 +51,7 @@ class DeploymentLoad:
 
 
 class ReplicaRouter(Generic[R]):
-    """Admission and least-loaded routing for one deployment's replicas."""
+    """Admission and power-of-two-choices routing for one deployment's replicas."""
 
     def __init__(self, plan: DeploymentPlan, replicas: list[R]) -> None:
         self.name = plan.name
@@ -75,12 +84,18 @@ class ReplicaRouter(Generic[R]):
         if len(replicas) == 1:
             best = replicas[0]
         else:
-            candidate: R | None = None
-            for replica in replicas:
-                if not replica.down and (candidate is None or replica.ongoing < candidate.ongoing):
-                    candidate = replica
-            # all restarting: the backend holds the calls until one is back
-            best = candidate if candidate is not None else min(replicas, key=lambda r: r.ongoing)
+            # Power of two choices (as Ray Serve routes): the less loaded of two replicas drawn at
+            # random, so sequential calls spread over all replicas instead of piling on the first.
+            first, second = _draw_two(len(replicas))
+            a, b = replicas[first], replicas[second]
+            best = a if (not a.down, -a.ongoing) >= (not b.down, -b.ongoing) else b
+            if best.down or best.ongoing >= self.limit:  # both busy or restarting: any free replica will do
+                candidate: R | None = None
+                for replica in replicas:
+                    if not replica.down and (candidate is None or replica.ongoing < candidate.ongoing):
+                        candidate = replica
+                # all restarting: the backend holds the calls until one is back
+                best = candidate if candidate is not None else min(replicas, key=lambda r: r.ongoing)
         return best if best.ongoing < self.limit else None
 
     def try_acquire(self) -> R | None:

@@ -37,6 +37,7 @@ class GraphRuntime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = False
         self.stopping = False  # stop() was called: not ready again
+        self._by_reference: _BackendReferences | None = None
         self._node_latency: dict[str, Histogram] = {}
 
     @property
@@ -102,9 +103,22 @@ class GraphRuntime:
 
     # -- handles -----------------------------------------------------------------------
     def handle(self, deployment: str, method: str = "__call__") -> DeploymentHandle:
-        """A handle to one of the graph's deployments (also what constructors receive)."""
+        """A handle to one of the graph's deployments (also what constructors receive).
+
+        On a remote backend (Ray) a response passed to another call travels as its
+        reference: the driver does not fetch it.
+        """
         loop = self.loop or asyncio.get_event_loop()
-        return DeploymentHandle(deployment, self._handle_call, loop, method)
+        return DeploymentHandle(deployment, self._handle_call, loop, method, self._references())
+
+    def _references(self) -> _BackendReferences | None:
+        from .local import LocalBackend  # in process: results are values already, nothing to pass by reference
+
+        if self.backend is None or isinstance(self.backend, LocalBackend):
+            return None
+        if self._by_reference is None:
+            self._by_reference = _BackendReferences(self.backend)
+        return self._by_reference
 
     def _handle_call(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -134,3 +148,24 @@ class GraphRuntime:
             CURRENT.reset(token)
         span.finish()
         return result
+
+
+class _BackendReferences:
+    """Handle calls by reference on a remote backend (see ``handle.References``)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    async def submit(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await self.backend.submit(f"{deployment}.{method}", deployment, method, args, kwargs)
+
+    async def fetch(self, reference: Any) -> Any:
+        try:
+            (value,) = await self.backend.fetch([reference])
+        except asyncio.CancelledError:
+            self.backend.cancel([reference])
+            raise
+        return value
+
+    def forget(self, reference: Any) -> None:
+        """Nothing to do: the backend releases the replica when the call finishes."""

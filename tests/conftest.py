@@ -13,12 +13,17 @@ os.environ.setdefault("GRAPHSERVE_HTTP_PORT", "0")  # gs.run serves HTTP (as ser
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray's switch to keep a local cluster on 127.0.0.1
 
 
+def start_session_ray(ray: Any) -> None:
+    """The session's local Ray instance: 2 CPUs, one logical GPU (none physical here, so num_gpus
+    placement is exercised on CPU-only machines), no dashboard, loopback only."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="warning", log_to_driver=False)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
-    """One local Ray instance for the whole session (2 CPUs, 1 GPU slot, no dashboard, loopback only)."""
+    """One local Ray instance for the whole session (see :func:`start_session_ray`)."""
     ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        # One logical GPU (none physical here) so num_gpus placement is exercised on CPU-only machines.
-        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    start_session_ray(ray)
     yield ray
     ray.shutdown()

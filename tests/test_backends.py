@@ -199,6 +199,18 @@ async def test_overload_when_the_queue_is_full(backend: str, log: EventLog) -> N
     assert log.count("work") == 3
 
 
+async def test_calls_through_a_handle_obey_the_targets_limits_and_queue(backend: str, log: EventLog) -> None:
+    with gs.InputNode() as inp:
+        worker = g.Worker.options(max_ongoing_requests=1, max_queued_requests=1).bind(log.path, 1.0)
+        out = g.Caller.bind(worker).__call__.bind(inp)
+    async with running(gs.graph(out), backend) as runtime:
+        outcomes = await asyncio.gather(*[runtime.execute(i) for i in range(4)], return_exceptions=True)
+        assert sorted(o for o in outcomes if not isinstance(o, BaseException)) == [0, 10]  # one running, one queued
+        assert [type(o) for o in outcomes if isinstance(o, BaseException)] == [OverloadedError, OverloadedError]
+        assert await runtime.execute(9) == 90  # recovers
+    assert log.count("work") == 3
+
+
 async def test_batching_gathers_concurrent_calls(backend: str) -> None:
     with gs.InputNode() as inp:
         out = g.Batched.bind().__call__.bind(inp)

@@ -284,8 +284,8 @@ async def test_a_failed_start_stops_the_replicas_already_built(ray_cluster: Any)
     created: list[Any] = []
     create = backend._create_actors
 
-    def recording(ray: Any) -> None:
-        create(ray)
+    async def recording(ray: Any) -> None:
+        await create(ray)
         created.extend(replica.actor for router in backend.routers.values() for replica in router.replicas)
 
     backend._create_actors = recording  # type: ignore[method-assign]

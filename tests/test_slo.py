@@ -94,7 +94,7 @@ def test_an_infeasible_slo_names_the_bottleneck_and_what_is_achievable(pipeline)
     assert "best p99" in diagnostic.message and "highest rate" in diagnostic.message
 
 
-def test_placement_never_over_commits_a_node_and_keeps_the_chain_together(pipeline, tmp_path):
+def test_placement_never_over_commits_spreads_replicas_and_keeps_the_chain_together(pipeline, tmp_path):
     plan, profile = pipeline
     nodes = tmp_path / "nodes.json"
     nodes.write_text(json.dumps({"nodes": [{"name": "a", "cpus": 0.5}, {"name": "b", "cpus": 4}]}))
@@ -104,7 +104,14 @@ def test_placement_never_over_commits_a_node_and_keeps_the_chain_together(pipeli
     for node in cluster.nodes:
         used = sum(r.num_cpus for r in planned.replicas if r.node == node.name)
         assert used <= node.cpus + 1e-9, (node.name, used)
-    assert {r.node for r in planned.replicas} == {"b"}  # everything fits on b: one node, no transfers
+    by_deployment: dict[str, list[str]] = {}
+    for r in planned.replicas:
+        by_deployment.setdefault(r.deployment, []).append(r.node)
+    # a deployment's replicas spread over the nodes (losing one node never takes them all) ...
+    spread = [nodes for nodes in by_deployment.values() if len(nodes) > 1]
+    assert spread and all(set(nodes) == {"a", "b"} for nodes in spread), by_deployment
+    # ... and the chain's first replicas stay together on the node with room (no transfers between them)
+    assert {nodes[0] for nodes in by_deployment.values()} == {"b"}, by_deployment
 
 
 def test_placement_spreads_when_one_node_is_too_small(pipeline, tmp_path):
