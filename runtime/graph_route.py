@@ -517,8 +517,13 @@ class Stream(NamedTuple):
     close: Callable[[], Awaitable[None]]
 
 
+_PLAIN = frozenset({dict, list, tuple, str, bytes, int, float, bool, type(None)})  # never streamed
+
+
 def as_stream(result: Any) -> Stream | None:
     """A Stream for a StreamingResponse, a generator or an async generator; None for anything else."""
+    if type(result) in _PLAIN:  # the usual JSON output, at once
+        return None
     if isinstance(result, StreamingResponse):
         charset = result.charset or "utf-8"
         headers = [(name, value) for name, value in result.raw_headers if name != b"content-length"]
