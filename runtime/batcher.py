@@ -38,6 +38,7 @@ from graphserve.plan import BatchingPlan
 
 from .adaptive import AdaptiveLimits
 from .backend import BatchLimits
+from .background_loop import running_loop
 from .tracing import CURRENT
 
 __all__ = [
@@ -180,11 +181,7 @@ class Batcher:
 
         Queued at once when called inside the event loop (as Ray Serve does), else on first use.
         """
-        try:
-            asyncio.get_running_loop()
-            pending: _Pending | None = self._enqueue(args, kwargs)
-        except RuntimeError:
-            pending = None
+        pending = self._enqueue(args, kwargs) if running_loop() is not None else None
         return self._drain(pending, args, kwargs)
 
     async def _drain(

@@ -56,6 +56,7 @@ from .replica import load_target
 from .tracing import CURRENT, Trace
 
 Ref = tuple[bool, Any]  # (True, node id) or (False, a constant)
+_NONE: dict[str, Any] = {}  # the keyword arguments of a call that has none (only ever unpacked, never changed)
 Compute = Callable[["_Op", "_Run"], Coroutine[Any, Any, Any]]
 
 
@@ -276,7 +277,7 @@ class GraphExecutor:
             if pending is not None:
                 await pending
         args = op.positional(values)
-        kwargs = {k: values[ref] if is_node else ref for k, (is_node, ref) in op.kwargs.items()} if op.kwargs else {}
+        kwargs = {k: values[ref] if is_node else ref for k, (is_node, ref) in op.kwargs.items()} if op.kwargs else _NONE
         if self.observer is not None:
             return await self._call_observed(op, run, args, kwargs, self.observer)
         if run.trace is not None:

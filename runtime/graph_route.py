@@ -53,6 +53,7 @@ import math
 import os
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
 
@@ -172,7 +173,9 @@ class GraphRoute:
     """One graph at one path: its admission counter, metric labels and request path."""
 
     __slots__ = (
+        "_watchlist",
         "drift",
+        "duration",
         "in_flight",
         "labels",
         "limits",
@@ -201,7 +204,9 @@ class GraphRoute:
         self.in_flight = 0
         self.reading = 0  # requests whose body is still arriving
         self.labels: Labels = (("graph", self.name),)
+        self.duration = metrics.series("graphserve_request_duration_seconds", self.labels)  # observed per request
         self.status_labels: dict[int, Labels] = {}
+        self._watchlist: _Watchlist | None = None  # made on the serving loop by the first request
         self.drift: DriftMonitor | None = None  # set by the ingress for a graph planned for an SLO
 
     # -- the request path ----------------------------------------------------------------
@@ -223,7 +228,7 @@ class GraphRoute:
             status = await self.serve_traced(scope, receive, send, head)
         self.metrics.inc("graphserve_requests_total", self.status(status))
         now = time.perf_counter()
-        self.metrics.observe("graphserve_request_duration_seconds", now - start, self.labels)
+        self.duration.observe(now - start)
         if self.drift is not None:
             self.drift.request(now, now - start)
 
@@ -250,7 +255,7 @@ class GraphRoute:
             self.admit_run()
             self.in_flight += 1
             try:
-                watch = _DisconnectWatch(receive)
+                watch = _DisconnectWatch(receive, self.watchlist())
                 try:
                     request = self.request_value(scope, body)
                     result = await self.execute(request, deadline, head.request_id, trace, watch)
@@ -436,6 +441,13 @@ class GraphRoute:
             await trace.settle()
 
     # -- helpers -------------------------------------------------------------------------
+    def watchlist(self) -> _Watchlist:
+        """The disconnect watchlist of the loop serving this route."""
+        found = self._watchlist
+        if found is None or found.loop is not asyncio.get_running_loop():
+            found = self._watchlist = _Watchlist(asyncio.get_running_loop())
+        return found
+
     def status(self, status: int) -> Labels:
         """The metric labels for ``status`` (made once per status)."""
         labels = self.status_labels.get(status)
@@ -546,8 +558,13 @@ class Stream(NamedTuple):
     close: Callable[[], Awaitable[None]]
 
 
+_PLAIN = frozenset({dict, list, tuple, str, bytes, int, float, bool, type(None)})  # never streamed
+
+
 def as_stream(result: Any) -> Stream | None:
     """A Stream for a StreamingResponse, a generator or an async generator; None for anything else."""
+    if type(result) in _PLAIN:  # the usual JSON output, at once
+        return None
     if isinstance(result, StreamingResponse):
         charset = result.charset or "utf-8"
         headers = [(name, value) for name, value in result.raw_headers if name != b"content-length"]
@@ -608,32 +625,66 @@ def _closer(source: Any) -> Callable[[], Awaitable[None]]:
 
 
 class _DisconnectWatch:
-    """Cancels the request task when its client disconnects, if the graph runs past DISCONNECT_CHECK_S."""
+    """Cancels the request task when its client disconnects, if the graph runs past DISCONNECT_CHECK_S.
 
-    __slots__ = ("_task", "_timer", "_watcher", "left")
+    A request joins its loop's :class:`_Watchlist`, which starts the watcher of those still
+    running DISCONNECT_CHECK_S after they began: a request answered sooner (the common
+    case) costs no timer and no task of its own."""
 
-    def __init__(self, receive: Receive) -> None:
+    __slots__ = ("_receive", "_task", "_watcher", "done", "left")
+
+    def __init__(self, receive: Receive, watchlist: _Watchlist) -> None:
         self.left = False
-        self._task = asyncio.current_task()
+        self.done = False
+        self._receive = receive
+        self._task = asyncio.current_task(watchlist.loop)
         self._watcher: asyncio.Task[None] | None = None
-        loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = loop.call_later(DISCONNECT_CHECK_S, self._start, receive)
+        watchlist.add(self)
 
-    def _start(self, receive: Receive) -> None:
-        self._timer = None
-        self._watcher = asyncio.ensure_future(self._watch(receive))
+    def start(self) -> None:
+        self._watcher = asyncio.ensure_future(self._watch())
 
-    async def _watch(self, receive: Receive) -> None:
-        await _disconnected(receive)
+    async def _watch(self) -> None:
+        await _disconnected(self._receive)
         self.left = True
         if self._task is not None:
             self._task.cancel()
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self.done = True
         if self._watcher is not None:
             self._watcher.cancel()
+
+
+class _Watchlist:
+    """The requests of one event loop in the order they began; one timer, due when the
+    oldest one still running reaches DISCONNECT_CHECK_S, starts the watchers of all those due."""
+
+    __slots__ = ("_timer", "_waiting", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._waiting: deque[tuple[float, _DisconnectWatch]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, watch: _DisconnectWatch) -> None:
+        due = self.loop.time() + DISCONNECT_CHECK_S
+        self._waiting.append((due, watch))
+        if self._timer is None:
+            self._timer = self.loop.call_at(due, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        waiting = self._waiting
+        while waiting:
+            due, watch = waiting[0]
+            if not watch.done and due > now:
+                self._timer = self.loop.call_at(due, self._check)
+                return
+            waiting.popleft()
+            if not watch.done:
+                watch.start()
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -563,14 +563,26 @@ def _may_hold_response(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
 _CONTAINERS = {list, tuple, dict}
 
 
+_NESTING = (list, tuple, dict)
+
+
 def _holds_response(value: Any) -> bool:
     if isinstance(value, DeploymentResponse):
         return True
-    if isinstance(value, (list, tuple)):
-        return any(_holds_response(v) for v in value)
     if isinstance(value, dict):
-        return any(_holds_response(v) for v in value.values())
-    return False
+        items: Any = value.values()
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return False
+    for kind in set(map(type, items)):  # the distinct types, found in C: plain data costs one pass
+        if issubclass(kind, DeploymentResponse):
+            return True
+        if issubclass(kind, _NESTING):
+            break
+    else:
+        return False
+    return any(_holds_response(item) for item in items if isinstance(item, _NESTING))
 
 
 async def resolve_responses(value: Any, references: References | None = None) -> Any:

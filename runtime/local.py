@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -72,7 +71,9 @@ class LocalBackend:
                 if dep.batching and dep.kind == "class" and self._on_batch is not None:
                     observe_batches(instance, _batch_observer(self._on_batch, name))
                 replicas.append(Replica(instance, index, threads(dep.max_ongoing_requests, f"gs-{name}-{index}")))
-            self.routers[name] = ReplicaRouter(dep, replicas)
+            router = self.routers[name] = ReplicaRouter(dep, replicas)
+            for replica in replicas:
+                replica.on_free = router.wake  # a cancelled sync call's place is free: hand it on
         self._running = True
 
     async def submit(
@@ -92,8 +93,9 @@ class LocalBackend:
         on_latency = self._on_latency
         start = time.perf_counter() if on_latency is not None else 0.0
         try:
-            return await replica.invoke(method, args, kwargs, functools.partial(router.release, replica))
+            return await replica.invoke(method, args, kwargs)
         finally:
+            router.release(replica)
             if on_latency is not None:
                 on_latency(node, time.perf_counter() - start)
 
@@ -114,11 +116,13 @@ class LocalBackend:
         if span is not None:
             span.replica = replica.index
         try:
-            return await replica.invoke(method, args, kwargs, functools.partial(router.release, replica))
+            return await replica.invoke(method, args, kwargs)
         except (RequestError, asyncio.CancelledError):
             raise
         except Exception as exc:  # the deployment's own failure, named after the method called
             raise NodeExecutionError.wrapping(f"{deployment}.{method}", deployment, exc) from exc
+        finally:
+            router.release(replica)
 
     def cancel(self, values: list[Any]) -> None:
         return None

@@ -41,18 +41,59 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Histogram:
-    __slots__ = ("buckets", "count", "counts", "sum")
+    """Observations counted per bucket (``le`` bounds, then +Inf), with their sum and count.
+
+    :meth:`observe` is on the hot path (every node call's latency), so it only keeps the
+    value; the kept values are sorted into the buckets when the histogram is read, or once
+    ``PENDING_MAX`` of them wait (a sort and one bisect per bucket, in C)."""
+
+    __slots__ = ("_count", "_counts", "_pending", "_sum", "buckets")
+
+    PENDING_MAX = 4096
 
     def __init__(self, buckets: Iterable[float]):
         self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
+        self._counts = [0] * (len(self.buckets) + 1)
+        self._sum = 0.0
+        self._count = 0
+        self._pending: list[float] = []
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
+        pending = self._pending
+        pending.append(value)
+        if len(pending) >= self.PENDING_MAX:
+            self._fold()
+
+    def _fold(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        pending.sort()
+        counts, start = self._counts, 0
+        for index, bound in enumerate(self.buckets):
+            end = bisect.bisect_right(pending, bound, start)  # values <= bound: this bucket or below
+            counts[index] += end - start
+            start = end
+        counts[-1] += len(pending) - start
+        self._sum += sum(pending)
+        self._count += len(pending)
+        pending.clear()
+
+    @property
+    def counts(self) -> list[int]:
+        """Observations per bucket (not cumulative), the last one above every bound."""
+        self._fold()
+        return self._counts
+
+    @property
+    def sum(self) -> float:
+        self._fold()
+        return self._sum
+
+    @property
+    def count(self) -> int:
+        self._fold()
+        return self._count
 
 
 class Metrics:

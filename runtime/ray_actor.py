@@ -377,7 +377,8 @@ class ReplicaActor:
         configure_batching(instance, spec.batch_plans)  # the plan's batching values (a function's too)
         if spec.batching and spec.kind == "class":
             observe_batches(instance, lambda method, size: self._batches.append((method, size)))
-        return Replica(instance, spec.index, threads(spec.threads, f"gs-{spec.deployment}"))
+        # a cancelled sync call holds its coroutine (the actor's place) until its thread returns
+        return Replica(instance, spec.index, threads(spec.threads, f"gs-{spec.deployment}"), wait_for_threads=True)
 
     # -- calls -------------------------------------------------------------------------
     async def call(self, node: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
@@ -405,22 +406,13 @@ class ReplicaActor:
         return value, record.to_json()
 
     async def _run(self, node: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        ended = asyncio.Event()
-        replica: Replica | None = None
         try:
-            ready = self._replica or await self._ensure()
+            replica = self._replica or await self._ensure()
             if any(isinstance(a, (list, tuple, dict)) for a in args):
                 args = await resolve_nested_refs(args)
             if any(isinstance(v, (list, tuple, dict)) for v in kwargs.values()):
                 kwargs = await resolve_nested_refs(kwargs)
-            replica = ready  # from here the call holds its place until ended is set
-            return _not_a_stream(await replica.invoke(method, args, kwargs, ended.set), node)
-        except asyncio.CancelledError:
-            # a sync call's thread runs on: it keeps its place (Ray's max_concurrency, the
-            # driver's count) until the thread returns, then ends as cancelled
-            if replica is not None:
-                await asyncio.shield(ended.wait())
-            raise
+            return _not_a_stream(await replica.invoke(method, args, kwargs), node)
         except ReplicaStartError as exc:
             message = f"the replica could not be rebuilt: {exc.message}"
             raise ReplicaCallError(node, self.spec.deployment, message) from None

@@ -11,13 +11,16 @@ with :func:`construct` and call it with :meth:`Replica.invoke`:
   function (an ``async def __init__`` is awaited, as Ray Serve allows); a failure is
   :class:`ReplicaStartError` naming the deployment;
 - **method lookup and dispatch** (:meth:`Replica.invoke`): each method is looked up
-  once; ``async`` methods run on the event loop, others in the replica's threads so
-  they never block it (a sync wrapper that returns a coroutine is awaited);
-- **a call's place** (``release``, given to :meth:`Replica.invoke`): called once the call
-  has really ended. An async call ends when it returns or is cancelled; a thread cannot
-  be stopped, so a sync call whose caller was cancelled (a request past its deadline)
-  ends when its thread returns, later: until then it keeps its place, and a model with
-  ``max_ongoing_requests=1`` (a GPU) never runs two calls at once.
+  once; ``async`` methods run on the event loop, others in the replica's own threads
+  (:func:`threads`: one per place) so they never block it (a sync wrapper that returns a
+  coroutine is awaited);
+- **a cancelled sync call keeps its place**: a thread cannot be stopped, so when the
+  caller of a sync call is cancelled (its request passed its deadline) while the thread
+  runs, the call still counts until the thread returns. On the local backend it stays in
+  the replica's ``ongoing`` count (the caller answers 504 at once; ``on_free`` tells the
+  router when the place is free); in a Ray actor the call's coroutine waits for the
+  thread (``wait_for_threads``), holding the actor's concurrency place and the driver's
+  count. A model with ``max_ongoing_requests=1`` (a GPU) never runs two calls at once.
 
 :func:`construction_order` gives the order to build a Plan's deployments in (the ones
 a constructor holds handles to first).
@@ -29,7 +32,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from graphserve.errors import PlanError
@@ -122,15 +125,24 @@ def _nothing() -> None:
 class Replica:
     """One instance and the calls running on it (``ongoing``, ``down``: see ``routing.py``)."""
 
-    __slots__ = ("_methods", "_pool", "down", "index", "instance", "ongoing")
+    __slots__ = ("_methods", "_pool", "down", "index", "instance", "on_free", "ongoing", "wait_for_threads")
 
-    def __init__(self, instance: Any, index: int, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        instance: Any,
+        index: int,
+        pool: concurrent.futures.ThreadPoolExecutor,
+        wait_for_threads: bool = False,
+    ) -> None:
         self.instance = instance
         self.index = index
         self.ongoing = 0
         self.down = False
         self._methods: dict[str, tuple[Callable[..., Any], bool]] = {}
         self._pool = pool
+        self.wait_for_threads = wait_for_threads
+        #: called when a place a cancelled sync call kept is free (the router wakes its waiting callers)
+        self.on_free: Callable[[], None] = _nothing
 
     def method(self, name: str) -> tuple[Callable[..., Any], bool]:
         """The bound method ``name`` and whether it is async (looked up once)."""
@@ -144,43 +156,45 @@ class Replica:
             found = self._methods[name] = (fn, is_async)
         return found
 
-    async def invoke(
-        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], release: Callable[[], None] = _nothing
-    ) -> Any:
-        """Run method ``name``: on the loop when async, else in one of the replica's threads;
-        ``release()`` once the call has really ended (see the module docstring)."""
-        try:
-            fn, is_async = self._methods.get(name) or self.method(name)
-            if not is_async:
-                future = self._pool.submit(fn, *args, **kwargs)
-        except BaseException:
-            release()
-            raise
+    def invoke(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
+        """Run method ``name`` (await what this returns): an async method's own coroutine, on
+        the loop (no frame of ours around it), else the call in the thread pool."""
+        fn, is_async = self._methods.get(name) or self.method(name)
         if is_async:
-            try:
-                return await fn(*args, **kwargs)
-            finally:
-                release()
-        return await _in_thread(future, release)
+            result: Awaitable[Any] = fn(*args, **kwargs)
+            return result
+        return self.run_sync(fn, args, kwargs)
+
+    async def run_sync(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A synchronous method in one of the replica's threads (the loop stays free); a
+        cancelled call keeps its place until its thread returns (see the module docstring)."""
+        future = self._pool.submit(fn, *args, **kwargs)
+        try:
+            result = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.done():
+                await self._keep_place(future)
+            raise
+        if inspect.isawaitable(result):  # a sync wrapper that returned a coroutine
+            result = await result
+        return result
+
+    async def _keep_place(self, future: concurrent.futures.Future[Any]) -> None:
+        if self.wait_for_threads:  # hold this coroutine (the actor's place) until the thread returns
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.wrap_future(future))
+            return
+        self.ongoing += 1  # the caller frees its place as it unwinds: the thread still holds one
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda _: _call_soon(loop, self._thread_returned))
+
+    def _thread_returned(self) -> None:
+        self.ongoing -= 1
+        self.on_free()
 
     def close(self) -> None:
         """No more calls: threads not started yet are not started."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-async def _in_thread(future: concurrent.futures.Future[Any], release: Callable[[], None]) -> Any:
-    """The result of a sync call; ``release()`` when its thread has returned."""
-    try:
-        result = await asyncio.wrap_future(future)
-        if inspect.isawaitable(result):  # a sync wrapper that returned a coroutine
-            result = await result
-        return result
-    finally:
-        if future.done():
-            release()
-        else:  # the caller stopped waiting (its deadline): the place is free when the thread is
-            loop = asyncio.get_running_loop()
-            future.add_done_callback(lambda _: _call_soon(loop, release))
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:

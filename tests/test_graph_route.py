@@ -28,9 +28,11 @@ async def ingress() -> AsyncIterator[Ingress]:
         await app.shutdown()
 
 
-async def request(app: Ingress, messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]]) -> list[Any]:
-    """Send one POST to /echo with ``messages`` as what the client sends; return what the app sent."""
-    scope = {"type": "http", "method": "POST", "path": "/echo", "headers": headers, "query_string": b""}
+async def request(
+    app: Ingress, messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]], path: str = "/echo"
+) -> list[Any]:
+    """Send one POST to ``path`` with ``messages`` as what the client sends; return what the app sent."""
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "query_string": b""}
     incoming = list(messages)
     sent: list[Any] = []
 
@@ -70,6 +72,28 @@ async def test_a_chunked_body_is_joined_and_bounded(ingress: Ingress) -> None:
     assert sent[0]["status"] == 413
     assert (b"connection", b"close") in sent[0]["headers"]
     assert ingress.graphs["echo"].in_flight == 0
+
+
+async def test_a_client_that_leaves_a_long_request_cancels_its_work_and_short_ones_leave_nothing_behind() -> None:
+    (echo, slow) = load_plans([graphs.echo_app, graphs.slow_app], cluster=None)
+    app = Ingress([GraphRuntime(echo), GraphRuntime(slow)])
+    await app.startup()
+    try:
+        body = {"type": "http.request", "body": b'{"x": 1}', "more_body": False}
+        for _ in range(3):  # answered before DISCONNECT_CHECK_S: no watcher ever starts
+            assert (await request(app, [body], []))[0]["status"] == 200
+        assert watchers() == 0
+        finished = len(graphs.FINISHED)
+        leaving = [{"type": "http.request", "body": b'{"delay": 5}', "more_body": False}, {"type": "http.disconnect"}]
+        sent = await asyncio.wait_for(request(app, leaving, [], path="/slow"), 5)  # not the 5 s sleep
+        assert sent == [] and len(graphs.FINISHED) == finished  # cancelled, never answered
+        assert app.metrics.counter_value("graphserve_requests_total", (("graph", "slow"), ("status", "499"))) == 1
+    finally:
+        await app.shutdown()
+
+
+def watchers() -> int:
+    return sum(1 for task in asyncio.all_tasks() if "_watch" in repr(task.get_coro()))
 
 
 def test_the_request_id_is_the_callers_only_when_valid() -> None:

@@ -24,9 +24,13 @@ def test_a_sync_call_past_its_deadline_keeps_its_place_on_the_local_backend() ->
     assert figures["most_at_once"] == 1  # before the fix: 3
 
 
-@pytest.mark.slow
-async def test_a_sync_call_past_its_deadline_keeps_its_place_on_ray(ray_cluster: Any) -> None:
-    runtime = GraphRuntime(compile_app(fault_graphs.one_at_a_time), backend="ray")
+@pytest.mark.parametrize("backend", ["local", pytest.param("ray", marks=pytest.mark.slow)])
+async def test_the_place_of_a_sync_call_past_its_deadline_is_freed_when_its_thread_returns(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "ray":
+        request.getfixturevalue("ray_cluster")
+    runtime = GraphRuntime(compile_app(fault_graphs.one_at_a_time), backend=backend)
     await runtime.start()
     try:
         backend: Any = runtime.backend
