@@ -95,6 +95,19 @@ class Distribution(_Data):
         """The value at quantile ``u`` in [0, 1) (linear between the stored quantiles)."""
         return draw(self.quantiles_s, u)
 
+    def scaled(self, factor: float) -> Distribution:
+        """Every duration times ``factor`` (the same shape, slower or faster)."""
+        return self.model_copy(
+            update={
+                "mean_s": _round(self.mean_s * factor),
+                "p50_s": _round(self.p50_s * factor),
+                "p90_s": _round(self.p90_s * factor),
+                "p99_s": _round(self.p99_s * factor),
+                "max_s": _round(self.max_s * factor),
+                "quantiles_s": [_round(q * factor) for q in self.quantiles_s],
+            }
+        )
+
 
 class BatchPoint(_Data):
     """The latency of one whole batch of ``batch_size`` items."""
@@ -147,6 +160,20 @@ class NodeProfile(_Data):
     def batched(self) -> bool:
         return bool(self.batches)
 
+    def scaled(self, factor: float) -> NodeProfile:
+        """This node with its whole cost curve (every batch size, and its fit) times ``factor``."""
+        return self.model_copy(
+            update={
+                "latency": self.latency.scaled(factor) if self.latency is not None else None,
+                "batches": [p.model_copy(update={"latency": p.latency.scaled(factor)}) for p in self.batches],
+                "fit": (
+                    BatchFit(fixed_s=_round(self.fit.fixed_s * factor), per_item_s=_round(self.fit.per_item_s * factor))
+                    if self.fit is not None
+                    else None
+                ),
+            }
+        )
+
 
 class MachineProfile(_Data):
     cpu: str
@@ -178,6 +205,14 @@ class Profile(_Data):
             if node.node == node_id:
                 return node
         raise ProfileError(f"profile of graph {self.graph!r} has no node {node_id!r}")
+
+    def with_costs_scaled(self, factors: Mapping[str, float]) -> Profile:
+        """A copy with the cost curve of each node in ``factors`` times its factor (node id ->
+        factor; e.g. what a server measured over what was profiled). Unknown nodes: ProfileError."""
+        for node_id in factors:
+            self.node(node_id)
+        nodes = [n.scaled(factors[n.node]) if n.node in factors else n for n in self.nodes]
+        return self.model_copy(update={"nodes": nodes})
 
     def switch(self, node_id: str) -> SwitchProfile | None:
         for switch in self.switches:

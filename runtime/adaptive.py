@@ -1,9 +1,13 @@
 """Adaptive batching: a batcher's size limit and wait, adjusted from the latencies it observes
 so the node stays inside its latency budget (its share of the graph's SLO) as load changes.
 
-Clipper's AIMD on the size limit (NSDI 2017): a batch whose oldest item took longer than the
-budget (from entering the batcher to its result) cuts the limit by 10%; a batch inside 90%
-of the budget raises it by one, never above the planned ``max_batch_size``. The wait is
+Clipper's AIMD on the size limit (NSDI 2017), judged as Clipper does on the batch's own run
+time: a batch whose run time does not fit twice into the budget (a batch may wait for the one
+running before it) cuts the limit by 10%; a batch whose oldest item (from entering the batcher
+to its result) took under 90% of the budget raises it by one, never above the planned
+``max_batch_size``. A batch late only because calls queued behind a backlog does not cut the
+limit: smaller batches would serve fewer calls per second and the backlog would grow (a
+planned batcher near its capacity would collapse); it only stops the increase. The wait is
 BentoML's rule: a batch may wait only as long as the budget leaves after running a batch of
 the current limit, estimated from a decaying least-squares fit of batch time on batch size,
 never above the planned ``batch_wait_timeout_s``.
@@ -38,7 +42,7 @@ class AdaptiveLimits:
     def observe(self, size: int, latency_s: float, run_s: float) -> None:
         """One batch of ``size`` items ran ``run_s``; its oldest item waited ``latency_s`` in all."""
         self._fit(size, run_s)
-        if latency_s > self.budget_s:
+        if 2 * run_s > self.budget_s:
             self.limit = max(1, min(self.limit - 1, math.floor(self.limit * DECREASE)))
             self.decreases += 1
         elif latency_s <= INSIDE * self.budget_s:
