@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
 
 from graphserve.compiler import compile_app
 from graphserve.compiler.codes import Code
 from graphserve.compiler.planner import parse_cluster
-from graphserve.compiler.profile import Profile
+from graphserve.compiler.profile import Profile, batch_service
 from graphserve.compiler.slo import plan_for_slo
 from graphserve.errors import GraphValidationError
 from graphserve.plan import Plan, SLOPlan
@@ -55,6 +56,23 @@ def test_more_load_never_gives_fewer_replicas(pipeline):
         totals.append(sum(d.num_replicas for d in planned.deployments))
         assert planned.prediction is not None and planned.prediction.p99_s <= 0.05 * 0.8
     assert totals == sorted(totals) and totals[-1] > totals[0], totals
+
+
+def test_no_batcher_is_planned_near_its_full_batch_capacity(pipeline):
+    """A batcher the simulator sees keep up at 95% of what its full batches serve collapses a
+    few percent slower in real life: the plan leaves each one at most 80% loaded."""
+    plan, profile = pipeline
+    costs = {
+        "Detector": (g.DETECT_FIXED_S, g.DETECT_PER_ITEM_S, 1.0),
+        "Classifier": (g.CLASSIFY_FIXED_S, g.CLASSIFY_PER_ITEM_S, 0.3),
+    }
+    for rate in (300, 900, 1500):
+        planned = plan_for_slo(plan, profile, _slo(60, rate), sim_requests=2000)
+        for name, (fixed, per_item, visits) in costs.items():
+            dep = planned.deployment(name)
+            size = dep.batching[0].max_batch_size
+            served = dep.num_replicas * size / (fixed + per_item * size)
+            assert rate * visits <= 0.8 * served + 1e-6, (rate, name, dep.num_replicas, size)
 
 
 def test_a_tighter_slo_never_gives_larger_waits(pipeline):
@@ -293,3 +311,50 @@ def test_end_to_end_profile_plan_deploy_and_load_at_the_target_rate(tmp_path):
         result = open_loop(url + "/", bodies, rate, seconds, schedule=poisson(rate, seconds, seed=7))
     assert result["error_count"] == 0 and result["statuses"] == {"200": result["requests"]}, result
     assert result["latency_ms"]["p99"] <= p99_ms, (result["latency_ms"], planned.prediction)
+
+
+def test_observed_latencies_scale_the_profile_costs(pipeline):
+    """``--from-metrics``: a node the server saw run twice as slow as profiled gets its whole
+    cost curve doubled; nodes as profiled (within 10%) or with too few calls stay; the re-plan
+    from the corrected profile gives the slower node more capacity."""
+    from graphserve.compiler.observed import corrected_profile
+    from graphserve.compiler.simulate import Simulator
+    from graphserve.replan import node_latencies
+
+    plan, profile = pipeline
+    served = plan_for_slo(plan, profile, _slo(80, 300), sim_requests=2000)
+    result = Simulator(served, profile).run(rate=300, duration_s=8, seed=3)
+    nodes = {n.node: n for n in result.nodes}
+    det = nodes["Detector.__call__"]
+    # what a server measuring the detector at twice its profiled service time reports
+    det_seen = det.queue_wait.mean_s + 2 * (det.latency.mean_s - det.queue_wait.mean_s)
+    pre_seen = nodes["Preprocess.__call__"].latency.mean_s
+    text = "\n".join(
+        [
+            f'graphserve_node_latency_seconds_sum{{graph="pipeline",node="Detector.__call__"}} {det_seen * 1000}',
+            'graphserve_node_latency_seconds_count{graph="pipeline",node="Detector.__call__"} 1000',
+            f'graphserve_node_latency_seconds_sum{{graph="pipeline",node="Preprocess.__call__"}} {pre_seen * 1000}',
+            'graphserve_node_latency_seconds_count{graph="pipeline",node="Preprocess.__call__"} 1000',
+            'graphserve_node_latency_seconds_sum{graph="pipeline",node="Classifier.__call__"} 5.0',
+            'graphserve_node_latency_seconds_count{graph="pipeline",node="Classifier.__call__"} 5',
+            'graphserve_node_latency_seconds_count{graph="other",node="Detector.__call__"} 7',
+        ]
+    )
+    observed = node_latencies(text, "pipeline")
+    assert set(observed) == {"Detector.__call__", "Preprocess.__call__", "Classifier.__call__"}
+    assert observed["Detector.__call__"][0] == 1000 and observed["Detector.__call__"][1] == pytest.approx(det_seen)
+    corrected, factors = corrected_profile(served, profile, 300, observed)
+    assert set(factors) == {"Detector.__call__"}, factors  # the classifier: 5 calls, too few
+    assert factors["Detector.__call__"] == pytest.approx(2.0, rel=0.15)
+    before, after = profile.node("Detector.__call__"), corrected.node("Detector.__call__")
+    for b0, b1 in zip(before.batches, after.batches, strict=True):
+        assert b1.latency.p50_s == pytest.approx(b0.latency.p50_s * factors["Detector.__call__"], rel=1e-3)
+    assert corrected.node("Classifier.__call__") == profile.node("Classifier.__call__")
+    replanned = plan_for_slo(plan, corrected, _slo(80, 300), sim_requests=2000)
+    det_plan, det_replanned = served.deployment("Detector"), replanned.deployment("Detector")
+
+    def capacity(d: Any) -> float:
+        size = d.batching[0].max_batch_size
+        return d.num_replicas * size / batch_service(corrected.node("Detector.__call__").batches, size, 0.5)
+
+    assert capacity(det_replanned) > capacity(det_plan)
