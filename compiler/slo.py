@@ -6,26 +6,37 @@ batch wait, replicas, ``max_ongoing_requests``, resources and placement.
 A pure compiler pass over a Plan and a Profile (no runtime, no clock, no threads). The
 search is InferLine's, with Nexus's budget split to seed it:
 
-1. **Budgets** (Nexus): the objective, times ``headroom``, is split across the deployment
-   calls along each path of the graph in proportion to their single-item latency; a node's
-   budget is its share on the longest path through it. The live page colours nodes by it
-   (``NodePlan.latency_budget_s``) and the adaptive batcher keeps to it.
+1. **Budgets** (Nexus): for the search, the objective times ``headroom`` is split across the
+   deployment calls along each path of the graph in proportion to their single-item latency;
+   a node's budget is its share on the longest path through it.
 2. **Seed**: a batched method gets the largest batch size whose p99 batch time fits twice
    into three quarters of its budget (a batch may wait for the one running before it) and a
    wait of a quarter of its budget; ``max_ongoing_requests`` is two batches per batch slot
    (never below the batch size); replicas are sized for 70% utilization at the node's rate
    (the SLO's rate x its visit rate).
 3. **Feasible**: while the simulator (``compiler/simulate.py``, seeded) predicts a p99 over
-   the target, rejected or timed-out requests, the bottleneck (the node furthest over its
-   budget) gets one more replica, as long as the cluster can place it.
-4. **Cheaper**: repeatedly remove the replica whose removal saves the most CPU+GPU units
-   while the simulator still predicts the SLO held.
+   the target, rejected or timed-out requests, or a batched method is loaded over
+   ``MAX_LOAD`` of what its full batches serve, the bottleneck (the node furthest over its
+   budget, in seconds; the most loaded one when only the load is over) gets larger batches
+   or one more replica, as long as the cluster can place it.
+4. **Headroom, then the p99**: the target is ``p99 x headroom`` first; when nothing reaches
+   it, the search runs again for the p99 itself, and a plan meeting that is returned with the
+   warning ``GS204`` (``prediction.within_headroom`` false), as InferLine judges candidates
+   against the objective itself: a feasible SLO is never refused, the missing margin is said.
+5. **Cheaper**: repeatedly remove the replica whose removal saves the most CPU+GPU units
+   (with the same or larger batches, or shorter waits) while the simulator still predicts
+   the target held.
+6. **Written budgets**: the SLO's p99 split along the critical path in proportion to each
+   node's predicted p99 under the chosen values (its latency contribution): they add up to
+   the p99 along that path. The live page colours nodes by them (``NodePlan.latency_budget_s``)
+   and the adaptive batcher keeps to them.
 
 Values the user wrote (``DeploymentPlan.user_set``) are constraints, never changed. Every
 value is recorded in ``DeploymentPlan.choices`` as ``user``, ``planned`` or ``default`` with
 a reason; the plan carries the prediction end to end and per node. When no plan meets the
-SLO the pass raises a ``GS203`` diagnostic naming the bottleneck node, the best p99 found at
-the rate and the highest rate that meets the p99.
+p99, even without headroom, the pass raises a ``GS203`` diagnostic naming the bottleneck
+node, the headroom tried, the best p99 found at the rate and the highest rate at which a
+plan meets the p99 (by bisection, planning at each rate).
 
 Resources: a replica the user gave no resources to is planned with the CPU it uses at the
 SLO's rate (profiled CPU share x busy time, 0.1 to 1 CPU in steps of 0.1); GPUs only where

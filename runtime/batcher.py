@@ -124,7 +124,9 @@ class Batcher:
         # (no SLO planned) the planned values stay as they are
         live = self.settings
         self.adaptive = (
-            AdaptiveLimits(live.max_batch_size, live.batch_wait_timeout_s, live.latency_budget_s)
+            AdaptiveLimits(
+                live.max_batch_size, live.batch_wait_timeout_s, live.latency_budget_s, live.max_concurrent_batches
+            )
             if live.adaptive and live.latency_budget_s
             else None
         )
@@ -365,7 +367,7 @@ class Batcher:
             output = await self.fn(*args, **kwargs)
             if self.adaptive is not None:
                 now = loop.time()
-                self.adaptive.observe(len(batch), now - batch[0].enqueued, now - started)
+                self.adaptive.observe(len(batch), now - batch[0].enqueued, now - started, started)
             results = _items(output, len(batch), self.name)
             # The function is done: free its slot first and hand out the results one loop step
             # later, so a waiting batch starts before this batch's callers run on (answering them
