@@ -15,7 +15,8 @@ one run:
     every deployment, 1-3) that meets the SLO there: the simulator ranks the grid, the
     server confirms (the next larger setting is measured when the first misses);
 (d) **Ray Serve** with the best single hand setting; its own closed-loop capacity is measured
-    first, since a rate above it overloads Ray Serve whatever the setting.
+    first, since a rate above it overloads Ray Serve whatever the setting, and it is also
+    measured at half that capacity.
 
 The rates follow this machine: the closed-loop capacity of graphserve serving W6 (``wrk``,
 64 connections, three replicas of everything) bounds them at 70%; the third rate is the
@@ -296,10 +297,13 @@ def run(args: Any) -> dict[str, Any]:
             try:
                 systems["rayserve"]["capacity_rps"] = _capacity(server.url("w6"), 32, max(3.0, args.w6_duration / 3))
                 _log(f"Ray Serve capacity {systems['rayserve']['capacity_rps']} req/s")
-                for rate in rates:
+                own = float(max(1, round(systems["rayserve"]["capacity_rps"] / 2)))
+                for rate in [*rates, own]:  # and at half its own capacity: Ray Serve inside what it serves here
                     row = measure(server, rate, args)
                     row.pop("trace")
                     row["replicas"] = len(hand.deployments) + 1  # its HTTP ingress is a deployment too
+                    if rate == own:
+                        row["setting"] = "half its own capacity"
                     systems["rayserve"]["rates"].append(row)
                     _log(f"rayserve @ {rate:g}: p99 {row['p99_ms']} ms")
             finally:
