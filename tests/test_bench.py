@@ -256,3 +256,9 @@ def test_w6_hand_setting_and_targets() -> None:
     assert t["predicted_p99_within_20pct"] and t["planned_meets_where_hand_misses"]
     systems["smallest_hand"]["rates"][1]["replicas"] = 6  # 5 of 6: under 30%
     assert not w6.targets(systems)["replica_saving_at_least_30pct"]
+    # where the simulator predicts the hand setting misses, not where a noisy tail made it miss
+    systems["smallest_hand"]["rates"][1]["replicas"] = 8
+    systems["hand"]["rates"][0]["met"] = False  # a noisy miss at the low rate (saving 0% there)
+    assert w6.targets(systems)["replica_saving_where_hand_misses"] == [0.0, 0.375]
+    assert w6.targets(systems, misses_from=300)["replica_saving_where_hand_misses"] == [0.375]
+    assert w6.targets(systems, misses_from=300)["replica_saving_at_least_30pct"]
