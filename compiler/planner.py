@@ -249,7 +249,8 @@ class _Planner:
         batching = self.batching(dep)
         explicit = options.get("max_ongoing_requests", options.get("max_concurrent_queries"))
         max_ongoing = int(explicit) if explicit is not None else DEFAULT_MAX_ONGOING_REQUESTS
-        needed = max((b.max_batch_size * b.max_concurrent_batches for b in batching), default=0)
+        # a batch sized by batch_size_fn counts tokens (or the like), not calls: no count of calls to check
+        needed = max((b.max_batch_size * b.max_concurrent_batches for b in batching if not b.sized_by_fn), default=0)
         if needed > max_ongoing:
             self.warnings.append(
                 Diagnostic(

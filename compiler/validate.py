@@ -62,6 +62,7 @@ _BATCH_CHECKS: dict[str, tuple[str, Any]] = {
     "batch_wait_timeout_s": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
     "max_concurrent_batches": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "adaptive": ("True or False", lambda v: isinstance(v, bool)),
+    "sized_by_fn": ("True or False", lambda v: isinstance(v, bool)),
 }
 
 

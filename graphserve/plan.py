@@ -60,6 +60,8 @@ class BatchingPlan(_Data):
     # the batcher adapts its size limit and wait to ``latency_budget_s`` (at most the values above)
     adaptive: bool = False
     latency_budget_s: float | None = None
+    # max_batch_size is batch_size_fn's measure (tokens, nodes...), not a count of calls
+    sized_by_fn: bool = False
 
 
 class ChoicePlan(_Data):

@@ -27,6 +27,7 @@ batch on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -65,6 +66,10 @@ class LiveSettings(Protocol):
     adaptive: bool
     latency_budget_s: float | None
 
+    def derive(self) -> LiveSettings:
+        """A copy one batcher may change (to the plan's values) without changing the others'."""
+        ...
+
 
 @dataclass
 class _Limits:
@@ -74,6 +79,9 @@ class _Limits:
     batch_size_fn: Callable[[list[Any]], int] | None = None
     adaptive: bool = False
     latency_budget_s: float | None = None
+
+    def derive(self) -> _Limits:
+        return dataclasses.replace(self)
 
 
 _END = object()  # a stream's end, in its channel
@@ -363,9 +371,10 @@ class Batcher:
             loop = asyncio.get_running_loop()
             started = loop.time()
             output = await self.fn(*args, **kwargs)
-            if self.adaptive is not None:
+            if self.adaptive is not None:  # sizes in the limit's unit: batch_size_fn's measure, or items
                 now = loop.time()
-                self.adaptive.observe(len(batch), now - batch[0].enqueued, now - started)
+                size = self._measure(self.settings.batch_size_fn, batch)
+                self.adaptive.observe(size, now - batch[0].enqueued, now - started)
             results = _items(output, len(batch), self.name)
             # The function is done: free its slot first and hand out the results one loop step
             # later, so a waiting batch starts before this batch's callers run on (answering them
@@ -487,7 +496,8 @@ def get_batcher(
         live: LiveSettings = _Limits(**limits) if isinstance(limits, dict) else limits
         planned: dict[str, BatchingPlan] = getattr(owner, _CONFIG_ATTR, None) or {}
         chosen = planned.get(name.rsplit(".", 1)[-1]) or planned.get("__call__")
-        if chosen is not None:  # the plan's values (the SLO planner's, or a plan file's) win
+        if chosen is not None:  # the plan's values (the SLO planner's, or a plan file's) win,
+            live = live.derive()  # in this batcher's own copy: the decorator's settings are shared
             _apply_plan(live, chosen)
         batcher = Batcher(fn, name, observers=observers, limits=live, streaming=streaming)
         batchers[name] = batcher
