@@ -326,6 +326,36 @@ def w6_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@section("compat", "bench/results/compat.json")
+def compat(results: dict[str, Any]) -> str:
+    """``python -m bench.compat``: Ray Serve's own tests and doc examples, import changed only."""
+    outcomes: dict[str, str] = results["outcomes"]
+    lines = [
+        f"Measured {results.get('measured', '?')} by `python -m bench.compat`: **{results['passed']} of "
+        f"{results['in_scope']}** in-scope upstream tests and doc examples pass ({results['percent']}%); "
+        f"{results['out_of_scope']} are out of scope.",
+        "",
+        "| upstream file (ray-project/ray) | commit | in scope | pass |",
+        "|---|---|---:|---:|",
+    ]
+    for source in results["sources"]:
+        mine = {k: v for k, v in outcomes.items() if k.split("::", 1)[0] == source["file"]}
+        in_scope = [v for v in mine.values() if v != "out of scope"]
+        passed = sum(v == "passed" for v in in_scope)
+        lines.append(f"| `{source['path']}` | {source['commit'][:10]} | {len(in_scope)} | {passed} |")
+    failing = sorted(k for k, v in outcomes.items() if v not in ("passed", "out of scope"))
+    if failing:
+        lines += ["", "In scope and failing (each a row of the migration tables):", ""]
+        for test_id in failing:
+            reason = results["known_failures"].get(test_id) or results["known_failures"].get(test_id.split("[", 1)[0])
+            lines.append(f"- `{test_id}` ({outcomes[test_id]}): {reason or 'not a known failure'}")
+    out = results.get("out_of_scope_reasons") or {}
+    if out:
+        lines += ["", "Out of scope:", ""]
+        lines += [f"- `{test_id}`: {reason}" for test_id, reason in sorted(out.items())]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date (show the diff)")
