@@ -280,6 +280,7 @@ class _Planner:
             handles=sorted(self.ir.handles.successors(dep.name)),
             route_prefix=options.get("route_prefix"),
             location=str(dep.location) if dep.location else None,
+            user_config=options.get("user_config"),
             user_set=self.user_set(dep),
         )
 

@@ -58,19 +58,23 @@ class BatchSettings:
     # the batcher adapts its size limit and wait to ``latency_budget_s`` (set from the plan)
     adaptive: bool = False
     latency_budget_s: float | None = None
+    # settings changed at run time (``set_max_batch_size``, e.g. from ``reconfigure``): a plan's
+    # values no longer replace them
+    pinned: set[str] = field(default_factory=set, compare=False)
     # copies made for batchers that run with a plan's values; the run-time setters reach them too
     _derived: list[weakref.ref[BatchSettings]] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def derive(self) -> BatchSettings:
         """A copy for one batcher, which a plan may change without touching the settings other
         deployments (or other methods) share; ``set_max_batch_size`` and the like still reach it."""
-        copy = dataclasses.replace(self)
+        copy = dataclasses.replace(self, pinned=set(self.pinned))
         self._derived.append(weakref.ref(copy))
         return copy
 
     def set(self, name: str, value: Any) -> None:
         """Change one setting here and in every live copy (the run-time setters)."""
         setattr(self, name, value)
+        self.pinned.add(name)
         alive = []
         for ref in self._derived:
             copy = ref()
@@ -197,7 +201,7 @@ def batch(
 
     def wrap(fn: Any) -> Any:
         _check_async(fn)
-        wrapper = _wrap(fn, dataclasses.replace(settings))
+        wrapper = _wrap(fn, dataclasses.replace(settings, pinned=set()))
         setattr(wrapper, BATCH_ATTR, dict(config))
         setattr(wrapper, BATCH_EXPLICIT_ATTR, list(explicit))
         return wrapper

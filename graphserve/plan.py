@@ -119,6 +119,8 @@ class DeploymentPlan(_Data):
     handles: list[str] = Field(default_factory=list)
     route_prefix: str | None = None
     location: str | None = None
+    # Ray Serve's user_config (JSON): passed to the instance's reconfigure() when each replica starts
+    user_config: Any = None
     # options the user wrote (num_replicas, max_ongoing_requests, num_cpus, num_gpus, <method>.max_batch_size,
     # <method>.batch_wait_timeout_s, ...): the SLO planner keeps them as constraints
     user_set: list[str] = Field(default_factory=list)

@@ -65,6 +65,7 @@ class LiveSettings(Protocol):
     batch_size_fn: Callable[[list[Any]], int] | None
     adaptive: bool
     latency_budget_s: float | None
+    pinned: set[str]  # settings changed at run time (set_max_batch_size, ...): a plan does not replace them
 
     def derive(self) -> LiveSettings:
         """A copy one batcher may change (to the plan's values) without changing the others'."""
@@ -79,9 +80,10 @@ class _Limits:
     batch_size_fn: Callable[[list[Any]], int] | None = None
     adaptive: bool = False
     latency_budget_s: float | None = None
+    pinned: set[str] = dataclasses.field(default_factory=set)
 
     def derive(self) -> _Limits:
-        return dataclasses.replace(self)
+        return dataclasses.replace(self, pinned=set(self.pinned))
 
 
 _END = object()  # a stream's end, in its channel
@@ -505,9 +507,12 @@ def get_batcher(
 
 
 def _apply_plan(live: LiveSettings, chosen: BatchingPlan) -> None:
-    """Make the settings the batcher reads carry the plan's values (the SLO planner's, or a plan file's)."""
-    live.max_batch_size = chosen.max_batch_size
-    live.batch_wait_timeout_s = chosen.batch_wait_timeout_s
+    """Make the settings the batcher reads carry the plan's values (the SLO planner's, or a plan file's),
+    except those the code set at run time (``reconfigure`` calling ``set_max_batch_size``, ...)."""
+    if "max_batch_size" not in live.pinned:
+        live.max_batch_size = chosen.max_batch_size
+    if "batch_wait_timeout_s" not in live.pinned:
+        live.batch_wait_timeout_s = chosen.batch_wait_timeout_s
     live.max_concurrent_batches = chosen.max_concurrent_batches
     live.adaptive = chosen.adaptive
     live.latency_budget_s = chosen.latency_budget_s

@@ -63,7 +63,7 @@ class LocalBackend:
             for index in range(dep.num_replicas):
                 try:
                     instance = await construct(
-                        name, dep.kind, target, dep.init_args, dep.init_kwargs, self._handle_factory
+                        name, dep.kind, target, dep.init_args, dep.init_kwargs, self._handle_factory, dep.user_config
                     )
                 except ReplicaStartError as exc:
                     raise DeploymentStartError(exc.deployment, exc.message) from exc.__cause__

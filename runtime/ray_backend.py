@@ -271,6 +271,7 @@ class RayBackend:
                     threads=dep.max_ongoing_requests,
                     handle_plans={t: self.plan.deployment(t) for t in dep.handles},
                     namespace=self._namespace if self._shared else None,
+                    user_config=dep.user_config,
                 )
                 options = {
                     **placement.options(name, index),
