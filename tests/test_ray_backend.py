@@ -358,3 +358,16 @@ async def test_health_says_when_a_deployment_has_no_live_replica(ray_cluster: An
 
         reason = await bounded(unhealthy(), 30)
         assert "deployment 'Replicated' has no live replica" in reason
+
+
+async def test_user_config_reaches_reconfigure_in_the_actors() -> None:
+    """Ray Serve's user_config travels in the plan (JSON) and each actor calls reconfigure() with it."""
+    from tests.compat.test_user_config import Thresholder
+
+    with gs.InputNode() as inp:
+        out = Thresholder.options(user_config={"threshold": 0.9}).bind().__call__.bind(inp)
+    plan = Plan.from_json(compile_app(gs.graph(out)).to_json())
+    assert plan.deployment("Thresholder").user_config == {"threshold": 0.9}
+    async with running(plan) as runtime:
+        assert await bounded(runtime.execute(0.7)) is False
+        assert await bounded(runtime.execute(0.95)) is True
