@@ -83,6 +83,30 @@ SOURCES = (
         "d6deadfbfebdae1743b1a48e17c978eb42b211fb75b8d9ca2927e88f8f9610a6",
         "doc",
     ),
+    Source(
+        "doc/source/serve/doc_code/http_guide/streaming_example.py",
+        "6c6f9812ff7f12722d6345db061efe8cd3faa85b",
+        "d273566a55e3046eb7c60c02005a2462e874c6b9cfc333776db3e1b3dc0d4c7b",
+        "doc",
+    ),
+    Source(
+        "doc/source/serve/doc_code/deployment_graph_patterns/linear_pipeline.py",
+        "4ddcdebd1ec2db33873839a9e0baa634c7909454",
+        "33e5b7fe12e9befb996fe344f3efbb221fd6adc27b39f0c496fd5ac75e3f4c3a",
+        "doc",
+    ),
+    Source(
+        "doc/source/serve/doc_code/deployment_graph_patterns/conditional.py",
+        "31c9cf0e0762444e7978fe961085907c5dc553af",
+        "0edbe5d86c688550c74dca1b5acefa97711381d8668e38f074bb28f3afe6dc9c",
+        "doc",
+    ),
+    Source(
+        "doc/source/serve/doc_code/deployment_graph_patterns/branching_input.py",
+        "20ec6cbcf9655247f8b26bc9f90936e2cdcad51d",
+        "3281b5cae75694db857184ecaf7be64598bab600bc9ecb0751da40b04e121ddc",
+        "doc",
+    ),
 )
 
 # Ray-internal helpers imported by the upstream files, by where the installed Ray keeps them.
