@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from graphserve.errors import GraphError
-from graphserve.runtime.connections import NEW_GRACE_S, ConnectionLimits, default_max_connections
+from graphserve.runtime.connections import NEW_GRACE_S, ConnectionLimits, default_max_connections, sweep_interval
+from graphserve.runtime.http_defaults import HEADER_TIMEOUT_S, KEEP_ALIVE_S
 from graphserve.runtime.http_server import Server
 from graphserve.serving import serve
 from tests.graphs import ingress_graphs as graphs
@@ -112,13 +113,21 @@ def test_a_connection_that_sends_nothing_is_closed_without_an_answer() -> None:
 
 
 def test_an_idle_keep_alive_connection_is_closed_after_keep_alive_s() -> None:
-    with server(keep_alive_s=0.3) as (_, port):
+    with server(keep_alive_s=0.3) as (url, port):
         sock = connect(port)
         sock.sendall(REQUEST)
         started = time.monotonic()
         data = read_until_closed(sock)  # the answer, then the close
         assert data.startswith(b"HTTP/1.1 200") and data.endswith(b'{"y":2.0,"label":"a"}')
-        assert time.monotonic() - started < 5
+        assert 0.25 < time.monotonic() - started < 5
+        assert metric(url, 'graphserve_connections_closed_total{reason="keep_alive"}') == 1
+
+
+def test_limits_are_checked_by_one_timer_a_tenth_of_the_shorter_limit_apart() -> None:
+    assert sweep_interval(ConnectionLimits(header_timeout_s=0.3, keep_alive_s=5)) == pytest.approx(0.03)
+    assert sweep_interval(ConnectionLimits()) == pytest.approx(min(HEADER_TIMEOUT_S, KEEP_ALIVE_S) / 10)
+    assert sweep_interval(ConnectionLimits(header_timeout_s=0.01, keep_alive_s=0.01)) == 0.01  # at least 10 ms
+    assert sweep_interval(ConnectionLimits(header_timeout_s=600, keep_alive_s=600)) == 1.0  # at most 1 s
 
 
 def test_headers_larger_than_the_limit_get_431() -> None:
