@@ -165,6 +165,12 @@ def performance(results: dict[str, Any]) -> str:
         "",
     ]
     config = results.get("config", {})
+    if config.get("paired_rounds"):
+        lines[-2] = (
+            f"Closed loop: req/s (p50 ms). Raw Starlette and graphserve local ran side by side: each of their figures "
+            f"is the median of {config['paired_rounds']} rounds of {config['paired_round_s']:g} s that alternate "
+            "between the two."
+        )
     systems = [s for s in SYSTEMS if s in results.get("systems", {})]
     top = max(config.get("connections", [64]))
     lines += ["| workload | conns | " + " | ".join(LABELS[s] for s in systems) + " |"]
