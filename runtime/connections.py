@@ -166,6 +166,53 @@ def sweep_interval(limits: ConnectionLimits) -> float:
     return min(1.0, max(0.01, min(limits.header_timeout_s, limits.keep_alive_s) / 10))
 
 
+class CoalescingWriter(asyncio.Transport):
+    """The connection's transport as uvicorn's response cycles see it: a response's status line
+    and headers are held until its body comes, and both go out in one write (one system call
+    instead of two: on these machines a ``write`` is a third of a small request's CPU time).
+
+    A graph's answer sends its body in the same event-loop step as its head; a head whose body
+    does not follow in that step (a stream that computes its first chunk, ``100 Continue``) is
+    written at the end of the step, so nothing waits on it."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + bytes(data))
+        elif isinstance(data, bytes) and data.endswith(b"\r\n\r\n") and data.startswith(b"HTTP/"):
+            self._held = data  # a head: its body usually follows at once
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Write a head still held (its body did not come in the step that sent it)."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+
 class LimitedHTTPProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of the module docstring.
 
@@ -192,6 +239,7 @@ class LimitedHTTPProtocol(HttpToolsProtocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._writer = CoalescingWriter(transport, self.loop)
         verdict = self.registry.admit(self, self.idle_since)
         if verdict == "refused":
             self._refuse()
@@ -217,6 +265,12 @@ class LimitedHTTPProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     # -- uvicorn hooks ------------------------------------------------------------------
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None:  # the request's response goes out through the coalescing writer
+            cycle.transport = self._writer
+
     def on_response_complete(self) -> None:
         """uvicorn's, without its keep-alive timer per request (the registry's sweep closes
         idle connections): count the request, resume reading, start a pipelined request."""
