@@ -196,6 +196,11 @@ def performance(results: dict[str, Any]) -> str:
             f"first 200, median of {len(cold.get('runs', []))}): {cold['ready_s_median']} s; idle memory "
             f"{cold['idle_rss_mb']} MB RSS ({cold['idle_pss_mb']} MB PSS), torch loaded: {cold['torch_loaded']}.",
         ]
+        if "import_runtime_s" in cold:
+            lines[-1] += (
+                f" `import graphserve.runtime` in a fresh interpreter: {cold['import_runtime_s']} s; the Ray actor's "
+                f"module (`graphserve.runtime.ray_actor`, Ray itself included): {cold['import_ray_actor_s']} s."
+            )
     return "\n".join(lines)
 
 
