@@ -165,6 +165,12 @@ def performance(results: dict[str, Any]) -> str:
         "",
     ]
     config = results.get("config", {})
+    if config.get("paired_rounds"):
+        lines[-2] = (
+            f"Closed loop: req/s (p50 ms). Raw Starlette and graphserve local ran side by side: each of their figures "
+            f"is the median of {config['paired_rounds']} rounds of {config['paired_round_s']:g} s that alternate "
+            "between the two."
+        )
     systems = [s for s in SYSTEMS if s in results.get("systems", {})]
     top = max(config.get("connections", [64]))
     lines += ["| workload | conns | " + " | ".join(LABELS[s] for s in systems) + " |"]
@@ -190,6 +196,11 @@ def performance(results: dict[str, Any]) -> str:
             f"first 200, median of {len(cold.get('runs', []))}): {cold['ready_s_median']} s; idle memory "
             f"{cold['idle_rss_mb']} MB RSS ({cold['idle_pss_mb']} MB PSS), torch loaded: {cold['torch_loaded']}.",
         ]
+        if "import_runtime_s" in cold:
+            lines[-1] += (
+                f" `import graphserve.runtime` in a fresh interpreter: {cold['import_runtime_s']} s; the Ray actor's "
+                f"module (`graphserve.runtime.ray_actor`, Ray itself included): {cold['import_ray_actor_s']} s."
+            )
     return "\n".join(lines)
 
 
