@@ -73,7 +73,10 @@ class DocExample(pytest.Item):
     """A Ray documentation example, run as a script (its asserts are the test)."""
 
     def runtest(self) -> None:
-        runpy.run_path(str(self.path), run_name="__main__")
+        try:
+            runpy.run_path(str(self.path), run_name="__main__")
+        finally:  # as the autouse fixture does for test functions (a plain Item has no fixtures)
+            serve.shutdown()
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, self.name
