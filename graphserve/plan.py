@@ -22,6 +22,13 @@ from graphserve.errors import PlanError
 
 PLAN_VERSION = 1
 
+# The defaults of a deployment's and of ``@gs.batch``'s options, one place for the DSL, the
+# planner and the runtime.
+DEFAULT_MAX_ONGOING_REQUESTS = 100
+DEFAULT_MAX_BATCH_SIZE = 10
+DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.01
+DEFAULT_MAX_CONCURRENT_BATCHES = 1
+
 
 class _Data(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
@@ -109,7 +116,7 @@ class DeploymentPlan(_Data):
     init_args: list[ArgPlan] = Field(default_factory=list)
     init_kwargs: dict[str, ArgPlan] = Field(default_factory=dict)
     num_replicas: int = 1
-    max_ongoing_requests: int = 100
+    max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS
     max_queued_requests: int = -1
     max_retries: int = 0
     resources: ResourcesPlan = Field(default_factory=ResourcesPlan)
