@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import traceback
+from types import ModuleType
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -332,15 +334,26 @@ def import_path_of(obj: Any) -> str:
     return f"{module}:{qualname}"
 
 
+def imported(module_name: str, what: str) -> ModuleType:
+    """Import ``module_name`` for ``what`` (as the error names it). A module that is missing or
+    raises while it is imported is a PlanError naming it and what it raised (type, message and
+    where), so a command prints one line, not the import's traceback."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PlanError(f"cannot import {what}: {exc}") from exc
+    except Exception as exc:  # the module's own code failed: whatever it raised is the user's error
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        raise PlanError(f"cannot import {what}: {module_name} raised {type(exc).__name__}: {exc}{where}") from exc
+
+
 def import_object(path: str) -> Any:
     """Import ``module:qualname`` (or ``module.qualname``)."""
     module_name, sep, qualname = path.partition(":")
     if not sep:
         module_name, _, qualname = path.rpartition(".")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise PlanError(f"cannot import {path!r}: {exc}") from exc
+    obj: Any = imported(module_name, repr(path))
     for part in qualname.split("."):
         try:
             obj = getattr(obj, part)

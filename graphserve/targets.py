@@ -7,8 +7,6 @@ The one plan loader of ``graphserve build``/``render``/``deploy``/``call`` and `
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -25,6 +23,8 @@ RAY_CLUSTER = "ray:"  # --cluster ray:auto, ray:HOST:PORT: read the nodes of a l
 
 def load_app(target: str) -> Any:
     """The object named by ``module:attr`` or ``file.py:attr`` (attr defaults to ``app``)."""
+    from graphserve.plan import imported
+
     module_ref, _, attr = target.partition(":")
     attr = attr or "app"
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -36,15 +36,9 @@ def load_app(target: str) -> Any:
         module_name = _module_name_for(path)
         if str(_import_root(path)) not in sys.path:
             sys.path.insert(0, str(_import_root(path)))
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise GraphError(f"cannot import {path}: {exc}") from exc
+        module = imported(module_name, str(path))
     else:
-        try:
-            module = importlib.import_module(module_ref)
-        except ImportError as exc:
-            raise GraphError(f"cannot import module {module_ref!r}: {exc}") from exc
+        module = imported(module_ref, f"module {module_ref!r}")
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):

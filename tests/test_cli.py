@@ -224,6 +224,21 @@ def test_python_dash_m_reports_an_invalid_graph_without_a_traceback() -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_an_app_module_that_raises_at_import_is_one_line_naming_it_and_the_exception(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    raising = ROOT / "tests" / "graphs" / "raises_at_import.py"
+    said = "tests.graphs.raises_at_import raised RuntimeError: the model file models/never.pt is missing"
+    where = f"(at {raising}:{_line_of(raising, 'raise RuntimeError')})"
+    module = "tests.graphs.raises_at_import"
+    for argv in (["deploy", f"{module}:app", "--port", "0"], ["build", module]):
+        done = _run(str(GRAPHSERVE), *argv)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.splitlines() == [f"error: cannot import module {module!r}: {said} {where}"]
+    assert cli.main(["build", "tests/graphs/raises_at_import.py:app"]) == 1  # the file path form
+    assert capsys.readouterr().err == f"error: cannot import {raising}: {said} {where}\n"
+
+
 # -- deploy / call -----------------------------------------------------------------------
 def test_deploy_and_call_arguments() -> None:
     args = cli.build_parser().parse_args(["deploy", "a:app", "plan.json"])
