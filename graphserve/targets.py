@@ -27,8 +27,7 @@ def load_app(target: str) -> Any:
 
     module_ref, _, attr = target.partition(":")
     attr = attr or "app"
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    _import_from_cwd()
     if module_ref.endswith(".py") or os.sep in module_ref:
         path = Path(module_ref).resolve()
         if not path.exists():
@@ -45,6 +44,12 @@ def load_app(target: str) -> Any:
             raise GraphError(f"module {module.__name__!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def _import_from_cwd() -> None:
+    """Modules are found from the current directory too, as with ``python -m`` and uvicorn."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _import_root(path: Path) -> Path:
@@ -96,6 +101,7 @@ def load_plan(target: Any, cluster: Any = "detect") -> Plan:
     if isinstance(target, (str, Path)):
         text = str(target)
         if is_plan_file(text):
+            _import_from_cwd()  # its deployments are imported (by module:qualname) when it is served
             return _read_plan(text)
         target = load_app(text)
     from graphserve.compiler import compile_app

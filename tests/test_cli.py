@@ -216,6 +216,22 @@ def test_console_script_builds_a_module_from_the_current_directory(tmp_path: Pat
     assert '"Echo.__call__" [' in (tmp_path / "graph.dot").read_text()
 
 
+def test_a_plan_file_is_served_with_its_modules_found_from_the_current_directory(tmp_path: Path) -> None:
+    (tmp_path / "mygraph.py").write_text(
+        "import graphserve as gs\n\n"
+        "@gs.deployment\nclass Echo:\n    async def __call__(self, text: str) -> str:\n        return text\n\n"
+        "app = gs.graph(Echo.bind().__call__.bind(gs.InputNode()))\n"
+    )
+    built = _run(str(GRAPHSERVE), "build", "mygraph:app", "--cluster", "none", "-o", "plan.json", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    # the module now fails when imported: serving the plan must reach it (from this directory) and say so
+    (tmp_path / "mygraph.py").write_text("raise RuntimeError('no weights here')\n")
+    done = _run(str(GRAPHSERVE), "deploy", "plan.json", "--port", "0", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "error: cannot import 'mygraph:Echo': mygraph raised RuntimeError: no weights here" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_python_dash_m_reports_an_invalid_graph_without_a_traceback() -> None:
     done = _run(sys.executable, "-m", "graphserve", "build", "tests/graphs/invalid.py:app")
     assert done.returncode == 1
