@@ -310,56 +310,6 @@ async def _until_dead(ray: Any, actor: Any) -> None:
 
 
 # -- the ways in ---------------------------------------------------------------------------
-def test_gs_run_on_ray_shares_the_running_cluster(ray_cluster: Any) -> None:
-    with gs.InputNode() as inp:
-        app = gs.graph(g.Caller.bind(g.Add.bind()).__call__.bind(inp))
-    with gs.run(app, backend="ray") as handle:
-        assert handle.call(2.0) == 20.0
-        assert handle.remote(3.0).result(timeout_s=60) == 30.0  # a DeploymentResponse, as in Ray Serve
-    assert ray_cluster.is_initialized()  # it joined the session's Ray; stopping did not shut that down
-
-
-def test_gs_run_on_ray_checks_resources_against_ray_not_this_machine() -> None:
-    with gs.InputNode() as inp:
-        app = gs.graph(r.Placement.options(num_gpus=1).bind().__call__.bind(inp))
-    with gs.run(app, backend="ray") as handle:  # the session's Ray has a GPU slot; this machine may have none
-        assert handle.call(None)["resources"]["GPU"] == 1.0
-
-
-def test_http_ingress_serves_a_graph_on_ray() -> None:
-    from tests.serving_utils import running_server
-
-    with gs.InputNode(schema=g.Text) as inp:
-        score = g.Scorer.bind().score.bind(inp.text)
-        out = gs.cond(score.score > 0.5, g.Echo.bind().text.bind(inp.text), g.Fails.bind().__call__.bind(inp.text))
-        app = gs.graph(out, name="scored")
-    with running_server(app, backend="ray") as url:
-        ok = httpx.post(f"{url}/scored", json={"text": "a long piece of text"}, timeout=60)
-        assert ok.status_code == 200 and ok.json() == "a long piece of text"
-        failed = httpx.post(f"{url}/scored", json={"text": "tiny"}, timeout=60)
-        assert failed.status_code == 500 and failed.json()["node"] == "Fails.__call__"
-        invalid = httpx.post(f"{url}/scored", json={"nope": 1}, timeout=60)
-        assert invalid.status_code == 422
-
-
-async def test_health_says_when_a_deployment_has_no_live_replica(ray_cluster: Any) -> None:
-    from tests.graphs import fault_graphs
-
-    async with running(fault_graphs.replicated, max_restarts=0, health_timeout_s=1.0) as runtime:
-        assert await runtime.health() is None
-        backend: Any = runtime.backend
-        for actor in backend.actors("Replicated"):
-            ray_cluster.kill(actor, no_restart=True)
-
-        async def unhealthy() -> str:
-            while (reason := await runtime.health()) is None:
-                await asyncio.sleep(0.05)
-            return reason
-
-        reason = await bounded(unhealthy(), 30)
-        assert "deployment 'Replicated' has no live replica" in reason
-
-
 class _FailingRay:
     """Ray's kill and cancel raising what they raise for an actor or task that is gone (or a bug)."""
 
@@ -421,3 +371,53 @@ async def test_stop_and_cancel_do_not_hide_an_error_that_is_not_rays() -> None:
         backend.cancel([RayValue(object(), "n", "d", replica, ())])
     with pytest.raises(TypeError):
         await backend.stop()
+
+
+def test_gs_run_on_ray_shares_the_running_cluster(ray_cluster: Any) -> None:
+    with gs.InputNode() as inp:
+        app = gs.graph(g.Caller.bind(g.Add.bind()).__call__.bind(inp))
+    with gs.run(app, backend="ray") as handle:
+        assert handle.call(2.0) == 20.0
+        assert handle.remote(3.0).result(timeout_s=60) == 30.0  # a DeploymentResponse, as in Ray Serve
+    assert ray_cluster.is_initialized()  # it joined the session's Ray; stopping did not shut that down
+
+
+def test_gs_run_on_ray_checks_resources_against_ray_not_this_machine() -> None:
+    with gs.InputNode() as inp:
+        app = gs.graph(r.Placement.options(num_gpus=1).bind().__call__.bind(inp))
+    with gs.run(app, backend="ray") as handle:  # the session's Ray has a GPU slot; this machine may have none
+        assert handle.call(None)["resources"]["GPU"] == 1.0
+
+
+def test_http_ingress_serves_a_graph_on_ray() -> None:
+    from tests.serving_utils import running_server
+
+    with gs.InputNode(schema=g.Text) as inp:
+        score = g.Scorer.bind().score.bind(inp.text)
+        out = gs.cond(score.score > 0.5, g.Echo.bind().text.bind(inp.text), g.Fails.bind().__call__.bind(inp.text))
+        app = gs.graph(out, name="scored")
+    with running_server(app, backend="ray") as url:
+        ok = httpx.post(f"{url}/scored", json={"text": "a long piece of text"}, timeout=60)
+        assert ok.status_code == 200 and ok.json() == "a long piece of text"
+        failed = httpx.post(f"{url}/scored", json={"text": "tiny"}, timeout=60)
+        assert failed.status_code == 500 and failed.json()["node"] == "Fails.__call__"
+        invalid = httpx.post(f"{url}/scored", json={"nope": 1}, timeout=60)
+        assert invalid.status_code == 422
+
+
+async def test_health_says_when_a_deployment_has_no_live_replica(ray_cluster: Any) -> None:
+    from tests.graphs import fault_graphs
+
+    async with running(fault_graphs.replicated, max_restarts=0, health_timeout_s=1.0) as runtime:
+        assert await runtime.health() is None
+        backend: Any = runtime.backend
+        for actor in backend.actors("Replicated"):
+            ray_cluster.kill(actor, no_restart=True)
+
+        async def unhealthy() -> str:
+            while (reason := await runtime.health()) is None:
+                await asyncio.sleep(0.05)
+            return reason
+
+        reason = await bounded(unhealthy(), 30)
+        assert "deployment 'Replicated' has no live replica" in reason
