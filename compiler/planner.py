@@ -29,6 +29,7 @@ from pydantic import ValidationError as PydanticValidationError
 from graphserve.dsl import batch_config, batch_explicit
 from graphserve.errors import Diagnostic, GraphValidationError, PlanError
 from graphserve.plan import (
+    DEFAULT_MAX_ONGOING_REQUESTS,
     ArgPlan,
     BatchingPlan,
     BranchPlan,
@@ -55,7 +56,6 @@ from .digraph import DiGraph, topological_order
 from .http_request import http_request, ingress_route_prefix
 from .ir import Arg, ConstArg, GraphIR, HandleArg, IRDeployment, IRNode, NodeArg, StructArg
 
-DEFAULT_MAX_ONGOING_REQUESTS = 100
 _FUSED_REASONS = {
     "attr": "field selection: inline, no hop",
     "switch": "control flow: runs inline and starts only the selected branch",

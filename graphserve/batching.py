@@ -36,12 +36,17 @@ from typing import Any, TypeVar, overload
 
 from graphserve.dsl import BATCH_ATTR, BATCH_EXPLICIT_ATTR, batch_config
 from graphserve.errors import BatchOptionError, BatchOptionTypeError
+from graphserve.plan import DEFAULT_BATCH_WAIT_TIMEOUT_S, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CONCURRENT_BATCHES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 SETTINGS_ATTR = "__gs_batch_settings__"
 
-DEFAULTS: dict[str, Any] = {"max_batch_size": 10, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1}
+DEFAULTS: dict[str, Any] = {
+    "max_batch_size": DEFAULT_MAX_BATCH_SIZE,
+    "batch_wait_timeout_s": DEFAULT_BATCH_WAIT_TIMEOUT_S,
+    "max_concurrent_batches": DEFAULT_MAX_CONCURRENT_BATCHES,
+}
 
 
 @dataclass

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import traceback
+from types import ModuleType
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -21,6 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from graphserve.errors import PlanError
 
 PLAN_VERSION = 1
+
+# The defaults of a deployment's and of ``@gs.batch``'s options, one place for the DSL, the
+# planner and the runtime.
+DEFAULT_MAX_ONGOING_REQUESTS = 100
+DEFAULT_MAX_BATCH_SIZE = 10
+DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.01
+DEFAULT_MAX_CONCURRENT_BATCHES = 1
 
 
 class _Data(BaseModel):
@@ -111,7 +120,7 @@ class DeploymentPlan(_Data):
     init_args: list[ArgPlan] = Field(default_factory=list)
     init_kwargs: dict[str, ArgPlan] = Field(default_factory=dict)
     num_replicas: int = 1
-    max_ongoing_requests: int = 100
+    max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS
     max_queued_requests: int = -1
     max_retries: int = 0
     resources: ResourcesPlan = Field(default_factory=ResourcesPlan)
@@ -329,15 +338,26 @@ def import_path_of(obj: Any) -> str:
     return f"{module}:{qualname}"
 
 
+def imported(module_name: str, what: str) -> ModuleType:
+    """Import ``module_name`` for ``what`` (as the error names it). A module that is missing or
+    raises while it is imported is a PlanError naming it and what it raised (type, message and
+    where), so a command prints one line, not the import's traceback."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PlanError(f"cannot import {what}: {exc}") from exc
+    except Exception as exc:  # the module's own code failed: whatever it raised is the user's error
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        raise PlanError(f"cannot import {what}: {module_name} raised {type(exc).__name__}: {exc}{where}") from exc
+
+
 def import_object(path: str) -> Any:
     """Import ``module:qualname`` (or ``module.qualname``)."""
     module_name, sep, qualname = path.partition(":")
     if not sep:
         module_name, _, qualname = path.rpartition(".")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise PlanError(f"cannot import {path!r}: {exc}") from exc
+    obj: Any = imported(module_name, repr(path))
     for part in qualname.split("."):
         try:
             obj = getattr(obj, part)

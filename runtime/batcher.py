@@ -35,7 +35,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from graphserve.errors import BatchItemTooLargeError, BatchOutputError
-from graphserve.plan import BatchingPlan
+from graphserve.plan import (
+    DEFAULT_BATCH_WAIT_TIMEOUT_S,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_CONCURRENT_BATCHES,
+    BatchingPlan,
+)
 
 from .adaptive import AdaptiveLimits
 from .backend import BatchLimits
@@ -74,9 +79,9 @@ class LiveSettings(Protocol):
 
 @dataclass
 class _Limits:
-    max_batch_size: int = 10
-    batch_wait_timeout_s: float = 0.01
-    max_concurrent_batches: int = 1
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S
+    max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES
     batch_size_fn: Callable[[list[Any]], int] | None = None
     adaptive: bool = False
     latency_budget_s: float | None = None
@@ -113,9 +118,9 @@ class Batcher:
         self,
         fn: Callable[..., Any],
         name: str,
-        max_batch_size: int = 10,
-        batch_wait_timeout_s: float = 0.01,
-        max_concurrent_batches: int = 1,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S,
+        max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
         observers: list[BatchObserver] | None = None,
         batch_size_fn: Callable[[list[Any]], int] | None = None,
         *,

@@ -66,7 +66,7 @@ from graphserve.errors import NodeExecutionError, RequestError
 from .drift import DriftMonitor
 from .encoding import JSONDecodeError, JSONLimitError, dumps, loads
 from .http_defaults import BODY_TIMED_OUT
-from .http_errors import Answer, Headers, error_answer, request_error, retry_after
+from .http_errors import Answer, Headers, error_answer, error_message, request_error, retry_after
 from .live_stats import LiveStats
 from .metrics import Labels, Metrics
 from .otel import OtelExporter
@@ -464,7 +464,7 @@ class GraphRoute:
             self.log_failure(request_id, exc)
         node = exc.node if isinstance(exc, NodeExecutionError) else None
         deployment = exc.deployment if isinstance(exc, NodeExecutionError) else None
-        message = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+        message = error_message(exc)  # what the answer said: a 500's text stays in the log
         self.observers.live.record_error(self.plan, request_id.decode(), status, message, node, deployment)
 
     def log_failure(self, request_id: bytes, exc: BaseException) -> None:
