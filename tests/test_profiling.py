@@ -129,3 +129,53 @@ def test_two_profiles_of_a_graph_differ_only_in_their_measurements():
     first, second = (gs.profile(sim_graphs.conditional, [{"x": 0.1}, {"x": 0.95}], duration_s=0.5) for _ in "ab")
     assert shape(json.loads(first.to_json())) == shape(json.loads(second.to_json()))
     assert list(json.loads(first.to_json())) == list(json.loads(second.to_json()))
+
+
+class _FakeRunQueue:
+    """A run-queue delay that grows by ``step`` seconds at every reading: each timed call
+    (read before and after) waited ``step`` for a core."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.total = 0.0
+
+    def __call__(self) -> float:
+        self.total += self.step
+        return self.total
+
+
+def test_the_time_a_call_waited_for_a_core_is_left_out_of_its_latency(monkeypatch):
+    from graphserve import profiling
+
+    plain = gs.profile(sim_graphs.batched, [{"x": 1.0}], duration_s=1, batch_sizes=[1])
+    monkeypatch.setattr(profiling, "run_delay_s", _FakeRunQueue(0.004))
+    busy = gs.profile(sim_graphs.batched, [{"x": 1.0}], duration_s=1, batch_sizes=[1])
+    cost = sim_graphs.BATCH_FIXED_S + sim_graphs.BATCH_PER_ITEM_S  # 12 ms a batch of 1
+    before, after = plain.node("Batched.predict").batches[0].latency, busy.node("Batched.predict").batches[0].latency
+    assert before.p50_s == pytest.approx(cost, abs=0.0015)
+    assert after.p50_s == pytest.approx(before.p50_s - 0.004, abs=0.0015)  # 4 ms of each call left out
+    node = busy.node("Batched.predict")
+    assert node.machine_wait_s == pytest.approx(0.004 * after.count, rel=1e-3)
+    assert busy.machine_wait_share == pytest.approx(0.004 / (after.mean_s + 0.004), abs=0.02)
+    assert any("the machine was busy while profiling" in w for w in busy.warnings)
+
+
+def test_without_the_run_queue_delay_the_wall_time_stands(monkeypatch):
+    from graphserve import profiling
+
+    monkeypatch.setattr(profiling, "run_delay_s", lambda: None)
+    profile = gs.profile(sim_graphs.single, [{"x": 1.0}], duration_s=0.5)
+    node = profile.node("Sleeper.__call__")
+    assert profile.machine_wait_share is None and node.machine_wait_s == 0.0
+    assert node.latency is not None and node.latency.p50_s >= 0.001
+
+
+def test_the_run_queue_delay_is_read_from_linux():
+    from graphserve import profiling
+
+    first = profiling.run_delay_s()
+    if first is None:
+        pytest.skip("this OS does not report run-queue delays")
+    sum(range(100_000))
+    second = profiling.run_delay_s()
+    assert second is not None and second >= first >= 0.0
