@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -131,32 +132,33 @@ def test_two_profiles_of_a_graph_differ_only_in_their_measurements():
     assert list(json.loads(first.to_json())) == list(json.loads(second.to_json()))
 
 
-class _FakeRunQueue:
-    """A run-queue delay that grows by ``step`` seconds at every reading: each timed call
-    (read before and after) waited ``step`` for a core."""
+class _BusierRunQueue:
+    """The real run-queue delay plus ``step`` seconds more at every reading: each timed call
+    (read before and after) waited ``step`` longer for a core than it really did."""
 
-    def __init__(self, step: float) -> None:
+    def __init__(self, real: Callable[[], float | None], step: float) -> None:
+        self.real = real
         self.step = step
-        self.total = 0.0
+        self.extra = 0.0
 
     def __call__(self) -> float:
-        self.total += self.step
-        return self.total
+        self.extra += self.step
+        return (self.real() or 0.0) + self.extra
 
 
 def test_the_time_a_call_waited_for_a_core_is_left_out_of_its_latency(monkeypatch):
     from graphserve import profiling
 
     plain = gs.profile(sim_graphs.batched, [{"x": 1.0}], duration_s=1, batch_sizes=[1])
-    monkeypatch.setattr(profiling, "run_delay_s", _FakeRunQueue(0.004))
+    monkeypatch.setattr(profiling, "run_delay_s", _BusierRunQueue(profiling.run_delay_s, 0.004))
     busy = gs.profile(sim_graphs.batched, [{"x": 1.0}], duration_s=1, batch_sizes=[1])
     cost = sim_graphs.BATCH_FIXED_S + sim_graphs.BATCH_PER_ITEM_S  # 12 ms a batch of 1
     before, after = plain.node("Batched.predict").batches[0].latency, busy.node("Batched.predict").batches[0].latency
     assert before.p50_s == pytest.approx(cost, abs=0.0015)
-    assert after.p50_s == pytest.approx(before.p50_s - 0.004, abs=0.0015)  # 4 ms of each call left out
+    assert after.p50_s == pytest.approx(cost - 0.004, abs=0.0015)  # 4 ms more of each call left out
     node = busy.node("Batched.predict")
-    assert node.machine_wait_s == pytest.approx(0.004 * after.count, rel=1e-3)
-    assert busy.machine_wait_share == pytest.approx(0.004 / (after.mean_s + 0.004), abs=0.02)
+    assert node.machine_wait_s >= 0.004 * after.count
+    assert busy.machine_wait_share is not None and busy.machine_wait_share >= 0.004 / (after.mean_s + 0.004) - 0.01
     assert any("the machine was busy while profiling" in w for w in busy.warnings)
 
 
