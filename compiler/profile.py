@@ -176,6 +176,11 @@ class Profile(_Data):
     nodes: list[NodeProfile]
     switches: list[SwitchProfile] = Field(default_factory=list)
     paths: list[PathProfile] = Field(default_factory=list)
+    request_cpu_s: float = Field(
+        default=0.0,
+        description="the runtime's own CPU time per request (validation, the executor between calls), on the "
+        "event loop; the calls' CPU and the HTTP server's are not in it",
+    )
     machine_wait_share: float | None = Field(
         default=None,
         description="share of the timed calls' wall time spent waiting for a core other processes held, "

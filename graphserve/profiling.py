@@ -134,6 +134,23 @@ class _Timer:
         return wall - waited, c1 - c0
 
 
+def runtime_cpu(request_cpu: list[float], nodes: list[NodeProfile]) -> float:
+    """The runtime's own CPU per request: a request's CPU through the graph (the mean over the
+    sample requests after the first, which warms the code paths up) less what its calls take
+    (each node's CPU share of its one-call time, weighted by its visit rate; a batched node's
+    batch of 1). A batched node's batcher works per batch, but each sample request is a
+    batch of its own, so its work is counted per request: too much when batches fill."""
+    spent = request_cpu[1:] or request_cpu
+    if not spent:
+        return 0.0
+    calls = 0.0
+    for node in nodes:
+        one = node.latency if node.latency is not None else (node.batches[0].latency if node.batches else None)
+        if one is not None:
+            calls += node.visit_rate * node.cpu_share * one.mean_s
+    return round(max(0.0, sum(spent) / len(spent) - calls), 7)
+
+
 # -- what the executor tells us ------------------------------------------------------------
 class _Recorder:
     """The executor's observer during phase 1 (implements ``ExecutionObserver``)."""
@@ -235,6 +252,7 @@ class _Profiler:
         self.started = 0.0
         self.steps = self.steps_left = self.done = 0  # progress: measurements in all, still to make, made
         self.timer = _Timer(run_delay_s)
+        self.request_cpu: list[float] = []  # process CPU time of each sample request through the graph
 
     def sizes(self, max_batch_size: int) -> list[int]:
         if self.batch_sizes is not None:
@@ -286,6 +304,7 @@ class _Profiler:
             paths=path_list,
             warnings=self.warnings + [f"{n.node}: {w}" for n in nodes for w in n.warnings],
             machine_wait_share=wait_share,
+            request_cpu_s=runtime_cpu(self.request_cpu, nodes),
         )
 
     def _step(self, what: str, steps: int = 1) -> None:
@@ -311,10 +330,12 @@ class _Profiler:
         try:
             for number, request in requests:
                 recorder.path = {}
+                cpu0 = time.process_time()
                 try:
                     await executor.execute(request)
                 except RequestError as exc:
                     raise ProfileError(f"{self.source} line {number}: the request failed: {exc}") from None
+                self.request_cpu.append(time.process_time() - cpu0)
                 ran += 1
                 paths[tuple(sorted(recorder.path.items()))] += 1
                 if time.perf_counter() - self.started > budget:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 import graphserve as gs
-from graphserve.compiler.profile import Profile
+from graphserve.compiler.profile import Distribution, Profile
 from graphserve.errors import ProfileError
 from tests.graphs import sim_graphs
 
@@ -181,3 +181,20 @@ def test_the_run_queue_delay_is_read_from_linux():
     sum(range(100_000))
     second = profiling.run_delay_s()
     assert second is not None and second >= first >= 0.0
+
+
+def test_the_runtimes_own_cpu_per_request_is_what_the_calls_do_not_take():
+    from graphserve import profiling
+
+    profile = gs.profile(sim_graphs.conditional, [{"x": 0.5}, {"x": 0.95}], duration_s=0.5)
+    cheap, expensive = profile.node("cheap.__call__"), profile.node("expensive.__call__")
+    assert cheap.latency is not None and expensive.latency is not None
+    cheap = cheap.model_copy(update={"cpu_share": 0.5, "latency": Distribution.constant(0.0002)})
+    expensive = expensive.model_copy(update={"cpu_share": 0.1, "latency": Distribution.constant(0.001)})
+    # the first request (warming up) is left out; calls: 1 x 0.5 x 200 us + 0.5 x 0.1 x 1000 us = 150 us
+    spent = [0.010, 0.0003, 0.0005]
+    assert profiling.runtime_cpu(spent, [cheap, expensive]) == pytest.approx(0.0004 - 0.00015)
+    assert profiling.runtime_cpu([0.010, 0.0001], [cheap, expensive]) == 0.0  # never below nothing
+    assert profiling.runtime_cpu([], [cheap]) == 0.0
+    measured = gs.profile(sim_graphs.single, [{"x": 1.0}] * 20, duration_s=0.5).request_cpu_s
+    assert 0.0 <= measured < 0.005  # tens of microseconds of Python per request, not milliseconds

@@ -236,3 +236,15 @@ def test_power_of_two_choices_spreads_sequential_calls(single):
     assert drawn.run(**busy).throughput_rps == pytest.approx(least.run(**busy).throughput_rps, rel=0.01)
     with pytest.raises(ProfileError, match="unknown routing"):
         Simulator(plan, profile, routing="random")  # type: ignore[arg-type]
+
+
+def test_the_runtimes_own_cpu_per_request_runs_on_the_event_loop_first():
+    """``request_cpu_s``: each request's executor work is event-loop CPU before its calls."""
+    plan = gs.build(sim_graphs.single)
+    quick = Profile.assumed(plan, {"Sleeper.__call__": 0.0001}).model_copy(update={"request_cpu_s": 0.002})
+    alone = simulate(plan, quick, rate=10, arrivals="uniform", duration_s=5)
+    assert alone.latency.p50_s == pytest.approx(0.002 + 0.0001)
+    # at 1000 requests/s the loop, 2 ms a request, is the bottleneck: 500 requests/s
+    saturated = simulate(plan, quick, rate=1000, arrivals="uniform", duration_s=5)
+    assert saturated.throughput_rps == pytest.approx(500, rel=0.02)
+    assert saturated.cpu_utilization == pytest.approx(1.0, abs=0.01)
