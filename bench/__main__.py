@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="where the JSON goes")
     p.add_argument("--sim-out", type=Path, default=RESULTS / "sim.json", help="where the simulator's results go")
     p.add_argument("--sim-duration", type=float, default=None, help="sim: seconds per run (default 10)")
+    p.add_argument(
+        "--sim-graphs",
+        default=None,
+        help="sim: which graphs, e.g. batched,conditional (default all); with --sim-out elsewhere,\n"
+        "as bench/results/sim.json must hold every graph",
+    )
     p.add_argument("--w6-out", type=Path, default=RESULTS / "w6.json", help="where W6's results go")
     p.add_argument("--w6-duration", type=float, default=None, help="seconds of arrivals per rate, w6 (default 15)")
     p.add_argument("--w6-profile", type=float, default=None, help="seconds of profiling, w6 (default 8)")
@@ -208,6 +214,7 @@ def run_sim(args: argparse.Namespace) -> None:
         profile_s=2.0 if args.quick else 10.0,
         capacity_s=1.0 if args.quick else 5.0,
         out=args.sim_out,
+        graphs=sim.graph_names(args.sim_graphs),
     )
     results = sim.run(options)
     print(sim_report.markdown(results))
