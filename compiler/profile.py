@@ -11,7 +11,9 @@ deployment call node of the graph:
 - ``cpu_share``: process CPU time over wall time during the node's calls; a node near 1
   holds the GIL (its replicas share one core on the local runtime), one near 0 waits
   (I/O, a GPU, a sleep) and its replicas add capacity;
-- ``runs_on``: ``event_loop`` (async methods) or ``thread_pool`` (sync methods).
+- ``runs_on``: ``event_loop`` (async methods) or ``thread_pool`` (sync methods);
+- ``machine_wait_s``: how long its timed calls waited for a core that other processes
+  held; the profiler leaves that out of the latencies (it is the neighbours' work).
 
 and per switch how often each arm was taken, plus ``paths``: how often each combination
 of arms was taken together by one request (the simulator draws a request's branches
@@ -154,6 +156,10 @@ class NodeProfile(_Data):
     latency: Distribution | None = Field(None, description="one call's wall time (not batched)")
     batches: list[BatchPoint] = Field(default_factory=list, description="@gs.batch: latency per batch size")
     fit: BatchFit | None = None
+    machine_wait_s: float = Field(
+        default=0.0,
+        description="seconds the node's timed calls waited for a core other processes held (left out of its latencies)",
+    )
     warnings: list[str] = Field(default_factory=list)
 
     @property
@@ -197,6 +203,16 @@ class Profile(_Data):
     nodes: list[NodeProfile]
     switches: list[SwitchProfile] = Field(default_factory=list)
     paths: list[PathProfile] = Field(default_factory=list)
+    request_cpu_s: float = Field(
+        default=0.0,
+        description="the runtime's own CPU time per request (validation, the executor between calls), on the "
+        "event loop; the calls' CPU and the HTTP server's are not in it",
+    )
+    machine_wait_share: float | None = Field(
+        default=None,
+        description="share of the timed calls' wall time spent waiting for a core other processes held, "
+        "left out of the latencies (None: the OS does not report it)",
+    )
     warnings: list[str] = Field(default_factory=list)
 
     # -- lookups -----------------------------------------------------------------------
