@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="raw Starlette and graphserve local: rounds per closed-loop figure, alternating\n"
-        "between the two (default 3, 1 with --quick; each round --round-s seconds)",
+        "between the two (default 5, 1 with --quick; each round --round-s seconds)",
     )
     p.add_argument("--round-s", type=float, default=None, help="seconds per round (default 2)")
     p.add_argument(
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else (0.0 if args.quick else 1.0)
-    args.rounds = max(1, args.rounds if args.rounds is not None else (1 if args.quick else 3))
+    args.rounds = max(1, args.rounds if args.rounds is not None else (1 if args.quick else 5))
     args.round_s = args.round_s if args.round_s is not None else (1.0 if args.quick else 2.0)
     args.open_duration = args.open_duration if args.open_duration is not None else (1.0 if args.quick else 5.0)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
