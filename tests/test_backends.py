@@ -205,7 +205,10 @@ async def test_calls_through_a_handle_obey_the_targets_limits_and_queue(backend:
         out = g.Caller.bind(worker).__call__.bind(inp)
     async with running(gs.graph(out), backend) as runtime:
         outcomes = await asyncio.gather(*[runtime.execute(i) for i in range(4)], return_exceptions=True)
-        assert sorted(o for o in outcomes if not isinstance(o, BaseException)) == [0, 10]  # one running, one queued
+        answered = [o for o in outcomes if not isinstance(o, BaseException)]
+        # one running, one queued: which two depends on the order the calls reach the target (on Ray:
+        # actors calling actors), not on the request order
+        assert len(answered) == 2 and set(answered) <= {0, 10, 20, 30}
         assert [type(o) for o in outcomes if isinstance(o, BaseException)] == [OverloadedError, OverloadedError]
         assert await runtime.execute(9) == 90  # recovers
     assert log.count("work") == 3
