@@ -61,6 +61,7 @@ from graphserve.plan import (
     SLOPlan,
 )
 
+from . import fusion
 from .codes import Code
 from .placement import Demand, place
 from .profile import NodeProfile, Profile, batch_service
@@ -574,4 +575,5 @@ def _write(search: _Search, knobs: dict[str, _Knobs], final: _Eval) -> Plan:
         },
         utilization=util,
     )
+    fusion.fuse(out, enabled=out.fusion is None or out.fusion.enabled)  # replicas and placement changed
     return out

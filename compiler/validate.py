@@ -35,6 +35,7 @@ _OPTION_CHECKS: dict[str, tuple[str, Any]] = {
     "route_prefix": ("a path starting with '/'", lambda v: v is None or (isinstance(v, str) and v.startswith("/"))),
     "timeout_s": ("a number > 0", lambda v: v is None or (_is_num(v) and v > 0)),
     "ray_actor_options": ("a dict", lambda v: v is None or isinstance(v, dict)),
+    "fuse": ("True or False", lambda v: isinstance(v, bool)),
 }
 
 #: Ray Serve options accepted for compatibility but not implemented; each warns once.
