@@ -92,9 +92,8 @@ def fuse(plan: Plan, enabled: bool = True) -> FusionPlan:
         ordered = sorted(members, key=lambda m: rank[m])
         inside = set(ordered)
         hops = sum(n for a, b, n in pairs if a in inside and b in inside)
-        groups.append(
-            FusedGroupPlan(name="+".join(ordered), deployments=ordered, hops_saved=hops, reason=_reason(plan, ordered))
-        )
+        reason = _reason(plan, ordered, hops)
+        groups.append(FusedGroupPlan(name="+".join(ordered), deployments=ordered, hops_saved=hops, reason=reason))
     groups.sort(key=lambda g: rank[g.deployments[0]])
     plan.fusion = FusionPlan(groups=groups, kept_apart=[k for k in kept if not _same_group(groups, k.deployments)])
     return plan.fusion
@@ -145,14 +144,16 @@ def _node_boundary(plan: Plan, left: list[str], right: list[str]) -> str | None:
     return None
 
 
-def _reason(plan: Plan, members: list[str]) -> str:
+def _reason(plan: Plan, members: list[str], hops: int) -> str:
     deps = [plan.deployment(m) for m in members]
     gpu = next((d.name for d in deps if d.resources.num_gpus > 0), None)
-    kind = f"CPU deployments and {gpu} (the one GPU deployment)" if gpu else "CPU deployments"
+    kind = f"with {gpu} the only one needing a GPU" if gpu else "none needing a GPU"
+    heavy = next((d.name for d in deps if d.resources.num_cpus >= 1), None)
+    cpu = f"{heavy} the only one asking for a whole CPU" if heavy else "none asking for a whole CPU"
     replicas = deps[0].num_replicas
     return (
-        f"{' -> '.join(members)}: neighbouring {kind} with {replicas} replica(s) each, on the same node: "
-        f"one actor per replica, so the calls between them run in process instead of a Ray hop each"
+        f"{len(members)} neighbouring deployments, {kind}, {cpu}, {replicas} replica(s) each on the same node: "
+        f"one actor per replica, so {hops} call(s) between them per request run in process instead of a Ray hop each"
     )
 
 
