@@ -60,6 +60,7 @@ the rest wait in a FIFO of at most ``max_queued_requests`` (then OverloadedError
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -227,6 +228,9 @@ class RayBackend:
             name: group.name for group in (plan.fusion.groups if plan.fusion else ()) for name in group.deployments
         }
         self._consumers: dict[str, frozenset[str]] = {n.id: frozenset(n.consumers) for n in plan.nodes}
+        # places of finished calls, released on the loop (see _finished)
+        self._releases: collections.deque[tuple[_Router, _Replica]] = collections.deque()
+        self._release_pending = False
 
     # -- lifecycle ---------------------------------------------------------------------
     async def _connect(self) -> Any:
@@ -490,7 +494,7 @@ class RayBackend:
         replica = router.try_acquire() or await router.acquire()
         parents: list[RayValue] = []
         if args:
-            args = tuple(_unwrap(a, parents) for a in args)
+            args = tuple([_unwrap(a, parents) for a in args])
         if kwargs:
             kwargs = {k: _unwrap(v, parents) for k, v in kwargs.items()}
         try:
@@ -504,14 +508,26 @@ class RayBackend:
             router.release(replica)
             raise
         value = RayValue(ref, node, deployment, replica, tuple(parents))
-
-        def finished(_: Any) -> None:  # on a Ray thread
-            value.done = True
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to release
-                loop.call_soon_threadsafe(router.release, replica)
-
-        ref.future().add_done_callback(finished)
+        ref.future().add_done_callback(lambda _: self._finished(value, router, replica))
         return value
+
+    def _finished(self, value: RayValue, router: _Router, replica: _Replica) -> None:
+        """A call's result exists (on a Ray thread): its place is released on the loop. Releases
+        that come while one wake-up of the loop is pending share it (one self-pipe write, not one
+        per call)."""
+        value.done = True
+        self._releases.append((router, replica))
+        if not self._release_pending and self._loop is not None:
+            self._release_pending = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to release
+                self._loop.call_soon_threadsafe(self._release_all)
+
+    def _release_all(self) -> None:
+        self._release_pending = False  # first: a release appended from now on wakes the loop again
+        releases = self._releases
+        while releases:
+            router, replica = releases.popleft()
+            router.release(replica)
 
     async def _submit_fused(
         self, node: str, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -560,7 +576,7 @@ class RayBackend:
         if batch.sent:
             return
         batch.sent = True
-        router, replica, values, loop = batch.router, batch.replica, batch.values, self._loop
+        router, replica, values = batch.router, batch.replica, batch.values
         inside = {v.node for v in values}
         exports = tuple(i for i, v in enumerate(values) if not self._consumers.get(v.node, frozenset()) <= inside)
         exports = exports or (len(values) - 1,)
@@ -580,11 +596,9 @@ class RayBackend:
             values[i].ref = ref
 
         def finished(_: Any) -> None:  # on a Ray thread
-            for value in values:
+            for value in values[:-1]:
                 value.done = True
-            if loop is not None:
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to release
-                    loop.call_soon_threadsafe(router.release, replica)
+            self._finished(values[-1], router, replica)
 
         refs[-1].future().add_done_callback(finished)
 
