@@ -578,7 +578,10 @@ class RayBackend:
         batch.sent = True
         router, replica, values = batch.router, batch.replica, batch.values
         inside = {v.node for v in values}
-        exports = tuple(i for i, v in enumerate(values) if not self._consumers.get(v.node, frozenset()) <= inside)
+        consumers = self._consumers
+        # a result goes back when something outside the batch may read it (a node the plan does not
+        # list, e.g. a driver-side handle's call, always does)
+        exports = tuple(i for i, v in enumerate(values) if v.node not in consumers or not consumers[v.node] <= inside)
         exports = exports or (len(values) - 1,)
         method = replica.steps_methods.get(len(exports))
         if method is None:
