@@ -88,3 +88,11 @@ async def test_handles_and_sync_members_stay_in_the_fused_process() -> None:
         assert [name for name, _ in trail] == ["relay", "sync"]
         assert len({pid for _, pid in trail}) == 1
         assert backend.actors("Relay") == backend.actors("SyncStamp")
+
+
+async def test_driver_handles_to_fused_members_compose_in_one_actor_call() -> None:
+    async with running(f.chain(*f.stamps("a", "b"))) as (runtime, _):
+        first, second = runtime.handle("a"), runtime.handle("b")
+        trail = await bounded(second.remote(first.remote([])))  # b reads a's unsent call: one batch
+        assert [name for name, _ in trail] == ["a", "b"] and len({pid for _, pid in trail}) == 1
+        assert [name for name, _ in await bounded(first.remote([["x", 0]]))] == ["x", "a"]
