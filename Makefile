@@ -20,6 +20,7 @@ apt = @command -v $(1) >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 &
 $(STAMP): pyproject.toml
 	$(call apt,dot,graphviz,for svg/png rendering and the live page's drawings)
 	$(call apt,chromium,chromium,for the live page's browser tests)
+	$(call apt,wrk,wrk,for the HTTP load tests of tests/test_bench.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0" -e ".[$(EXTRAS)]"
 	touch $(STAMP) $(DEMO_STAMP)

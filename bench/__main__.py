@@ -27,6 +27,7 @@ from . import coldstart, costs, hop, load, report, servers
 WORKLOADS = ("W1", "W2", "W3", "W4", "W4cpu", "W5")
 EXTRAS = ("hop", "rayhop", "coldstart", "sim", "w6")
 ON_REQUEST = ("sim", "w6")  # run only when named
+PAIRED = ("starlette", "local")  # measured side by side in alternating rounds (see run_paired)
 OVER_CAPACITY = 0.9  # fixed-rate runs above this fraction of the closed-loop peak are skipped
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -44,6 +45,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=None, help="seconds of warm-up per workload (default 1)")
     p.add_argument("--connections", default="1,16,64", help="closed-loop connection counts")
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="raw Starlette and graphserve local: rounds per closed-loop figure, alternating\n"
+        "between the two (default 3, 1 with --quick; each round --round-s seconds)",
+    )
+    p.add_argument("--round-s", type=float, default=None, help="seconds per round (default 2)")
+    p.add_argument(
         "--rates",
         default="50,1000",
         help="fixed-rate runs, requests/s (empty: none); a rate above 90%% of a system's\n"
@@ -60,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else (0.0 if args.quick else 1.0)
+    args.rounds = max(1, args.rounds if args.rounds is not None else (1 if args.quick else 3))
+    args.round_s = args.round_s if args.round_s is not None else (1.0 if args.quick else 2.0)
     args.open_duration = args.open_duration if args.open_duration is not None else (1.0 if args.quick else 5.0)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = sorted(set(only) - set(WORKLOADS) - set(EXTRAS))
@@ -120,6 +131,64 @@ def measure_workload(server: servers.Server, wid: str, args: argparse.Namespace,
         m = load.closed_loop(url, bodies, c, args.duration)
         res["closed"][str(c)] = m
         _log(f"{system} {wid} c={c}: {m['rps']:.0f} req/s p50 {m['latency_ms']['p50']:.2f} ms")
+    measure_open(server, wid, args, res)
+
+
+def run_paired(systems: list[str], args: argparse.Namespace, log_dir: Path) -> dict[str, dict[str, Any]]:
+    """``systems`` side by side (raw Starlette and graphserve local: their ratios are targets):
+    per workload, a server of each, and each closed-loop figure measured in ``--rounds`` rounds
+    that alternate between the systems (who goes first alternates too); each system's figure is
+    its median round. So a ratio compares measurements seconds apart, not minutes."""
+    outs = {s: {"label": servers.LABELS[s], "load_before": os.getloadavg(), "workloads": {}} for s in systems}
+    for wid in args.workloads:
+        running: dict[str, servers.Server] = {}
+        for system in systems:
+            res: dict[str, Any] = {"closed": {}}
+            outs[system]["workloads"][wid] = res
+            try:
+                running[system] = servers.start(system, [wid], log_dir)
+            except servers.ServerError as exc:
+                res["error"] = str(exc)
+                _log(f"{system} {wid}: did not start: {exc}")
+                continue
+            res["started_s"] = round(running[system].started_s, 2)
+        try:
+            bodies = _bodies(wid)
+            if args.warmup > 0:
+                for server in running.values():
+                    load.closed_loop(server.url(wid), bodies, 16, args.warmup)
+            for c in args.connections:
+                rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in running}
+                for r in range(args.rounds):
+                    order = list(running) if r % 2 == 0 else list(reversed(running))
+                    for system in order:
+                        rounds[system].append(load.closed_loop(running[system].url(wid), bodies, c, args.round_s))
+                for system, measured in rounds.items():
+                    median = sorted(measured, key=lambda m: m["rps"])[len(measured) // 2]
+                    m = outs[system]["workloads"][wid]["closed"][str(c)] = {
+                        **median,
+                        "rounds_rps": [round(x["rps"], 1) for x in measured],
+                    }
+                    p50 = m["latency_ms"]["p50"]
+                    _log(f"{system} {wid} c={c}: {m['rps']:.0f} req/s (rounds {m['rounds_rps']}) p50 {p50:.2f} ms")
+            for system, server in running.items():
+                measure_open(server, wid, args, outs[system]["workloads"][wid])
+        except (load.LoadError, servers.ServerError, OSError) as exc:
+            for system in running:
+                outs[system]["workloads"][wid]["error"] = str(exc)
+            _log(f"{wid}: {exc}")
+        finally:
+            for system, server in running.items():
+                servers.stop(server)
+                outs[system]["workloads"][wid]["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    for out in outs.values():
+        out["load_after"] = os.getloadavg()
+    return outs
+
+
+def measure_open(server: servers.Server, wid: str, args: argparse.Namespace, res: dict[str, Any]) -> None:
+    """The fixed-rate runs (below 90% of the closed-loop peak), then a check of the answers."""
+    url, bodies, system = server.url(wid), _bodies(wid), server.system
     peak = max((m["rps"] for m in res["closed"].values()), default=None)
     res["open"] = {}
     for rate in args.rates:
@@ -172,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             "extras": args.extras,
             "connections": args.connections,
             "duration_s": args.duration,
+            "paired_rounds": args.rounds,
+            "paired_round_s": args.round_s,
             "warmup_s": args.warmup,
             "rates": args.rates,
             "open_duration_s": args.open_duration,
@@ -193,8 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     log_dir = args.out.parent / "logs"
     if args.workloads:
+        paired = [s for s in PAIRED if s in args.systems]
+        if len(paired) > 1:
+            results["systems"].update(run_paired(paired, args, log_dir))
         for system in args.systems:
-            results["systems"][system] = run_system(system, args, log_dir)
+            if system not in results["systems"]:
+                results["systems"][system] = run_system(system, args, log_dir)
+        results["systems"] = {s: results["systems"][s] for s in args.systems}  # in the usual order
     if "hop" in args.extras:
         _log("per-hop overhead")
         results["hop"] = hop.measure(iterations=300 if args.quick else 2000, repeats=2 if args.quick else 5)

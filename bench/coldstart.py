@@ -125,10 +125,23 @@ def one_start(target: str = "bench.workloads:w1", path: str = "/w1", timeout_s: 
                 process.wait(5)
 
 
+def import_seconds(module: str = "graphserve.runtime", runs: int = 5) -> float:
+    """Median wall time of ``import module`` in a fresh interpreter (the interpreter's own
+    start not counted: measured inside it)."""
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    times = [
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+        for _ in range(runs)
+    ]
+    return round(statistics.median(times), 4)
+
+
 def measure(runs: int = 3, idle_s: float = 1.0) -> dict:
     results = [one_start(idle_s=idle_s) for _ in range(runs)]
     ready = [r["ready_s"] for r in results]
     return {
+        "import_runtime_s": import_seconds("graphserve.runtime"),
+        "import_ray_actor_s": import_seconds("graphserve.runtime.ray_actor"),
         "command": " ".join([*deploy_command("bench.workloads:w1", 0)[:-2], "--port", "N"]),
         "runs": results,
         "ready_s_best": min(ready),

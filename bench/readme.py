@@ -165,6 +165,12 @@ def performance(results: dict[str, Any]) -> str:
         "",
     ]
     config = results.get("config", {})
+    if config.get("paired_rounds"):
+        lines[-2] = (
+            f"Closed loop: req/s (p50 ms). Raw Starlette and graphserve local ran side by side: each of their figures "
+            f"is the median of {config['paired_rounds']} rounds of {config['paired_round_s']:g} s that alternate "
+            "between the two."
+        )
     systems = [s for s in SYSTEMS if s in results.get("systems", {})]
     top = max(config.get("connections", [64]))
     lines += ["| workload | conns | " + " | ".join(LABELS[s] for s in systems) + " |"]
@@ -190,6 +196,11 @@ def performance(results: dict[str, Any]) -> str:
             f"first 200, median of {len(cold.get('runs', []))}): {cold['ready_s_median']} s; idle memory "
             f"{cold['idle_rss_mb']} MB RSS ({cold['idle_pss_mb']} MB PSS), torch loaded: {cold['torch_loaded']}.",
         ]
+        if "import_runtime_s" in cold:
+            lines[-1] += (
+                f" `import graphserve.runtime` in a fresh interpreter: {cold['import_runtime_s']} s; the Ray actor's "
+                f"module (`graphserve.runtime.ray_actor`, Ray itself included): {cold['import_ray_actor_s']} s."
+            )
     return "\n".join(lines)
 
 
@@ -369,6 +380,36 @@ def w6_table(results: dict[str, Any]) -> str:
         f"predicted p99 within 20% of measured: {yes[t['predicted_p99_within_20pct']]} "
         f"(worst error {'-' if t['worst_p99_error'] is None else format(t['worst_p99_error'], '.0%')}).",
     ]
+    return "\n".join(lines)
+
+
+@section("compat", "bench/results/compat.json")
+def compat(results: dict[str, Any]) -> str:
+    """``python -m bench.compat``: Ray Serve's own tests and doc examples, import changed only."""
+    outcomes: dict[str, str] = results["outcomes"]
+    lines = [
+        f"Measured {results.get('measured', '?')} by `python -m bench.compat`: **{results['passed']} of "
+        f"{results['in_scope']}** in-scope upstream tests and doc examples pass ({results['percent']}%); "
+        f"{results['out_of_scope']} are out of scope.",
+        "",
+        "| upstream file (ray-project/ray) | commit | in scope | pass |",
+        "|---|---|---:|---:|",
+    ]
+    for source in results["sources"]:
+        mine = {k: v for k, v in outcomes.items() if k.split("::", 1)[0] == source["file"]}
+        in_scope = [v for v in mine.values() if v != "out of scope"]
+        passed = sum(v == "passed" for v in in_scope)
+        lines.append(f"| `{source['path']}` | {source['commit'][:10]} | {len(in_scope)} | {passed} |")
+    failing = sorted(k for k, v in outcomes.items() if v not in ("passed", "out of scope"))
+    if failing:
+        lines += ["", "In scope and failing (each a row of the migration tables):", ""]
+        for test_id in failing:
+            reason = results["known_failures"].get(test_id) or results["known_failures"].get(test_id.split("[", 1)[0])
+            lines.append(f"- `{test_id}` ({outcomes[test_id]}): {reason or 'not a known failure'}")
+    out = results.get("out_of_scope_reasons") or {}
+    if out:
+        lines += ["", "Out of scope:", ""]
+        lines += [f"- `{test_id}`: {reason}" for test_id, reason in sorted(out.items())]
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,12 +115,37 @@ def check(server: Server, workload: str) -> None:
 
 def start(system: str, workloads: list[str], log_dir: Path, timeout_s: float = 180.0) -> Server:
     """Start ``system`` serving ``workloads``; returns once each answers correctly."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+
+    def answers(server: Server, workload: str) -> bool:
+        try:
+            check(server, workload)
+        except ServerError as exc:
+            if "answered 404" not in str(exc) and "answered 5" not in str(exc):
+                raise
+            return False  # not routed or not ready yet
+        return True
+
     log_path = log_dir / f"{system}-{'-'.join(workloads)}.log"
+    return launch(command(system, workloads), system, workloads, log_path, answers, timeout_s)
+
+
+def launch(
+    cmd: list[str],
+    system: str,
+    workloads: list[str],
+    log_path: Path,
+    answers: Callable[[Server, str], bool],
+    timeout_s: float,
+) -> Server:
+    """Run ``cmd`` (a server that prints ``PORT <n>`` once it has bound) with its output in
+    ``log_path``; returns once ``answers(server, workload)`` is true for each of ``workloads``.
+    ``answers`` false or an OSError: not ready yet, asked again; a ServerError: the server is
+    wrong, stopped and raised. A server that exits or passes ``timeout_s`` is a ServerError."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command(system, workloads),
+            cmd,
             cwd=ROOT,
             env=bench_env(),
             stdin=subprocess.DEVNULL,
@@ -145,11 +170,13 @@ def start(system: str, workloads: list[str], log_dir: Path, timeout_s: float = 1
             time.sleep(0.05)
             continue
         try:
-            check(server, pending[0])
-        except (OSError, ServerError) as exc:
-            if isinstance(exc, ServerError) and "answered 404" not in str(exc) and "answered 5" not in str(exc):
-                stop(server)
-                raise
+            ready = answers(server, pending[0])
+        except OSError:
+            ready = False
+        except ServerError:
+            stop(server)
+            raise
+        if not ready:
             time.sleep(0.1)
             continue
         pending.pop(0)

@@ -36,7 +36,6 @@ import datetime
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,42 +62,12 @@ def _log(msg: str) -> None:
 
 def start_server(names: list[str], log_dir: Path, timeout_s: float = 60.0) -> servers.Server:
     """``bench.sim_server`` for ``names``; returns once each graph answers."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"sim-{'-'.join(names)}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bench.sim_server", "--apps", ",".join(names), "--port", "0"],
-            cwd=servers.ROOT,
-            env=servers.bench_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = servers.Server("local", 0, names, process, log_path)
-    deadline = time.monotonic() + timeout_s
-    pending = list(names)
-    while pending:
-        if process.poll() is not None:
-            raise servers.ServerError(f"sim server exited with {process.returncode}:\n{server.log_tail()}")
-        if time.monotonic() > deadline:
-            servers.stop(server)
-            raise servers.ServerError(f"sim server did not answer within {timeout_s:g}s:\n{server.log_tail()}")
-        if not server.port:
-            found = servers._PORT_LINE.search(server.log_tail(1_000_000))
-            server.port = int(found.group(1)) if found else 0
-            time.sleep(0.05)
-            continue
-        try:
-            status, _ = servers.post(server.url(pending[0]), sim_workloads.BODIES[0])
-        except OSError:
-            time.sleep(0.1)
-            continue
-        if status == 200:
-            pending.pop(0)
-        else:
-            time.sleep(0.1)
-    return server
+    cmd = [sys.executable, "-m", "bench.sim_server", "--apps", ",".join(names), "--port", "0"]
+
+    def answers(server: servers.Server, name: str) -> bool:
+        return servers.post(server.url(name), sim_workloads.BODIES[0])[0] == 200
+
+    return servers.launch(cmd, "local", names, log_dir / f"sim-{'-'.join(names)}.log", answers, timeout_s)
 
 
 def _summary(latency_s: dict[str, float], throughput: float) -> dict[str, float]:

@@ -14,8 +14,9 @@ or ``Code`` do not load the passes that ``compile_app`` needs.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from graphserve.lazy_exports import lazy_dir, lazy_getattr
 
 if TYPE_CHECKING:
     from graphserve.plan import PLAN_VERSION, Plan
@@ -62,15 +63,6 @@ def compile_app(app: Any, cluster: Cluster | str | None = None) -> Plan:
 
 
 if not TYPE_CHECKING:  # mypy sees the imports above; a typo stays an error
+    __getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
-    def __getattr__(name: str) -> Any:
-        module = _EXPORTS.get(name)
-        if module is None:
-            raise AttributeError(f"module 'graphserve.compiler' has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value
-        return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__dir__ = lazy_dir(globals(), __all__)

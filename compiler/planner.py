@@ -32,6 +32,7 @@ from pydantic import ValidationError as PydanticValidationError
 from graphserve.dsl import batch_config, batch_explicit
 from graphserve.errors import Diagnostic, GraphValidationError, PlanError
 from graphserve.plan import (
+    DEFAULT_MAX_ONGOING_REQUESTS,
     ArgPlan,
     BatchingPlan,
     BranchPlan,
@@ -58,7 +59,6 @@ from .digraph import DiGraph, topological_order
 from .http_request import http_request, ingress_route_prefix
 from .ir import Arg, ConstArg, GraphIR, HandleArg, IRDeployment, IRNode, NodeArg, StructArg
 
-DEFAULT_MAX_ONGOING_REQUESTS = 100
 _FUSED_REASONS = {
     "attr": "field selection: inline, no hop",
     "switch": "control flow: runs inline and starts only the selected branch",
@@ -260,7 +260,8 @@ class _Planner:
         batching = self.batching(dep)
         explicit = options.get("max_ongoing_requests", options.get("max_concurrent_queries"))
         max_ongoing = int(explicit) if explicit is not None else DEFAULT_MAX_ONGOING_REQUESTS
-        needed = max((b.max_batch_size * b.max_concurrent_batches for b in batching), default=0)
+        # a batch sized by batch_size_fn counts tokens (or the like), not calls: no count of calls to check
+        needed = max((b.max_batch_size * b.max_concurrent_batches for b in batching if not b.sized_by_fn), default=0)
         if needed > max_ongoing:
             self.warnings.append(
                 Diagnostic(
@@ -290,6 +291,7 @@ class _Planner:
             handles=sorted(self.ir.handles.successors(dep.name)),
             route_prefix=options.get("route_prefix"),
             location=str(dep.location) if dep.location else None,
+            user_config=options.get("user_config"),
             user_set=self.user_set(dep),
             fuse=bool(options.get("fuse", True)),
         )

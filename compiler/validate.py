@@ -10,6 +10,7 @@ labels.
 from __future__ import annotations
 
 import inspect
+import json
 import numbers
 import operator
 from typing import Any
@@ -35,13 +36,13 @@ _OPTION_CHECKS: dict[str, tuple[str, Any]] = {
     "route_prefix": ("a path starting with '/'", lambda v: v is None or (isinstance(v, str) and v.startswith("/"))),
     "timeout_s": ("a number > 0", lambda v: v is None or (_is_num(v) and v > 0)),
     "ray_actor_options": ("a dict", lambda v: v is None or isinstance(v, dict)),
+    "user_config": ("JSON-serializable (a dict, list, str, number or None)", lambda v: _json_ok(v)),
     "fuse": ("True or False", lambda v: isinstance(v, bool)),
 }
 
 #: Ray Serve options accepted for compatibility but not implemented; each warns once.
 UNSUPPORTED_OPTIONS = {
     "autoscaling_config": "autoscaling is not implemented; num_replicas (else min_replicas, at least 1) replicas run",
-    "user_config": "user_config is not applied; reconfigure() is not called",
     "health_check_period_s": "health checks are not run per replica",
     "health_check_timeout_s": "health checks are not run per replica",
     "graceful_shutdown_wait_loop_s": "shutdown waits for in-flight requests instead",
@@ -63,7 +64,16 @@ _BATCH_CHECKS: dict[str, tuple[str, Any]] = {
     "batch_wait_timeout_s": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
     "max_concurrent_batches": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "adaptive": ("True or False", lambda v: isinstance(v, bool)),
+    "sized_by_fn": ("True or False", lambda v: isinstance(v, bool)),
 }
+
+
+def _json_ok(v: Any) -> bool:
+    try:
+        json.dumps(v)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _is_int(v: Any) -> bool:
@@ -162,6 +172,13 @@ class _Validator:
                 )
             elif not check[1](value):
                 self.problem(Code.BAD_OPTION, f"option {key}={value!r} is invalid: expected {check[0]}", dep)
+        if dep.options.get("user_config") is not None and not callable(getattr(dep.target, "reconfigure", None)):
+            self.problem(
+                Code.BAD_OPTION,
+                f"user_config is set but {dep.name} has no reconfigure() method to receive it",
+                dep,
+                hint=f"add `def reconfigure(self, config: dict) -> None` to {dep.name} (called as each replica starts)",
+            )
         actor_options = dep.options.get("ray_actor_options") or {}
         if isinstance(actor_options, dict):
             for key in actor_options:

@@ -19,8 +19,9 @@ never loads the DSL, the compiler or the HTTP entry points.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from graphserve.lazy_exports import lazy_dir, lazy_getattr
 
 if TYPE_CHECKING:
     from graphserve.api import GraphHandle, build, run, shutdown
@@ -142,17 +143,6 @@ __all__ = [
 ]
 
 if not TYPE_CHECKING:  # mypy sees the imports above; a typo stays an error
+    __getattr__ = lazy_getattr(__name__, _EXPORTS, globals(), _SUBMODULES)
 
-    def __getattr__(name: str) -> Any:
-        if name in _SUBMODULES:  # Ray Serve's `serve.handle.DeploymentHandle` and the like
-            return importlib.import_module(f"graphserve.{name}")
-        module = _EXPORTS.get(name)
-        if module is None:
-            raise AttributeError(f"module 'graphserve' has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value
-        return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__dir__ = lazy_dir(globals(), __all__)

@@ -25,21 +25,28 @@ The options are also recorded on the wrapper so the compiler can check and plan 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import numbers
+import weakref
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from graphserve.dsl import BATCH_ATTR, BATCH_EXPLICIT_ATTR, batch_config
 from graphserve.errors import BatchOptionError, BatchOptionTypeError
+from graphserve.plan import DEFAULT_BATCH_WAIT_TIMEOUT_S, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CONCURRENT_BATCHES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 SETTINGS_ATTR = "__gs_batch_settings__"
 
-DEFAULTS: dict[str, Any] = {"max_batch_size": 10, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1}
+DEFAULTS: dict[str, Any] = {
+    "max_batch_size": DEFAULT_MAX_BATCH_SIZE,
+    "batch_wait_timeout_s": DEFAULT_BATCH_WAIT_TIMEOUT_S,
+    "max_concurrent_batches": DEFAULT_MAX_CONCURRENT_BATCHES,
+}
 
 
 @dataclass
@@ -56,6 +63,30 @@ class BatchSettings:
     # the batcher adapts its size limit and wait to ``latency_budget_s`` (set from the plan)
     adaptive: bool = False
     latency_budget_s: float | None = None
+    # settings changed at run time (``set_max_batch_size``, e.g. from ``reconfigure``): a plan's
+    # values no longer replace them
+    pinned: set[str] = field(default_factory=set, compare=False)
+    # copies made for batchers that run with a plan's values; the run-time setters reach them too
+    _derived: list[weakref.ref[BatchSettings]] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def derive(self) -> BatchSettings:
+        """A copy for one batcher, which a plan may change without touching the settings other
+        deployments (or other methods) share; ``set_max_batch_size`` and the like still reach it."""
+        copy = dataclasses.replace(self, pinned=set(self.pinned))
+        self._derived.append(weakref.ref(copy))
+        return copy
+
+    def set(self, name: str, value: Any) -> None:
+        """Change one setting here and in every live copy (the run-time setters)."""
+        setattr(self, name, value)
+        self.pinned.add(name)
+        alive = []
+        for ref in self._derived:
+            copy = ref()
+            if copy is not None:
+                copy.set(name, value)
+                alive.append(ref)
+        self._derived[:] = alive
 
     def static_config(self) -> dict[str, Any]:
         """The options as the compiler records them in the Plan."""
@@ -160,6 +191,8 @@ def batch(
     }
     explicit = sorted(k for k, v in given.items() if v is not None)
     config: dict[str, Any] = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
+    if batch_size_fn is not None:  # max_batch_size is then a measure (tokens, nodes), not a count
+        config["sized_by_fn"] = True
     if adaptive is not None:
         config["adaptive"] = adaptive
         explicit.append("adaptive")
@@ -173,7 +206,7 @@ def batch(
 
     def wrap(fn: Any) -> Any:
         _check_async(fn)
-        wrapper = _wrap(fn, BatchSettings(**vars(settings)))
+        wrapper = _wrap(fn, dataclasses.replace(settings, pinned=set()))
         setattr(wrapper, BATCH_ATTR, dict(config))
         setattr(wrapper, BATCH_EXPLICIT_ATTR, list(explicit))
         return wrapper
@@ -218,10 +251,10 @@ def _wrap(fn: Any, settings: BatchSettings) -> Any:
         wrapper = call_wrapper
 
     def set_max_batch_size(value: int) -> None:
-        settings.max_batch_size = _max_batch_size(value)
+        settings.set("max_batch_size", _max_batch_size(value))
 
     def set_batch_wait_timeout_s(value: float) -> None:
-        settings.batch_wait_timeout_s = _batch_wait_timeout_s(value)
+        settings.set("batch_wait_timeout_s", _batch_wait_timeout_s(value))
 
     def get_max_batch_size() -> int:
         return settings.max_batch_size

@@ -16,6 +16,7 @@ Every error a user can meet is one of these::
     ├── RoutePrefixError             a route_prefix that does not start with '/' (also a ValueError)
     ├── HTTPAdapterError             a DAGDriver's http_adapter is not one (also a ValueError)
     ├── DeploymentOptionError        options Ray Serve refuses at once (also a ValueError)
+    ├── StreamRequiredError          a handle call without ``stream=True`` got a generator (also a TypeError)
     └── RequestError                 one request failed; the server maps each to a status
         ├── RequestValidationError   the request does not fit the input schema (HTTP 422)
         ├── RouteNotFoundError       no graph (or DAG of a DAGDriver) at the request's route (HTTP 404)
@@ -121,6 +122,11 @@ class BatchOptionError(GraphError, ValueError):
 
 class BatchOptionTypeError(GraphError, TypeError):
     """``@gs.batch`` got an option of the wrong type, or decorates a function that is not ``async def``."""
+
+
+class StreamRequiredError(GraphError, TypeError):
+    """A handle call without ``options(stream=True)`` reached a generator method (Ray Serve raises a
+    ``TypeError`` too): the caller would otherwise get the generator object instead of its items."""
 
 
 class BatchOutputError(GraphError):

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import traceback
+from types import ModuleType
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -25,6 +27,13 @@ from graphserve.errors import PlanError
 
 PLAN_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # a version 1 plan has no fusion: every deployment runs alone
+
+# The defaults of a deployment's and of ``@gs.batch``'s options, one place for the DSL, the
+# planner and the runtime.
+DEFAULT_MAX_ONGOING_REQUESTS = 100
+DEFAULT_MAX_BATCH_SIZE = 10
+DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.01
+DEFAULT_MAX_CONCURRENT_BATCHES = 1
 
 
 class _Data(BaseModel):
@@ -64,6 +73,8 @@ class BatchingPlan(_Data):
     # the batcher adapts its size limit and wait to ``latency_budget_s`` (at most the values above)
     adaptive: bool = False
     latency_budget_s: float | None = None
+    # max_batch_size is batch_size_fn's measure (tokens, nodes...), not a count of calls
+    sized_by_fn: bool = False
 
 
 class ChoicePlan(_Data):
@@ -113,7 +124,7 @@ class DeploymentPlan(_Data):
     init_args: list[ArgPlan] = Field(default_factory=list)
     init_kwargs: dict[str, ArgPlan] = Field(default_factory=dict)
     num_replicas: int = 1
-    max_ongoing_requests: int = 100
+    max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS
     max_queued_requests: int = -1
     max_retries: int = 0
     resources: ResourcesPlan = Field(default_factory=ResourcesPlan)
@@ -121,6 +132,8 @@ class DeploymentPlan(_Data):
     handles: list[str] = Field(default_factory=list)
     route_prefix: str | None = None
     location: str | None = None
+    # Ray Serve's user_config (JSON): passed to the instance's reconfigure() when each replica starts
+    user_config: Any = None
     # options the user wrote (num_replicas, max_ongoing_requests, num_cpus, num_gpus, <method>.max_batch_size,
     # <method>.batch_wait_timeout_s, ...): the SLO planner keeps them as constraints
     user_set: list[str] = Field(default_factory=list)
@@ -368,15 +381,26 @@ def import_path_of(obj: Any) -> str:
     return f"{module}:{qualname}"
 
 
+def imported(module_name: str, what: str) -> ModuleType:
+    """Import ``module_name`` for ``what`` (as the error names it). A module that is missing or
+    raises while it is imported is a PlanError naming it and what it raised (type, message and
+    where), so a command prints one line, not the import's traceback."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PlanError(f"cannot import {what}: {exc}") from exc
+    except Exception as exc:  # the module's own code failed: whatever it raised is the user's error
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        raise PlanError(f"cannot import {what}: {module_name} raised {type(exc).__name__}: {exc}{where}") from exc
+
+
 def import_object(path: str) -> Any:
     """Import ``module:qualname`` (or ``module.qualname``)."""
     module_name, sep, qualname = path.partition(":")
     if not sep:
         module_name, _, qualname = path.rpartition(".")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise PlanError(f"cannot import {path!r}: {exc}") from exc
+    obj: Any = imported(module_name, repr(path))
     for part in qualname.split("."):
         try:
             obj = getattr(obj, part)

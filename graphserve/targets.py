@@ -7,8 +7,6 @@ The one plan loader of ``graphserve build``/``render``/``deploy``/``call`` and `
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -25,10 +23,11 @@ RAY_CLUSTER = "ray:"  # --cluster ray:auto, ray:HOST:PORT: read the nodes of a l
 
 def load_app(target: str) -> Any:
     """The object named by ``module:attr`` or ``file.py:attr`` (attr defaults to ``app``)."""
+    from graphserve.plan import imported
+
     module_ref, _, attr = target.partition(":")
     attr = attr or "app"
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    _import_from_cwd()
     if module_ref.endswith(".py") or os.sep in module_ref:
         path = Path(module_ref).resolve()
         if not path.exists():
@@ -36,21 +35,21 @@ def load_app(target: str) -> Any:
         module_name = _module_name_for(path)
         if str(_import_root(path)) not in sys.path:
             sys.path.insert(0, str(_import_root(path)))
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise GraphError(f"cannot import {path}: {exc}") from exc
+        module = imported(module_name, str(path))
     else:
-        try:
-            module = importlib.import_module(module_ref)
-        except ImportError as exc:
-            raise GraphError(f"cannot import module {module_ref!r}: {exc}") from exc
+        module = imported(module_ref, f"module {module_ref!r}")
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise GraphError(f"module {module.__name__!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def _import_from_cwd() -> None:
+    """Modules are found from the current directory too, as with ``python -m`` and uvicorn."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _import_root(path: Path) -> Path:
@@ -102,6 +101,7 @@ def load_plan(target: Any, cluster: Any = "detect") -> Plan:
     if isinstance(target, (str, Path)):
         text = str(target)
         if is_plan_file(text):
+            _import_from_cwd()  # its deployments are imported (by module:qualname) when it is served
             return _read_plan(text)
         target = load_app(text)
     from graphserve.compiler import compile_app

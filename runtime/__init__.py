@@ -13,8 +13,9 @@ Names are imported when first used (PEP 562 ``__getattr__``), so a Ray actor imp
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from graphserve.lazy_exports import lazy_dir, lazy_getattr
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -46,15 +47,6 @@ _EXPORTS = {
 }
 
 if not TYPE_CHECKING:  # mypy sees the imports above; a typo stays an error
+    __getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
-    def __getattr__(name: str) -> Any:
-        module = _EXPORTS.get(name)
-        if module is None:
-            raise AttributeError(f"module 'graphserve.runtime' has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value
-        return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__dir__ = lazy_dir(globals(), __all__)

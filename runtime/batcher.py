@@ -27,6 +27,7 @@ batch on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -34,7 +35,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from graphserve.errors import BatchItemTooLargeError, BatchOutputError
-from graphserve.plan import BatchingPlan
+from graphserve.plan import (
+    DEFAULT_BATCH_WAIT_TIMEOUT_S,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_CONCURRENT_BATCHES,
+    BatchingPlan,
+)
 
 from .adaptive import AdaptiveLimits
 from .backend import BatchLimits
@@ -64,16 +70,25 @@ class LiveSettings(Protocol):
     batch_size_fn: Callable[[list[Any]], int] | None
     adaptive: bool
     latency_budget_s: float | None
+    pinned: set[str]  # settings changed at run time (set_max_batch_size, ...): a plan does not replace them
+
+    def derive(self) -> LiveSettings:
+        """A copy one batcher may change (to the plan's values) without changing the others'."""
+        ...
 
 
 @dataclass
 class _Limits:
-    max_batch_size: int = 10
-    batch_wait_timeout_s: float = 0.01
-    max_concurrent_batches: int = 1
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S
+    max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES
     batch_size_fn: Callable[[list[Any]], int] | None = None
     adaptive: bool = False
     latency_budget_s: float | None = None
+    pinned: set[str] = dataclasses.field(default_factory=set)
+
+    def derive(self) -> _Limits:
+        return dataclasses.replace(self, pinned=set(self.pinned))
 
 
 _END = object()  # a stream's end, in its channel
@@ -103,9 +118,9 @@ class Batcher:
         self,
         fn: Callable[..., Any],
         name: str,
-        max_batch_size: int = 10,
-        batch_wait_timeout_s: float = 0.01,
-        max_concurrent_batches: int = 1,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S,
+        max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
         observers: list[BatchObserver] | None = None,
         batch_size_fn: Callable[[list[Any]], int] | None = None,
         *,
@@ -363,9 +378,10 @@ class Batcher:
             loop = asyncio.get_running_loop()
             started = loop.time()
             output = await self.fn(*args, **kwargs)
-            if self.adaptive is not None:
+            if self.adaptive is not None:  # sizes in the limit's unit: batch_size_fn's measure, or items
                 now = loop.time()
-                self.adaptive.observe(len(batch), now - batch[0].enqueued, now - started)
+                size = self._measure(self.settings.batch_size_fn, batch)
+                self.adaptive.observe(size, now - batch[0].enqueued, now - started)
             results = _items(output, len(batch), self.name)
             # The function is done: free its slot first and hand out the results one loop step
             # later, so a waiting batch starts before this batch's callers run on (answering them
@@ -487,7 +503,8 @@ def get_batcher(
         live: LiveSettings = _Limits(**limits) if isinstance(limits, dict) else limits
         planned: dict[str, BatchingPlan] = getattr(owner, _CONFIG_ATTR, None) or {}
         chosen = planned.get(name.rsplit(".", 1)[-1]) or planned.get("__call__")
-        if chosen is not None:  # the plan's values (the SLO planner's, or a plan file's) win
+        if chosen is not None:  # the plan's values (the SLO planner's, or a plan file's) win,
+            live = live.derive()  # in this batcher's own copy: the decorator's settings are shared
             _apply_plan(live, chosen)
         batcher = Batcher(fn, name, observers=observers, limits=live, streaming=streaming)
         batchers[name] = batcher
@@ -495,9 +512,12 @@ def get_batcher(
 
 
 def _apply_plan(live: LiveSettings, chosen: BatchingPlan) -> None:
-    """Make the settings the batcher reads carry the plan's values (the SLO planner's, or a plan file's)."""
-    live.max_batch_size = chosen.max_batch_size
-    live.batch_wait_timeout_s = chosen.batch_wait_timeout_s
+    """Make the settings the batcher reads carry the plan's values (the SLO planner's, or a plan file's),
+    except those the code set at run time (``reconfigure`` calling ``set_max_batch_size``, ...)."""
+    if "max_batch_size" not in live.pinned:
+        live.max_batch_size = chosen.max_batch_size
+    if "batch_wait_timeout_s" not in live.pinned:
+        live.batch_wait_timeout_s = chosen.batch_wait_timeout_s
     live.max_concurrent_batches = chosen.max_concurrent_batches
     live.adaptive = chosen.adaptive
     live.latency_budget_s = chosen.latency_budget_s

@@ -66,7 +66,7 @@ from graphserve.errors import NodeExecutionError, RequestError
 from .drift import DriftMonitor
 from .encoding import JSONDecodeError, JSONLimitError, dumps, loads
 from .http_defaults import BODY_TIMED_OUT
-from .http_errors import Answer, Headers, error_answer, request_error, retry_after
+from .http_errors import Answer, Headers, error_answer, error_message, request_error, retry_after
 from .live_stats import LiveStats
 from .metrics import Labels, Metrics
 from .otel import OtelExporter
@@ -442,10 +442,12 @@ class GraphRoute:
 
     # -- helpers -------------------------------------------------------------------------
     def watchlist(self) -> _Watchlist:
-        """The disconnect watchlist of the loop serving this route."""
+        """The disconnect watchlist of the loop serving this route: the loop its graph runs on
+        (``asyncio.get_running_loop()`` costs a ``getpid`` system call on Python 3.11, per call)."""
         found = self._watchlist
-        if found is None or found.loop is not asyncio.get_running_loop():
-            found = self._watchlist = _Watchlist(asyncio.get_running_loop())
+        loop = self.runtime.loop or asyncio.get_running_loop()
+        if found is None or found.loop is not loop:
+            found = self._watchlist = _Watchlist(loop)
         return found
 
     def status(self, status: int) -> Labels:
@@ -462,7 +464,7 @@ class GraphRoute:
             self.log_failure(request_id, exc)
         node = exc.node if isinstance(exc, NodeExecutionError) else None
         deployment = exc.deployment if isinstance(exc, NodeExecutionError) else None
-        message = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+        message = error_message(exc)  # what the answer said: a 500's text stays in the log
         self.observers.live.record_error(self.plan, request_id.decode(), status, message, node, deployment)
 
     def log_failure(self, request_id: bytes, exc: BaseException) -> None:
@@ -636,8 +638,8 @@ class _DisconnectWatch:
     def __init__(self, receive: Receive, watchlist: _Watchlist) -> None:
         self.left = False
         self.done = False
-        self._receive = receive
-        self._task = asyncio.current_task(watchlist.loop)
+        self._receive: Receive | None = receive
+        self._task: asyncio.Task[Any] | None = asyncio.current_task(watchlist.loop)
         self._watcher: asyncio.Task[None] | None = None
         watchlist.add(self)
 
@@ -645,15 +647,24 @@ class _DisconnectWatch:
         self._watcher = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
+        if self._receive is None:
+            return
         await _disconnected(self._receive)
         self.left = True
         if self._task is not None:
             self._task.cancel()
 
     def stop(self) -> None:
+        """The request is answered: stop watching, and let go of its task and ``receive`` now
+        (the watchlist keeps this object until its check is due; holding the request's task,
+        and so all its frames, that long would make every request's objects survive into
+        the garbage collector's older generations)."""
         self.done = True
+        self._task = None
+        self._receive = None
         if self._watcher is not None:
             self._watcher.cancel()
+            self._watcher = None
 
 
 class _Watchlist:

@@ -24,17 +24,32 @@ import dis
 import inspect
 import itertools
 import sys
+import types
 import warnings
 from abc import ABCMeta
 from collections.abc import Callable, Coroutine, Generator
 from types import CodeType
 from typing import Any, Protocol
 
-from graphserve.errors import GraphError
+from graphserve.errors import GraphError, StreamRequiredError
 
 from .background_loop import running_loop
 
 CallFn = Callable[[str, str, tuple[Any, ...], dict[str, Any]], Coroutine[Any, Any, Any]]
+
+_GENERATORS = (types.GeneratorType, types.AsyncGeneratorType)
+
+
+def _not_a_generator(value: Any) -> Any:
+    """``value``, unless it is a generator: a call without ``stream=True`` reached a generator method."""
+    if type(value) in _GENERATORS:
+        if isinstance(value, types.GeneratorType):
+            value.close()
+        raise StreamRequiredError(
+            f"the deployment method is a generator (it returned a {type(value).__name__} object): call it with "
+            "`handle.options(stream=True).remote(...)` and iterate the DeploymentResponseGenerator it returns"
+        )
+    return value
 
 
 class DeploymentResponse:
@@ -107,7 +122,7 @@ class DeploymentResponse:
             return _at_once(self)  # the first await of the old API: the response itself, awaited next
         if self._reference is not None:
             return self._await_by_reference().__await__()
-        return self._await()
+        return self._await(checked=True)
 
     # -- calls by reference (see References): fetched only when someone wants the value ------------
     def _want(self) -> None:
@@ -127,18 +142,21 @@ class DeploymentResponse:
         self._want()
         value = await _Awaiting(self)
         if value is not _HANDED_OFF:
-            return value
+            return _not_a_generator(value)
         if running_loop() is self._loop:
             return await self._fetch()
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._fetch(), self._loop))
 
-    def _await(self) -> Generator[Any, None, Any]:
+    def _await(self, checked: bool) -> Generator[Any, None, Any]:
+        """The call's value; ``checked``: refuse a generator (a call made without ``stream=True``)."""
         coro = self._coro
         if coro is None:
             future = self._future
             if isinstance(future, concurrent.futures.Future):
-                return (yield from asyncio.wrap_future(future).__await__())
-            return (yield from self._asyncio_future().__await__())
+                result = yield from asyncio.wrap_future(future).__await__()
+            else:
+                result = yield from self._asyncio_future().__await__()
+            return _not_a_generator(result) if checked else result
         self._coro = None  # run it here, in the awaiting task
         self._inline = asyncio.current_task(self._loop)
         try:
@@ -147,7 +165,7 @@ class DeploymentResponse:
             self._finish((False, exc))
             raise
         self._finish((True, result))
-        return result
+        return _not_a_generator(result) if checked else result
 
     def _finish(self, outcome: tuple[bool, Any]) -> None:
         self._outcome = outcome
@@ -161,7 +179,7 @@ class DeploymentResponse:
         value = self._result(timeout_s)
         if value is _HANDED_OFF:  # passed on by reference before: fetch it now
             return asyncio.run_coroutine_threadsafe(self._fetch(), self._loop).result(timeout_s)
-        return value
+        return _not_a_generator(value)
 
     def _result(self, timeout_s: float | None) -> Any:
         self._want()
@@ -386,7 +404,8 @@ class _Reference:
 
 
 class _Awaiting:
-    """Awaits a response's own outcome (the plain path of ``__await__``), for the reference path."""
+    """Awaits a response's own outcome (the plain path of ``__await__``), for the reference path and
+    for a ``stream=True`` call (whose outcome is the generator)."""
 
     __slots__ = ("_response",)
 
@@ -394,7 +413,7 @@ class _Awaiting:
         self._response = response
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._response._await()
+        return self._response._await(checked=False)
 
 
 class DeploymentHandle(metaclass=ABCMeta):  # noqa: B024 - an ABC for register(), no abstract methods
@@ -499,7 +518,7 @@ class DeploymentResponseGenerator:
     async def _next_here(self) -> Any:
         """The next item, on the app's loop."""
         if self._source is None:
-            result = await self._response
+            result = await _Awaiting(self._response)
             if not (hasattr(result, "__anext__") or hasattr(result, "__iter__")):
                 raise GraphError(f"a stream=True call returned {type(result).__name__}, not a generator or iterable")
             self._source = result if hasattr(result, "__anext__") else iter(result)

@@ -73,10 +73,24 @@ def request_error(exc: RequestError) -> Answer:
     if isinstance(exc, DeadlineExceededError):
         return error_answer(504, str(exc))
     if isinstance(exc, NodeExecutionError):
+        return error_answer(500, error_message(exc), node=exc.node, type=exc.error_type)
+    return error_answer(_status(exc), error_message(exc), node=None)
+
+
+def error_message(exc: BaseException) -> str:
+    """What a failed request's answer (and the live page) says of ``exc``: a graphserve error's
+    own words, but for a server error (500) only the node and the exception's type: its text
+    can hold paths or secrets, and goes to the log with the request id."""
+    if isinstance(exc, NodeExecutionError):
         owner = f" (deployment {exc.deployment!r})" if exc.deployment else ""
         what = exc.error_type or "an error graphserve found"
-        text = f"node {exc.node!r}{owner} failed: {what} (the details are in the server's log)"
-        return error_answer(500, text, node=exc.node, type=exc.error_type)
-    status = exc.status if isinstance(exc.status, int) and 400 <= exc.status < 600 else 500
-    text = str(exc) if status < 500 else f"{type(exc).__name__} (the details are in the server's log)"
-    return error_answer(status, text, node=None)
+        return f"node {exc.node!r}{owner} failed: {what} (the details are in the server's log)"
+    if isinstance(exc, RequestValidationError | OverloadedError | DeadlineExceededError):
+        return str(exc)
+    if isinstance(exc, RequestError) and _status(exc) < 500:
+        return str(exc)
+    return f"{type(exc).__name__} (the details are in the server's log)"
+
+
+def _status(exc: RequestError) -> int:
+    return exc.status if isinstance(exc.status, int) and 400 <= exc.status < 600 else 500

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from graphserve.errors import DeploymentStartError, NodeExecutionError, RequestError
@@ -63,7 +63,7 @@ class LocalBackend:
             for index in range(dep.num_replicas):
                 try:
                     instance = await construct(
-                        name, dep.kind, target, dep.init_args, dep.init_kwargs, self._handle_factory
+                        name, dep.kind, target, dep.init_args, dep.init_kwargs, self._handle_factory, dep.user_config
                     )
                 except ReplicaStartError as exc:
                     raise DeploymentStartError(exc.deployment, exc.message) from exc.__cause__
@@ -76,53 +76,54 @@ class LocalBackend:
                 replica.on_free = router.wake  # a cancelled sync call's place is free: hand it on
         self._running = True
 
-    async def submit(
+    async def _invoke(
         self,
-        node: str,
+        node: str | None,
         deployment: str,
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         span: NodeSpan | None = None,
     ) -> Any:
-        """Run the call on the least-loaded replica and return its result."""
+        """Run the call on the least-loaded replica (acquire, mark the span, invoke, release) and
+        return its result. A graph ``node``'s call is timed and reported to ``on_latency``; a
+        handle's call (``node`` None) has the deployment's own failure wrapped, named after the method."""
         router = self.routers[deployment]
         replica = router.try_acquire() or await router.acquire()
         if span is not None:
             span.replica = replica.index
-        on_latency = self._on_latency
+        on_latency = self._on_latency if node is not None else None
         start = time.perf_counter() if on_latency is not None else 0.0
-        try:
-            return await replica.invoke(method, args, kwargs)
-        finally:
-            router.release(replica)
-            if on_latency is not None:
-                on_latency(node, time.perf_counter() - start)
-
-    async def fetch(self, values: list[Any]) -> list[Any]:
-        return values
-
-    async def call(
-        self,
-        deployment: str,
-        method: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        span: NodeSpan | None = None,
-    ) -> Any:
-        """A handle's call (not a graph node: no node latency is observed)."""
-        router = self.routers[deployment]
-        replica = router.try_acquire() or await router.acquire()
-        if span is not None:
-            span.replica = replica.index
         try:
             return await replica.invoke(method, args, kwargs)
         except (RequestError, asyncio.CancelledError):
             raise
-        except Exception as exc:  # the deployment's own failure, named after the method called
+        except Exception as exc:
+            if node is not None:  # a graph node's failure: the executor names the node
+                raise
             raise NodeExecutionError.wrapping(f"{deployment}.{method}", deployment, exc) from exc
         finally:
             router.release(replica)
+            if on_latency is not None and node is not None:
+                on_latency(node, time.perf_counter() - start)
+
+    #: A graph node's call (the hot path: no frame of its own).
+    submit = _invoke
+
+    async def fetch(self, values: list[Any]) -> list[Any]:
+        return values
+
+    def call(
+        self,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: NodeSpan | None = None,
+    ) -> Coroutine[Any, Any, Any]:
+        """A handle's call (not a graph node: no node latency is observed). A plain function
+        returning the coroutine, so a handle's hop adds no frame."""
+        return self._invoke(None, deployment, method, args, kwargs, span)
 
     def cancel(self, values: list[Any]) -> None:
         return None

@@ -87,7 +87,11 @@ class OtelExporter:
 
     def begin(self, span: NodeSpan) -> None:
         """Start ``span``'s OpenTelemetry span under its parent's (or the request's)."""
-        parent = span.parent.otel if span.parent is not None and span.parent.otel is not None else None
+        self._start(span, span.parent.otel if span.parent is not None else None)
+
+    def _start(self, span: NodeSpan, parent: Any) -> None:
+        """Start ``span``'s OpenTelemetry span under ``parent`` (an OpenTelemetry span), or
+        under the current context when it is None."""
         context = self._trace.set_span_in_context(parent) if parent is not None else None
         span.otel = self.tracer.start_span(
             f"graphserve.node {span.node}",
@@ -132,20 +136,8 @@ class OtelExporter:
 
     def add_child(self, parent: NodeSpan, child: NodeSpan) -> None:
         """A span for a call that ran elsewhere (a handle call inside a Ray actor), after the fact."""
-        if parent.otel is None:
-            return
-        context = self._trace.set_span_in_context(parent.otel)
-        child.otel = self.tracer.start_span(
-            f"graphserve.node {child.node}",
-            context=context,
-            start_time=_epoch_ns(child.trace, child.start),
-            attributes={
-                "graphserve.graph": child.trace.plan.name,
-                "graphserve.node": child.node,
-                "graphserve.kind": child.kind,
-                **({"graphserve.deployment": child.deployment} if child.deployment else {}),
-            },
-        )
+        if parent.otel is not None:
+            self._start(child, parent.otel)
 
 
 def _epoch_ns(trace: Trace, perf: float) -> int:

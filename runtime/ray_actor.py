@@ -177,6 +177,7 @@ class ReplicaSpec:
     # the handles' targets: their limits (max_ongoing_requests, max_queued_requests) route calls as the driver does
     handle_plans: dict[str, DeploymentPlan] = field(default_factory=dict)
     namespace: str | None = None  # where the handles' actors are named (None: this job's)
+    user_config: Any = None  # Ray Serve's user_config: given to reconfigure() after construction
 
 
 class _Target:
@@ -371,6 +372,7 @@ class ReplicaActor:
                 spec.init_args,
                 spec.init_kwargs,
                 lambda name: handles.handle(name, loop),
+                spec.user_config,
             )
         except ReplicaStartError as exc:  # its cause may not pickle: the message says it
             raise ReplicaStartError(exc.deployment, exc.message) from None

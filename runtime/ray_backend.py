@@ -363,6 +363,7 @@ class RayBackend:
             threads=dep.max_ongoing_requests,
             handle_plans={t: self.plan.deployment(t) for t in dep.handles},
             namespace=self._namespace if self._shared else None,
+            user_config=dep.user_config,
         )
 
     def _actor_options(self, *deps: DeploymentPlan) -> dict[str, Any]:
@@ -448,26 +449,31 @@ class RayBackend:
 
     async def stop(self) -> None:
         """Kill every actor; disconnect from Ray if this backend connected. Safe to call twice."""
+        if self._ray is None:  # never connected: no actor, no poller
+            return
+        from ray.exceptions import RayError
+
         poller, self._poller = self._poller, None
         if poller is not None:
             poller.cancel()
-            with contextlib.suppress(BaseException):
-                await poller
-            with contextlib.suppress(Exception):
+            await asyncio.wait([poller])  # its end; a cancellation of stop itself still stops stop
+            if not poller.cancelled() and poller.exception() is not None:
+                logger.warning("the metrics poller of graph %r had failed: %r", self.plan.name, poller.exception())
+            with contextlib.suppress(TimeoutError):  # flush_batches skips a replica that is dead or busy
                 await asyncio.wait_for(self.flush_batches(), 5)
         for probe in list(self._probes):
             probe.cancel()
         routers, self.routers = self.routers, {}
         controller, self._controller = self._controller, None
-        for router in routers.values():
+        for router in {id(r): r for r in routers.values()}.values():  # a fused group's router once
             router.close()
             if controller is not None or self._shared:  # the controller's, not this process's
                 continue
             for replica in router.replicas:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(RayError):  # already gone, or Ray itself is (RaySystemError)
                     self._ray.kill(replica.actor)
         if controller is not None:  # the last ingress to detach removes the replicas, then the controller
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(RayError, TimeoutError):  # the controller died or does not answer
                 if await asyncio.wait_for(controller.detach.remote(self._id), 30) == 0:
                     self._ray.kill(controller)
         self._disconnect()
@@ -642,6 +648,8 @@ class RayBackend:
 
     def cancel(self, values: list[Any]) -> None:
         """Cancel the unfinished tasks behind ``values`` (a request failed or passed its deadline)."""
+        from ray.exceptions import RayError
+
         for value in values:
             if type(value) is RayValue and not value.done:
                 batch = value.batch
@@ -652,7 +660,7 @@ class RayBackend:
                         unsent.done = True
                     continue
                 if value.ref is not None:
-                    with contextlib.suppress(Exception):
+                    with contextlib.suppress(RayError):  # its task or actor is gone already, or Ray is
                         self._ray.cancel(value.ref)
 
     def _node_error(self, value: RayValue, exc: BaseException) -> NodeExecutionError:

@@ -109,7 +109,7 @@ class FusedActor(ReplicaActor):
 
             try:
                 instance = await construct(
-                    spec.deployment, spec.kind, spec.target, spec.init_args, spec.init_kwargs, handle
+                    spec.deployment, spec.kind, spec.target, spec.init_args, spec.init_kwargs, handle, spec.user_config
                 )
             except ReplicaStartError as exc:  # its cause may not pickle: the message says it
                 raise ReplicaStartError(exc.deployment, exc.message) from None

@@ -96,11 +96,14 @@ async def construct(
     init_args: list[Any],
     init_kwargs: dict[str, Any],
     handle: HandleFactory,
+    user_config: Any = None,
 ) -> Any:
-    """The instance of one replica: the target loaded and, for a class, constructed.
+    """The instance of one replica: the target loaded and, for a class, constructed, then
+    given ``user_config`` through its ``reconfigure`` (Ray Serve's order: after ``__init__``,
+    before the first call; awaited when async).
 
     A function deployment is its function. Raises ReplicaStartError naming the
-    deployment when the target does not load or its constructor raises."""
+    deployment when the target does not load or its constructor or reconfigure raises."""
     try:
         loaded = load_target(target)
     except PlanError as exc:
@@ -112,10 +115,26 @@ async def construct(
         if inspect.iscoroutinefunction(getattr(loaded, "__init__", None)):  # Ray Serve allows async __init__
             instance = loaded.__new__(loaded)
             await loaded.__init__(instance, *args, **kwargs)
-            return instance
-        return loaded(*args, **kwargs)
+        else:
+            instance = loaded(*args, **kwargs)
     except Exception as exc:  # the user's constructor: any failure is this deployment's
         raise ReplicaStartError(deployment, f"constructor raised {type(exc).__name__}: {exc}") from exc
+    if user_config is not None:
+        await reconfigure(deployment, instance, user_config)
+    return instance
+
+
+async def reconfigure(deployment: str, instance: Any, user_config: Any) -> None:
+    """Ray Serve's ``reconfigure(user_config)`` on one instance (sync or async)."""
+    method = getattr(instance, "reconfigure", None)
+    if method is None:
+        raise ReplicaStartError(deployment, "user_config is set but the deployment has no reconfigure() method")
+    try:
+        result = method(user_config)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:  # the user's reconfigure: any failure is this deployment's
+        raise ReplicaStartError(deployment, f"reconfigure raised {type(exc).__name__}: {exc}") from exc
 
 
 def _nothing() -> None:

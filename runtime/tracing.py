@@ -240,9 +240,12 @@ class ActorRecord:
 
 
 async def _fetch(ref: Awaitable[Any]) -> dict[str, Any] | None:
+    """The actor's record of a call (a Ray reference), or None when there is none to have."""
+    from ray.exceptions import RayError  # only a Ray call has a record to fetch
+
     try:
         async with asyncio.timeout(_SETTLE_TIMEOUT_S):
             record = await ref
-    except Exception:  # the call failed or its actor died: its node already says so
+    except (RayError, TimeoutError):  # the call failed, its actor died, or it never ended: its node says so
         return None
     return record if isinstance(record, dict) else None

@@ -236,3 +236,63 @@ def test_the_plans_batching_values_replace_the_decorators() -> None:
     )
     assert (batcher.max_batch_size, batcher.batch_wait_timeout_s, batcher.adaptive is not None) == (3, 0.002, True)
     assert batch_limits(owner)["Owner.predict"]["size_limit"] == 3
+
+
+def test_a_plan_changes_its_own_batcher_not_the_shared_decorator_settings() -> None:
+    """Two owners of one ``@gs.batch`` method: the plan of one leaves the other's (and the
+    decorator's) settings alone; the run-time setters still reach both."""
+    from graphserve.batching import SETTINGS_ATTR
+    from graphserve.plan import BatchingPlan
+    from graphserve.runtime.batcher import configure_batching, get_batcher
+
+    class Model:
+        @gs.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+        async def predict(self, xs: list[int]) -> list[int]:
+            return xs
+
+    planned, unplanned = Model(), Model()
+    plan = BatchingPlan(method="predict", max_batch_size=2, batch_wait_timeout_s=0.001, max_concurrent_batches=3)
+    configure_batching(planned, [plan])
+    settings = getattr(Model.predict, SETTINGS_ATTR)
+    shared = get_batcher(unplanned, "Model.predict", Model.predict, settings)
+    own = get_batcher(planned, "Model.predict", Model.predict, settings)
+    assert (own.max_batch_size, own.batch_wait_timeout_s, own.max_concurrent_batches) == (2, 0.001, 3)
+    assert (settings.max_batch_size, settings.batch_wait_timeout_s, settings.max_concurrent_batches) == (8, 0.05, 1)
+    assert (shared.max_batch_size, shared.max_concurrent_batches) == (8, 1)
+    Model.predict.set_max_batch_size(5)  # e.g. from reconfigure: every batcher of the method follows
+    assert (own.max_batch_size, shared.max_batch_size, Model.predict.get_max_batch_size()) == (5, 5, 5)
+
+
+async def test_adaptive_limits_count_in_batch_size_fn_units() -> None:
+    """``adaptive=True`` with ``batch_size_fn``: the adaptive limit, the batches it lets out and the
+    fitted batch times all use the measure (tokens), not the number of calls."""
+    observed: list[int] = []
+
+    async def count_tokens(texts: list[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
+
+    batcher = Batcher(
+        count_tokens,
+        "tokens",
+        max_batch_size=12,
+        batch_wait_timeout_s=0.05,
+        batch_size_fn=lambda texts: sum(len(t.split()) for t in texts),
+        adaptive=True,
+        latency_budget_s=5.0,
+    )
+    assert batcher.adaptive is not None
+    record = batcher.adaptive.observe
+
+    def spy(size: int, latency_s: float, run_s: float) -> None:
+        observed.append(size)
+        record(size, latency_s, run_s)
+
+    batcher.adaptive.observe = spy  # type: ignore[method-assign]
+    texts = ["a b c", "d e f g", "h i", "j k l m n"]  # 3 + 4 + 2 = 9 tokens fit in 12; 5 more do not
+    results = await asyncio.wait_for(asyncio.gather(*[batcher.submit(t) for t in texts]), 5)
+    assert results == [3, 4, 2, 5]
+    assert observed == [9, 5]  # tokens per batch, not 3 and 1 calls
+    assert batcher.size_limit == 12  # inside the budget: the limit stays at max_batch_size (tokens)
+    batcher.adaptive.limit = 6  # a backed-off limit (tokens) bounds the next batch by measure
+    assert await asyncio.wait_for(asyncio.gather(*[batcher.submit(t) for t in ["a b c", "d e f", "g"]]), 5) == [3, 3, 1]
+    assert observed[2:] == [6, 1]

@@ -10,6 +10,7 @@ import pytest
 
 import graphserve as gs
 from bench import readme, sim, sim_report, sim_workloads
+from bench import servers as bench_servers
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +48,14 @@ def test_the_benchmark_graphs_answer_and_simulate(name):
     plan = gs.build(app)
     result = gs.simulate(plan, sim._assumed(plan, name), rate=50, duration_s=2)
     assert result.completed == result.requests > 0
+
+
+def test_the_sim_server_starts_answers_and_stops(tmp_path):
+    server = sim.start_server(["chain3", "batched"], tmp_path)
+    try:
+        assert server.port and server.started_s > 0
+        status, body = bench_servers.post(server.url("batched"), sim_workloads.BODIES[5])
+        assert (status, json.loads(body)) == (200, 0.05)
+    finally:
+        bench_servers.stop(server)
+    assert server.process.poll() is not None

@@ -226,12 +226,43 @@ def test_console_script_builds_a_module_from_the_current_directory(tmp_path: Pat
     assert '"Echo.__call__" [' in (tmp_path / "graph.dot").read_text()
 
 
+def test_a_plan_file_is_served_with_its_modules_found_from_the_current_directory(tmp_path: Path) -> None:
+    (tmp_path / "mygraph.py").write_text(
+        "import graphserve as gs\n\n"
+        "@gs.deployment\nclass Echo:\n    async def __call__(self, text: str) -> str:\n        return text\n\n"
+        "app = gs.graph(Echo.bind().__call__.bind(gs.InputNode()))\n"
+    )
+    built = _run(str(GRAPHSERVE), "build", "mygraph:app", "--cluster", "none", "-o", "plan.json", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    # the module now fails when imported: serving the plan must reach it (from this directory) and say so
+    (tmp_path / "mygraph.py").write_text("raise RuntimeError('no weights here')\n")
+    done = _run(str(GRAPHSERVE), "deploy", "plan.json", "--port", "0", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "error: cannot import 'mygraph:Echo': mygraph raised RuntimeError: no weights here" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_python_dash_m_reports_an_invalid_graph_without_a_traceback() -> None:
     done = _run(sys.executable, "-m", "graphserve", "build", "tests/graphs/invalid.py:app")
     assert done.returncode == 1
     assert f"{INVALID}:{_line_of(INVALID, 'GS104')}: error GS104" in done.stderr
     assert f"{INVALID}:{_line_of(INVALID, 'GS102')}: error GS102" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_app_module_that_raises_at_import_is_one_line_naming_it_and_the_exception(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    raising = ROOT / "tests" / "graphs" / "raises_at_import.py"
+    said = "tests.graphs.raises_at_import raised RuntimeError: the model file models/never.pt is missing"
+    where = f"(at {raising}:{_line_of(raising, 'raise RuntimeError')})"
+    module = "tests.graphs.raises_at_import"
+    for argv in (["deploy", f"{module}:app", "--port", "0"], ["build", module]):
+        done = _run(str(GRAPHSERVE), *argv)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.splitlines() == [f"error: cannot import module {module!r}: {said} {where}"]
+    assert cli.main(["build", "tests/graphs/raises_at_import.py:app"]) == 1  # the file path form
+    assert capsys.readouterr().err == f"error: cannot import {raising}: {said} {where}\n"
 
 
 # -- deploy / call -----------------------------------------------------------------------

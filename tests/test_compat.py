@@ -228,8 +228,9 @@ def test_unsupported_options_warn_once_each_and_still_serve(base_url: str) -> No
     with pytest.warns(GraphWarning) as record:
         serve.run(ro.tolerant_app, route_prefix="/tolerant")
     messages = [str(w.message) for w in record if issubclass(w.category, GraphWarning)]
-    for option in ("autoscaling_config", "user_config", "runtime_env", "health_check_period_s"):
+    for option in ("autoscaling_config", "runtime_env", "health_check_period_s"):
         assert sum(option in m for m in messages) == 1, messages
+    assert not any("user_config" in m for m in messages), messages  # applied through reconfigure()
     assert all(m.startswith("GS117") for m in messages)
     assert httpx.post(f"{base_url}/tolerant").json() == {"ok": True}
     with warnings.catch_warnings():

@@ -5,6 +5,7 @@ wait is bounded and on something observable (bytes, a close, a metric)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -15,7 +16,14 @@ import httpx
 import pytest
 
 from graphserve.errors import GraphError
-from graphserve.runtime.connections import NEW_GRACE_S, ConnectionLimits, default_max_connections
+from graphserve.runtime.connections import (
+    NEW_GRACE_S,
+    CoalescingWriter,
+    ConnectionLimits,
+    default_max_connections,
+    sweep_interval,
+)
+from graphserve.runtime.http_defaults import HEADER_TIMEOUT_S, KEEP_ALIVE_S
 from graphserve.runtime.http_server import Server
 from graphserve.serving import serve
 from tests.graphs import ingress_graphs as graphs
@@ -112,13 +120,21 @@ def test_a_connection_that_sends_nothing_is_closed_without_an_answer() -> None:
 
 
 def test_an_idle_keep_alive_connection_is_closed_after_keep_alive_s() -> None:
-    with server(keep_alive_s=0.3) as (_, port):
+    with server(keep_alive_s=0.3) as (url, port):
         sock = connect(port)
         sock.sendall(REQUEST)
         started = time.monotonic()
         data = read_until_closed(sock)  # the answer, then the close
         assert data.startswith(b"HTTP/1.1 200") and data.endswith(b'{"y":2.0,"label":"a"}')
-        assert time.monotonic() - started < 5
+        assert 0.25 < time.monotonic() - started < 5
+        assert metric(url, 'graphserve_connections_closed_total{reason="keep_alive"}') == 1
+
+
+def test_limits_are_checked_by_one_timer_a_tenth_of_the_shorter_limit_apart() -> None:
+    assert sweep_interval(ConnectionLimits(header_timeout_s=0.3, keep_alive_s=5)) == pytest.approx(0.03)
+    assert sweep_interval(ConnectionLimits()) == pytest.approx(min(HEADER_TIMEOUT_S, KEEP_ALIVE_S) / 10)
+    assert sweep_interval(ConnectionLimits(header_timeout_s=0.01, keep_alive_s=0.01)) == 0.01  # at least 10 ms
+    assert sweep_interval(ConnectionLimits(header_timeout_s=600, keep_alive_s=600)) == 1.0  # at most 1 s
 
 
 def test_headers_larger_than_the_limit_get_431() -> None:
@@ -186,3 +202,41 @@ def test_limits_are_checked() -> None:
         ConnectionLimits(max_connections=0)
     assert default_max_connections(256) == 128 and default_max_connections(20) == 16
     assert default_max_connections(10**6) == 10_000
+
+
+class _Recorder(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_response_head_and_its_body_go_out_in_one_write() -> None:
+    transport = _Recorder()
+    writer = CoalescingWriter(transport, asyncio.get_running_loop())
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    writer.write(b"{}")
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+
+
+async def test_a_head_whose_body_does_not_follow_at_once_is_written_at_the_end_of_the_step() -> None:
+    transport = _Recorder()
+    writer = CoalescingWriter(transport, asyncio.get_running_loop())
+    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")  # a stream: its first chunk comes later
+    assert transport.writes == []
+    await asyncio.sleep(0)  # the end of this step
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
+    writer.write(b"2\r\n{}\r\n")  # chunks go out as they come
+    assert transport.writes[-1] == b"2\r\n{}\r\n"
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    writer.close()  # a head held when the connection closes is written first
+    assert transport.writes[-1].startswith(b"HTTP/1.1 200") and transport.closed

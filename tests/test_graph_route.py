@@ -83,6 +83,8 @@ async def test_a_client_that_leaves_a_long_request_cancels_its_work_and_short_on
         for _ in range(3):  # answered before DISCONNECT_CHECK_S: no watcher ever starts
             assert (await request(app, [body], []))[0]["status"] == 200
         assert watchers() == 0
+        waiting = app.graphs["echo"].watchlist()._waiting  # kept until their check is due ...
+        assert waiting and all(watch.done and watch._task is None for _, watch in waiting)  # ... holding no task
         finished = len(graphs.FINISHED)
         leaving = [{"type": "http.request", "body": b'{"delay": 5}', "more_body": False}, {"type": "http.disconnect"}]
         sent = await asyncio.wait_for(request(app, leaving, [], path="/slow"), 5)  # not the 5 s sleep

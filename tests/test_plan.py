@@ -152,3 +152,6 @@ def test_import_object_errors_are_clear() -> None:
         import_object("tests.graphs.plan_graphs:nope")
     with pytest.raises(gs.PlanError, match="cannot import 'no_such_module_xyz:thing'"):
         import_object("no_such_module_xyz:thing")
+    # a plan file's deployment whose module fails while it is imported: what it raised, where
+    with pytest.raises(gs.PlanError, match=r"raises_at_import raised RuntimeError: the model file .* \(at .*:\d+\)$"):
+        import_object("tests.graphs.raises_at_import:Never")

@@ -203,3 +203,21 @@ def test_autoscaling_min_replicas_sets_the_replica_count() -> None:
         plan = compile_app(gs.graph([Auto.bind().__call__.bind(inp), Fixed.bind().__call__.bind(inp)]))
     assert plan.deployment("Auto").num_replicas == 3 and plan.deployment("Fixed").num_replicas == 2
     assert sum(1 for w in plan.warnings if "autoscaling_config" in w.message) == 2
+
+
+def test_a_batch_sized_by_batch_size_fn_is_not_capped_by_max_ongoing_requests() -> None:
+    """With ``batch_size_fn``, ``max_batch_size`` counts tokens (or the like), not calls: GS110 does
+    not apply and ``max_ongoing_requests`` stays as written."""
+
+    @gs.deployment(max_ongoing_requests=4)
+    class Tokens:
+        @gs.batch(max_batch_size=512, batch_size_fn=lambda texts: sum(len(t.split()) for t in texts))
+        async def __call__(self, texts: list[str]) -> list[int]:
+            return [len(t.split()) for t in texts]
+
+    with gs.InputNode() as inp:
+        plan = gs.build(gs.graph(Tokens.bind().__call__.bind(inp)))
+    assert plan.deployment("Tokens").max_ongoing_requests == 4
+    assert [w.code for w in plan.warnings if w.code == "GS110"] == []
+    (batching,) = plan.deployment("Tokens").batching
+    assert batching.sized_by_fn and batching.max_batch_size == 512

@@ -326,6 +326,69 @@ async def _until_dead(ray: Any, actor: Any) -> None:
 
 
 # -- the ways in ---------------------------------------------------------------------------
+class _FailingRay:
+    """Ray's kill and cancel raising what they raise for an actor or task that is gone (or a bug)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.killed: list[Any] = []
+
+    def kill(self, actor: Any) -> None:
+        self.killed.append(actor)
+        raise self.error
+
+    def cancel(self, ref: Any) -> None:
+        raise self.error
+
+
+class _ActorId:
+    def hex(self) -> str:
+        return "f00d"
+
+
+class _Actor:
+    _actor_id = _ActorId()
+
+
+def _stopped_backend_with_two_replicas(error: Exception) -> Any:
+    from graphserve.runtime.ray_backend import RayBackend, _Replica
+    from graphserve.runtime.routing import ReplicaRouter
+    from tests.graphs import fault_graphs
+
+    plan = compile_app(fault_graphs.replicated)
+    backend = RayBackend(plan)
+    backend._ray = _FailingRay(error)
+    dep = plan.deployments[0]
+    backend.routers = {dep.name: ReplicaRouter(dep, [_Replica(_Actor(), 0), _Replica(_Actor(), 1)])}
+    return backend
+
+
+async def test_stop_and_cancel_pass_over_actors_and_tasks_that_are_gone() -> None:
+    from ray.exceptions import ActorHandleNotFoundError, RaySystemError
+
+    from graphserve.runtime.ray_backend import RayValue
+
+    backend = _stopped_backend_with_two_replicas(RaySystemError("Ray has not been started yet"))
+    replica = next(iter(backend.routers.values())).replicas[0]
+    backend.cancel([RayValue(object(), "n", "d", replica, ())])  # the task's worker is gone
+    fake = backend._ray
+    await backend.stop()
+    assert len(fake.killed) == 2  # every replica was tried
+    backend = _stopped_backend_with_two_replicas(ActorHandleNotFoundError("not valid across Ray sessions"))
+    await backend.stop()
+
+
+async def test_stop_and_cancel_do_not_hide_an_error_that_is_not_rays() -> None:
+    from graphserve.runtime.ray_backend import RayValue
+
+    backend = _stopped_backend_with_two_replicas(TypeError("ray.cancel() only supported for object refs"))
+    replica = next(iter(backend.routers.values())).replicas[0]
+    with pytest.raises(TypeError, match="only supported for object refs"):
+        backend.cancel([RayValue(object(), "n", "d", replica, ())])
+    with pytest.raises(TypeError):
+        await backend.stop()
+
+
 def test_gs_run_on_ray_shares_the_running_cluster(ray_cluster: Any) -> None:
     with gs.InputNode() as inp:
         app = gs.graph(g.Caller.bind(g.Add.bind()).__call__.bind(inp))
@@ -374,3 +437,16 @@ async def test_health_says_when_a_deployment_has_no_live_replica(ray_cluster: An
 
         reason = await bounded(unhealthy(), 30)
         assert "deployment 'Replicated' has no live replica" in reason
+
+
+async def test_user_config_reaches_reconfigure_in_the_actors() -> None:
+    """Ray Serve's user_config travels in the plan (JSON) and each actor calls reconfigure() with it."""
+    from tests.compat.test_user_config import Thresholder
+
+    with gs.InputNode() as inp:
+        out = Thresholder.options(user_config={"threshold": 0.9}).bind().__call__.bind(inp)
+    plan = Plan.from_json(compile_app(gs.graph(out)).to_json())
+    assert plan.deployment("Thresholder").user_config == {"threshold": 0.9}
+    async with running(plan) as runtime:
+        assert await bounded(runtime.execute(0.7)) is False
+        assert await bounded(runtime.execute(0.95)) is True

@@ -171,3 +171,30 @@ def test_a_process_wide_tracer_provider_is_used_without_being_passed() -> None:
     names = json.loads(done.stdout.strip().splitlines()[-1])
     assert "graphserve page_demo" in names and "graphserve.node short_path" in names
     assert "graphserve.node long_path" not in names  # the arm not taken has no span
+
+
+def test_a_records_fetch_gives_none_for_a_failed_or_endless_call_and_raises_anything_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    pytest.importorskip("ray")
+    from ray.exceptions import RayActorError
+
+    from graphserve.runtime import tracing
+
+    async def raising(error: BaseException) -> Any:
+        raise error
+
+    async def endless() -> Any:
+        await asyncio.Event().wait()
+
+    async def record() -> Any:
+        return {"node": "n"}
+
+    monkeypatch.setattr(tracing, "_SETTLE_TIMEOUT_S", 0.01)
+    assert asyncio.run(tracing._fetch(record())) == {"node": "n"}
+    assert asyncio.run(tracing._fetch(raising(RayActorError()))) is None  # its actor died
+    assert asyncio.run(tracing._fetch(endless())) is None  # it never ended
+    with pytest.raises(ValueError, match="a bug"):
+        asyncio.run(tracing._fetch(raising(ValueError("a bug"))))

@@ -105,3 +105,38 @@ def test_stream_handles_are_refused_on_ray_with_a_clear_error() -> None:
             handle.remote(3)
     finally:
         loop.close()
+
+
+@serve.deployment
+class Counter:
+    def count(self, limit: int) -> Any:
+        yield from range(limit)
+
+    async def acount(self, limit: int) -> Any:
+        for i in range(limit):
+            yield i
+
+
+@serve.deployment
+class CallsWithoutStream:
+    def __init__(self, counter: DeploymentHandle) -> None:
+        self.counter = counter
+
+    async def __call__(self) -> str:
+        try:
+            await self.counter.acount.remote(2)
+        except TypeError as exc:  # Ray Serve raises a TypeError too
+            return f"refused: {exc}"
+        return "not refused"
+
+
+def test_a_generator_method_called_without_stream_is_a_clear_error() -> None:
+    from graphserve.errors import StreamRequiredError
+
+    handle = serve.run(Counter.bind())
+    for method in (handle.count, handle.acount):
+        with pytest.raises(StreamRequiredError, match=r"options\(stream=True\)"):
+            method.remote(3).result(timeout_s=30)
+        assert list(method.options(stream=True).remote(3)) == [0, 1, 2]  # the right call still works
+    inside = serve.run(CallsWithoutStream.bind(Counter.bind()), name="inside", route_prefix="/inside")
+    assert inside.remote().result(timeout_s=30).startswith("refused: the deployment method is a generator")

@@ -38,6 +38,9 @@ def outputs(request: Request):
     health_check_period_s=5,
 )
 class Tolerant:
+    def reconfigure(self, config):  # user_config arrives here (not an ignored option)
+        self.threshold = config["threshold"]
+
     async def __call__(self, request):
         return {"ok": True}
 

@@ -9,26 +9,15 @@ import time
 from pydantic import BaseModel
 
 import graphserve as gs
+from bench.sim_workloads import THRESHOLD, Join, Stage
 
 BATCH_FIXED_S = 0.010
 BATCH_PER_ITEM_S = 0.002
-THRESHOLD = 0.9
+MODEL_S = 0.001
 
-
-@gs.deployment(max_ongoing_requests=1)
-class Sleeper:
-    def __init__(self, seconds: float = 0.001) -> None:
-        self.seconds = seconds
-
-    async def __call__(self, x: float) -> float:
-        await asyncio.sleep(self.seconds)
-        return x
-
-
-@gs.deployment
-class Join:
-    async def __call__(self, a: float, b: float, c: float) -> float:
-        return a + b + c
+#: a model taking one call at a time that sleeps the seconds it is bound with: the simulator
+#: benchmark's ``Stage`` (one source for both), named ``Sleeper`` here
+Sleeper = Stage.options(name="Sleeper")
 
 
 @gs.deployment
@@ -61,10 +50,10 @@ class Point(BaseModel):
 
 
 with gs.InputNode() as _inp:
-    single = gs.graph(Sleeper.bind(0.001).__call__.bind(_inp["x"]), name="single")
+    single = gs.graph(Sleeper.bind(MODEL_S).__call__.bind(_inp["x"]), name="single")
 
 with gs.InputNode() as _inp:
-    _branches = [Sleeper.options(name=f"branch{i}").bind().__call__.bind(_inp["x"]) for i in range(3)]
+    _branches = [Sleeper.options(name=f"branch{i}").bind(MODEL_S).__call__.bind(_inp["x"]) for i in range(3)]
     fanout = gs.graph(Join.bind().__call__.bind(*_branches), name="fanout")
 
 with gs.InputNode() as _inp:
@@ -74,9 +63,9 @@ with gs.InputNode() as _inp:
 
 with gs.InputNode() as _inp:
     # the cond's branches read the input, not the selector's model: they wait for the selector anyway
-    _pred = Sleeper.options(name="selector").bind().__call__.bind(_inp["x"])
-    _then = Sleeper.options(name="then").bind().__call__.bind(_inp["x"])
-    _else = Sleeper.options(name="otherwise").bind().__call__.bind(_inp["x"])
+    _pred = Sleeper.options(name="selector").bind(MODEL_S).__call__.bind(_inp["x"])
+    _then = Sleeper.options(name="then").bind(MODEL_S).__call__.bind(_inp["x"])
+    _else = Sleeper.options(name="otherwise").bind(MODEL_S).__call__.bind(_inp["x"])
     gated = gs.graph(gs.cond(_pred >= THRESHOLD, _then, _else), name="gated")
 
 with gs.InputNode() as _inp:
