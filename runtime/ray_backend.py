@@ -72,7 +72,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError, OverloadedError, PlanError
-from graphserve.plan import DeploymentPlan, Plan, has_import_path
+from graphserve.plan import DeploymentPlan, Plan, ResourcesPlan, has_import_path
 from graphserve.resources import Capacity, check_fits
 
 from .backend import BatchLimits
@@ -277,7 +277,7 @@ class RayBackend:
         ray = self._ray = await self._connect()
         try:
             nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-            check_fits(self.plan.deployments, ray_capacity(ray.cluster_resources(), nodes), self.plan.name)
+            check_fits(self._actor_units(), ray_capacity(ray.cluster_resources(), nodes), self.plan.name)
             await self._create_actors(ray)
             await self._wait_ready()
         except BaseException:
@@ -341,6 +341,24 @@ class RayBackend:
             router = _Router(_group_limits(group.name, [self.plan.deployment(m) for m in group.deployments]), replicas)
             for member in group.deployments:  # every member routes to the group's replicas
                 self.routers[member] = router
+
+    def _actor_units(self) -> list[DeploymentPlan]:
+        """What each actor asks of the cluster: a deployment, or a fused group with its members'
+        resources summed (GS201 names the group when one of its actors fits on no node)."""
+        units = [d for d in self.plan.deployments if d.name not in self._fused]
+        for group in self.plan.fusion.groups if self.plan.fusion else ():
+            members = [self.plan.deployment(m) for m in group.deployments]
+            resources = ResourcesPlan(
+                num_cpus=sum(m.resources.num_cpus for m in members),
+                num_gpus=sum(m.resources.num_gpus for m in members),
+            )
+            name = f"{group.name} (fused)"
+            units.append(
+                DeploymentPlan(
+                    name=name, import_path="", kind="class", resources=resources, num_replicas=members[0].num_replicas
+                )
+            )
+        return units
 
     def _spec(self, dep: DeploymentPlan, index: int) -> Any:
         from .ray_actor import ReplicaSpec

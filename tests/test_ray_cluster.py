@@ -357,6 +357,16 @@ async def test_two_ingress_processes_share_the_replicas_and_one_dying_leaves_the
         ray.get_actor("graphserve:chain", namespace="graphserve")
 
 
+async def test_a_fused_group_whose_summed_resources_fit_on_no_node_is_refused_naming_it(nodes: Nodes) -> None:
+    from tests.graphs import fusion_graphs as f
+
+    plan = compile_app(f.chain(*f.stamps("a", "b", a={"num_cpus": 0.75}, b={"num_cpus": 0.75})))  # no nodes named
+    assert plan.fusion is not None and [g.name for g in plan.fusion.groups] == ["a+b"]
+    with pytest.raises(GraphValidationError, match=r"one replica of a\+b \(fused\) needs 1.5 cpus but no node"):
+        async with running(plan):
+            pass  # pragma: no cover - refused before any actor starts
+
+
 # -- a node dies under load (last: it removes node b, then adds a fresh node) ---------------------
 async def test_a_node_removed_under_load_fails_its_calls_naming_the_node_and_the_graph_recovers(
     nodes: Nodes,
