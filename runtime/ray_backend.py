@@ -601,6 +601,9 @@ class RayBackend:
             return
         batch.sent = True
         router, replica, values = batch.router, batch.replica, batch.values
+        if not values:  # its first call failed before joining (an input that could not be sent)
+            router.release(replica)
+            return
         inside = {v.node for v in values}
         consumers = self._consumers
         # a result goes back when something outside the batch may read it (a node the plan does not
