@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="raw Starlette and graphserve local: rounds per closed-loop figure, alternating\n"
-        "between the two (default 3, 1 with --quick; each round --round-s seconds)",
+        "between the two (default 5, 1 with --quick; each round --round-s seconds)",
     )
     p.add_argument("--round-s", type=float, default=None, help="seconds per round (default 2)")
     p.add_argument(
@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="where the JSON goes")
     p.add_argument("--sim-out", type=Path, default=RESULTS / "sim.json", help="where the simulator's results go")
     p.add_argument("--sim-duration", type=float, default=None, help="sim: seconds per run (default 10)")
+    p.add_argument(
+        "--sim-graphs",
+        default=None,
+        help="sim: which graphs, e.g. batched,conditional (default all); with --sim-out elsewhere,\n"
+        "as bench/results/sim.json must hold every graph",
+    )
     p.add_argument("--w6-out", type=Path, default=RESULTS / "w6.json", help="where W6's results go")
     p.add_argument("--w6-duration", type=float, default=None, help="seconds of arrivals per rate, w6 (default 15)")
     p.add_argument("--w6-profile", type=float, default=None, help="seconds of profiling, w6 (default 8)")
@@ -69,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else (0.0 if args.quick else 1.0)
-    args.rounds = max(1, args.rounds if args.rounds is not None else (1 if args.quick else 3))
+    args.rounds = max(1, args.rounds if args.rounds is not None else (1 if args.quick else 5))
     args.round_s = args.round_s if args.round_s is not None else (1.0 if args.quick else 2.0)
     args.open_duration = args.open_duration if args.open_duration is not None else (1.0 if args.quick else 5.0)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
@@ -211,6 +217,7 @@ def run_sim(args: argparse.Namespace) -> None:
         profile_s=2.0 if args.quick else 10.0,
         capacity_s=1.0 if args.quick else 5.0,
         out=args.sim_out,
+        graphs=sim.graph_names(args.sim_graphs),
     )
     results = sim.run(options)
     print(sim_report.markdown(results))

@@ -7,7 +7,9 @@ conditional, a batched GPU-like model):
 2. serve it on the local runtime (a subprocess, ``bench.sim_server``) and measure its
    capacity: the closed-loop peak (``wrk``, 32 connections); and, to tell the runtime from
    HTTP, the peak of 32 closed-loop callers on the runtime in this process;
-3. at 30%, 60% and 85% of that capacity, ``REPEATS`` times: draw a Poisson arrival trace
+3. at 30%, 60% and 85% of that capacity, in ``REPEATS`` rounds that each run every rate
+   once (so a spell of other work spoils one run of several rates, not every run of one
+   rate; every run is kept): draw a Poisson arrival trace
    (seeded) and send it over HTTP with the open-loop client (each request's body drawn at
    random from the samples), and simulate the times the requests really left the client
    with the profile (the mean of ``SIM_SEEDS`` simulator seeds). Each figure of a rate is
@@ -18,7 +20,9 @@ conditional, a batched GPU-like model):
    the client, from the moment each request was sent (``measured``), and by the server,
    from the ingress receiving it to the response starting (``measured_server``, from a
    ``Server-Timing`` header ``bench.sim_server`` adds). The two differ by HTTP on loopback
-   and by whatever stalls the client or the machine; throughput is the client's.
+   and by whatever stalls the client or the machine; throughput is the client's. How busy
+   the machine was is recorded per run and rate: the 1-minute load average, and how long
+   the server's threads waited for a core per second (Linux run-queue delay).
 
 Target (issue 15): predicted p99 within 20% of measured and throughput within 5%, at
 every rate. The simulator's own speed is measured too: 100,000 simulated requests of each
@@ -117,13 +121,43 @@ def in_process_capacity(plan: Any, seconds: float, callers: int = 32) -> float:
         loop.close()
 
 
-def measure_once(url: str, sim: Any, rate: float, duration_s: float, seed: int, rng: random.Random) -> dict[str, Any]:
-    """One Poisson trace over HTTP, and the simulator on the times its requests were really sent."""
+def core_wait_s(pid: int) -> float | None:
+    """Seconds the threads of process ``pid`` have waited, ready to run, for a core (the sum of
+    their run-queue delays, Linux schedstat); None where the OS does not say."""
+    root = Path(f"/proc/{pid}/task")
+    total = 0
+    try:
+        tasks = list(root.iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_bytes().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
+def measure_once(
+    url: str, sim: Any, rate: float, duration_s: float, seed: int, rng: random.Random, server_pid: int
+) -> dict[str, Any]:
+    """One Poisson trace over HTTP, and the simulator on the times its requests were really sent.
+
+    Records how busy the machine was meanwhile: the 1-minute load average at the end of the
+    run, and how long the server's threads waited for a core per second of the run."""
     from graphserve.compiler.arrivals import poisson
 
     trace = poisson(rate, duration_s, seed=seed)
     bodies = [rng.choice(sim_workloads.BODIES) for _ in trace]
+    waited_before, started = core_wait_s(server_pid), time.perf_counter()
     measured = load.open_loop(url, bodies, rate, duration_s, schedule=trace, record_sends=True)
+    waited_after, elapsed = core_wait_s(server_pid), time.perf_counter() - started
+    server_wait = (
+        round((waited_after - waited_before) / elapsed * 1000, 2)
+        if waited_before is not None and waited_after is not None and elapsed > 0
+        else None
+    )
+    load_1m = round(os.getloadavg()[0], 2)
     sends = measured.pop("sends")
     # the simulator replays the times the requests really left the client (a client that
     # fell behind its schedule delayed them; that delay is the client's, not the server's)
@@ -147,6 +181,8 @@ def measure_once(url: str, sim: Any, rate: float, duration_s: float, seed: int, 
         "errors": measured["errors"],
         "complete": measured["error_count"] == 0 and len(served) == len(trace),
         "max_send_lag_ms": measured["max_send_lag_ms"],
+        "load_1m": load_1m,
+        "server_core_wait_ms_per_s": server_wait,
     }
 
 
@@ -157,11 +193,9 @@ def _median(runs: list[dict[str, Any]], key: str) -> dict[str, float]:
     return {k: round(statistics.median(run[key][k] for run in runs), 3) for k in runs[0][key]}
 
 
-def measure_rate(
-    url: str, sim: Any, fraction: float, rate: float, duration_s: float, seed: int, rng: random.Random
-) -> dict[str, Any]:
-    """``REPEATS`` runs at ``rate``; each figure is the median over them, predicted and measured alike."""
-    runs = [measure_once(url, sim, rate, duration_s, seed + r, rng) for r in range(REPEATS)]
+def summarize_rate(fraction: float, rate: float, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One rate's row from its runs: each figure the median over them, predicted and measured alike."""
+    waits = [run["server_core_wait_ms_per_s"] for run in runs if run.get("server_core_wait_ms_per_s") is not None]
     row: dict[str, Any] = {
         "fraction": fraction,
         "rate": round(rate, 1),
@@ -170,6 +204,15 @@ def measure_rate(
         "measured": _median(runs, "measured"),
         "measured_server": _median(runs, "measured_server"),
         "measured_from_schedule": _median(runs, "measured_from_schedule"),
+        "machine": {
+            "load_1m": {
+                "median": statistics.median(r["load_1m"] for r in runs),
+                "max": max(r["load_1m"] for r in runs),
+            },
+            "server_core_wait_ms_per_s": (
+                {"median": round(statistics.median(waits), 2), "max": max(waits)} if waits else None
+            ),
+        },
         "runs": runs,
     }
     complete = all(run["complete"] for run in runs)
@@ -186,6 +229,21 @@ def measure_rate(
             and abs(errors["throughput_rps"]) <= THROUGHPUT_TOLERANCE
         )
     return row
+
+
+def measure_rates(
+    url: str, sim: Any, capacity: float, duration_s: float, rng: random.Random, server_pid: int
+) -> list[dict[str, Any]]:
+    """``REPEATS`` rounds, each running every rate once (30%, 60%, 85%, then again): a spell of
+    other work on the machine spoils one run of several rates, not every run of one rate.
+    Every run is kept; each rate's figures are the medians over its runs."""
+    runs: dict[float, list[dict[str, Any]]] = {f: [] for f in FRACTIONS}
+    for r in range(REPEATS):
+        for i, fraction in enumerate(FRACTIONS):
+            run = measure_once(url, sim, fraction * capacity, duration_s, 1000 + 10 * i + r, rng, server_pid)
+            run["round"] = r
+            runs[fraction].append(run)
+    return [summarize_rate(f, f * capacity, runs[f]) for f in FRACTIONS]
 
 
 def measure_graph(name: str, args: Any, log_dir: Path) -> dict[str, Any]:
@@ -213,9 +271,16 @@ def measure_graph(name: str, args: Any, log_dir: Path) -> dict[str, Any]:
                     if n.fit is not None
                     else {}
                 ),
+                **(
+                    {"batch_p99_ms": {str(b.batch_size): round(b.latency.p99_s * 1000, 3) for b in n.batches}}
+                    if n.batches
+                    else {}
+                ),
+                "machine_wait_ms": round(n.machine_wait_s * 1000, 3),
             }
             for n in profile.nodes
         },
+        "profile_machine_wait_share": profile.machine_wait_share,
         "rates": [],
     }
     rng = random.Random(f"{name}-bodies")
@@ -236,15 +301,17 @@ def measure_graph(name: str, args: Any, log_dir: Path) -> dict[str, Any]:
             f"{name}: capacity {capacity:.0f} req/s measured over HTTP, {in_process:.0f} in process, "
             f"{predicted_capacity:.0f} predicted"
         )
-        for i, fraction in enumerate(FRACTIONS):
-            row = measure_rate(url, sim, fraction, fraction * capacity, args.duration_s, seed=1000 + 10 * i, rng=rng)
-            out["rates"].append(row)
+        out["rates"] = measure_rates(url, sim, capacity, args.duration_s, rng, server.process.pid)
+        for row in out["rates"]:
             predicted, got, inside = row["predicted"], row["measured"], row["measured_server"]
+            wait = row["machine"]["server_core_wait_ms_per_s"]
             _log(
-                f"{name} {fraction:.0%} ({row['rate']:.0f}/s): p99 predicted {predicted['p99_ms']} ms, "
+                f"{name} {row['fraction']:.0%} ({row['rate']:.0f}/s): p99 predicted {predicted['p99_ms']} ms, "
                 f"measured {got.get('p99_ms')} ms; throughput {predicted['throughput_rps']} vs "
                 f"{got.get('throughput_rps')}; {'pass' if row['passed'] else 'FAIL'}; server-side p99 "
-                f"{inside.get('p99_ms')} ms, {'pass' if row['passed_server'] else 'FAIL'}"
+                f"{inside.get('p99_ms')} ms, {'pass' if row['passed_server'] else 'FAIL'}; load "
+                f"{row['machine']['load_1m']['median']}, server waited {(wait or {}).get('median')} "
+                "ms/s for a core"
             )
     finally:
         servers.stop(server)
@@ -305,6 +372,20 @@ def _assumed(plan: Any, name: str) -> Any:
     return Profile.assumed(plan, costs, paths=paths)
 
 
+def graph_names(chosen: str | None) -> list[str]:
+    """The graphs to measure: ``chosen`` (comma-separated names) or all of them, in the benchmark's order."""
+    if not chosen:
+        return list(sim_workloads.APPS)
+    names = [n.strip() for n in chosen.split(",") if n.strip()]
+    unknown = [n for n in names if n not in sim_workloads.APPS]
+    if unknown or not names:
+        raise SystemExit(
+            f"--sim-graphs: unknown graph(s) {', '.join(unknown) or chosen!r}; "
+            f"choose from {', '.join(sim_workloads.APPS)}"
+        )
+    return [n for n in sim_workloads.APPS if n in names]
+
+
 def _raise_priority() -> int:
     """Run this process and the servers it starts (they inherit it) at ``NICE`` where allowed."""
     try:
@@ -333,12 +414,13 @@ def run(args: Any) -> dict[str, Any]:
             "speed_target_s": SPEED_TARGET_S,
             "quick": args.quick,
             "nice": nice,
+            "graphs": list(args.graphs),
         },
         "load": {"before": [round(x, 2) for x in os.getloadavg()]},
         "graphs": {},
     }
     log_dir = args.out.parent / "logs"
-    for name in sim_workloads.APPS:
+    for name in args.graphs:
         try:
             results["graphs"][name] = measure_graph(name, args, log_dir)
         except (load.LoadError, servers.ServerError, OSError) as exc:

@@ -28,3 +28,4 @@ class Code:
     INFEASIBLE = _INFEASIBLE  # GS201: the cluster cannot place the replicas (graphserve/resources.py)
     NOT_SERIALIZABLE = "GS202"  # the plan cannot be written as JSON
     SLO_INFEASIBLE = "GS203"  # no plan meets the latency SLO at the rate on the cluster (planning)
+    SLO_NO_HEADROOM = "GS204"  # the SLO is met only without the planner's headroom (warning)

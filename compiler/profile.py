@@ -11,7 +11,9 @@ deployment call node of the graph:
 - ``cpu_share``: process CPU time over wall time during the node's calls; a node near 1
   holds the GIL (its replicas share one core on the local runtime), one near 0 waits
   (I/O, a GPU, a sleep) and its replicas add capacity;
-- ``runs_on``: ``event_loop`` (async methods) or ``thread_pool`` (sync methods).
+- ``runs_on``: ``event_loop`` (async methods) or ``thread_pool`` (sync methods);
+- ``machine_wait_s``: how long its timed calls waited for a core that other processes
+  held; the profiler leaves that out of the latencies (it is the neighbours' work).
 
 and per switch how often each arm was taken, plus ``paths``: how often each combination
 of arms was taken together by one request (the simulator draws a request's branches
@@ -95,6 +97,19 @@ class Distribution(_Data):
         """The value at quantile ``u`` in [0, 1) (linear between the stored quantiles)."""
         return draw(self.quantiles_s, u)
 
+    def scaled(self, factor: float) -> Distribution:
+        """Every duration times ``factor`` (the same shape, slower or faster)."""
+        return self.model_copy(
+            update={
+                "mean_s": _round(self.mean_s * factor),
+                "p50_s": _round(self.p50_s * factor),
+                "p90_s": _round(self.p90_s * factor),
+                "p99_s": _round(self.p99_s * factor),
+                "max_s": _round(self.max_s * factor),
+                "quantiles_s": [_round(q * factor) for q in self.quantiles_s],
+            }
+        )
+
 
 class BatchPoint(_Data):
     """The latency of one whole batch of ``batch_size`` items."""
@@ -141,11 +156,29 @@ class NodeProfile(_Data):
     latency: Distribution | None = Field(None, description="one call's wall time (not batched)")
     batches: list[BatchPoint] = Field(default_factory=list, description="@gs.batch: latency per batch size")
     fit: BatchFit | None = None
+    machine_wait_s: float = Field(
+        default=0.0,
+        description="seconds the node's timed calls waited for a core other processes held (left out of its latencies)",
+    )
     warnings: list[str] = Field(default_factory=list)
 
     @property
     def batched(self) -> bool:
         return bool(self.batches)
+
+    def scaled(self, factor: float) -> NodeProfile:
+        """This node with its whole cost curve (every batch size, and its fit) times ``factor``."""
+        return self.model_copy(
+            update={
+                "latency": self.latency.scaled(factor) if self.latency is not None else None,
+                "batches": [p.model_copy(update={"latency": p.latency.scaled(factor)}) for p in self.batches],
+                "fit": (
+                    BatchFit(fixed_s=_round(self.fit.fixed_s * factor), per_item_s=_round(self.fit.per_item_s * factor))
+                    if self.fit is not None
+                    else None
+                ),
+            }
+        )
 
 
 class MachineProfile(_Data):
@@ -170,6 +203,16 @@ class Profile(_Data):
     nodes: list[NodeProfile]
     switches: list[SwitchProfile] = Field(default_factory=list)
     paths: list[PathProfile] = Field(default_factory=list)
+    request_cpu_s: float = Field(
+        default=0.0,
+        description="the runtime's own CPU time per request (validation, the executor between calls), on the "
+        "event loop; the calls' CPU and the HTTP server's are not in it",
+    )
+    machine_wait_share: float | None = Field(
+        default=None,
+        description="share of the timed calls' wall time spent waiting for a core other processes held, "
+        "left out of the latencies (None: the OS does not report it)",
+    )
     warnings: list[str] = Field(default_factory=list)
 
     # -- lookups -----------------------------------------------------------------------
@@ -178,6 +221,14 @@ class Profile(_Data):
             if node.node == node_id:
                 return node
         raise ProfileError(f"profile of graph {self.graph!r} has no node {node_id!r}")
+
+    def with_costs_scaled(self, factors: Mapping[str, float]) -> Profile:
+        """A copy with the cost curve of each node in ``factors`` times its factor (node id ->
+        factor; e.g. what a server measured over what was profiled). Unknown nodes: ProfileError."""
+        for node_id in factors:
+            self.node(node_id)
+        nodes = [n.scaled(factors[n.node]) if n.node in factors else n for n in self.nodes]
+        return self.model_copy(update={"nodes": nodes})
 
     def switch(self, node_id: str) -> SwitchProfile | None:
         for switch in self.switches:

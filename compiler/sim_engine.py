@@ -272,7 +272,7 @@ class _CpuJob:
 
     def __init__(self, work: float, then: Any) -> None:
         self.work = work
-        self.then = then  # a _Call, or a (batcher, batch) tuple
+        self.then = then  # a _Call, a _Request (the executor's work before its calls), or a (batcher, batch) tuple
         self.dead = False
 
 
@@ -322,13 +322,16 @@ class SimulationRun:
         routing: Routing,
         seed: int,
         timeout_s: float | None,
+        request_cpu_s: float = 0.0,
     ) -> None:
-        """``weights``: the cumulative probability of each template (the last is 1)."""
+        """``weights``: the cumulative probability of each template (the last is 1);
+        ``request_cpu_s``: the runtime's own CPU work per request, on the event loop, before its calls."""
         self.models = models
         self.templates = templates
         self.weights = weights
         self.rng = random.Random(seed ^ 0x5EED)
         self.timeout_s = timeout_s
+        self.request_cpu = request_cpu_s if request_cpu_s > 0 else 0.0
         self.heap: list[tuple[float, int, int, Any]] = []
         self.seq = itertools.count()
         self.cpu = _Cpu()
@@ -377,10 +380,10 @@ class SimulationRun:
                     continue
                 if timeout is not None:
                     deadlines.append((now + timeout, req))
-                for task in template.roots:
-                    self.submit(req, task, now)
-                    if req.done:
-                        break
+                if self.request_cpu:  # the executor's own work first, on the event loop
+                    self.cpu_add(_CpuJob(self.request_cpu, req), True, now)
+                    continue
+                self.start(req, now)
                 continue
             if t_deadline < t_event:
                 now, req = deadlines.popleft()
@@ -400,6 +403,13 @@ class SimulationRun:
             else:
                 self.cpu_event(obj, now)
         self.end = max(self.last, times[-1] if times else 0.0)
+
+    def start(self, req: _Request, now: float) -> None:
+        """Submit the request's first calls (those with no inputs from other calls)."""
+        for task in req.template.roots:
+            self.submit(req, task, now)
+            if req.done:
+                break
 
     def push(self, when: float, kind: int, obj: Any) -> None:
         heapq.heappush(self.heap, (when, next(self.seq), kind, obj))
@@ -614,6 +624,9 @@ class SimulationRun:
             if isinstance(then, _Call):
                 if then.state == _RUNNING:
                     self.push(now + then.wait, _DONE, then)
+            elif isinstance(then, _Request):
+                if not then.done:
+                    self.start(then, now)
             else:
                 b, batch, replica, wait = then
                 self.push(now + wait, _BATCH_DONE, (b, batch, replica))

@@ -32,12 +32,15 @@ It follows the runtime's semantics, not a queueing-theory idealisation:
   such thread and runs its async calls' CPU work one at a time, in order; each sync call
   (the runtime's thread pool) is a thread of its own. Calls under ``CPU_SHARE_MIN`` only
   wait: extra replicas of them add capacity, extra replicas of CPU-bound ones do not.
+  Each request first does the profile's ``request_cpu_s`` of event-loop CPU work (the
+  executor's own), then starts its calls.
 - **Deadlines**: past the plan's ``timeout_s`` (or ``timeout_s=``) a request fails with
   504 (``timed_out``) and its queued and running calls are dropped, freeing their slots
   (CPU work already started runs on, as a thread cannot be interrupted).
 
-Not modelled: the HTTP server's and the executor's own CPU time (tens of microseconds per
-request), calls made through handles inside deployments (they are part of the calling
+Not modelled: the HTTP server's CPU time (tens of microseconds per request; the profiler
+runs in process and does not see it), the executor's work where it really happens (one
+lump on arrival here), calls made through handles inside deployments (they are part of the calling
 node's measured time), Ray.
 """
 
@@ -221,7 +224,16 @@ class Simulator:
                         )
         deadline = timeout_s if timeout_s is not None else self.plan.timeout_s
         models = list(self.models.values())
-        run = SimulationRun(models, self.templates, self.weights, self.settings, self.routing, seed, deadline)
+        run = SimulationRun(
+            models,
+            self.templates,
+            self.weights,
+            self.settings,
+            self.routing,
+            seed,
+            deadline,
+            self.profile.request_cpu_s,
+        )
         run.execute(times)
         return run.result(self.plan.name, kind, offered, window, seed, len(times))
 

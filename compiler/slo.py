@@ -6,26 +6,37 @@ batch wait, replicas, ``max_ongoing_requests``, resources and placement.
 A pure compiler pass over a Plan and a Profile (no runtime, no clock, no threads). The
 search is InferLine's, with Nexus's budget split to seed it:
 
-1. **Budgets** (Nexus): the objective, times ``headroom``, is split across the deployment
-   calls along each path of the graph in proportion to their single-item latency; a node's
-   budget is its share on the longest path through it. The live page colours nodes by it
-   (``NodePlan.latency_budget_s``) and the adaptive batcher keeps to it.
+1. **Budgets** (Nexus): for the search, the objective times ``headroom`` is split across the
+   deployment calls along each path of the graph in proportion to their single-item latency;
+   a node's budget is its share on the longest path through it.
 2. **Seed**: a batched method gets the largest batch size whose p99 batch time fits twice
    into three quarters of its budget (a batch may wait for the one running before it) and a
    wait of a quarter of its budget; ``max_ongoing_requests`` is two batches per batch slot
    (never below the batch size); replicas are sized for 70% utilization at the node's rate
    (the SLO's rate x its visit rate).
 3. **Feasible**: while the simulator (``compiler/simulate.py``, seeded) predicts a p99 over
-   the target, rejected or timed-out requests, the bottleneck (the node furthest over its
-   budget) gets one more replica, as long as the cluster can place it.
-4. **Cheaper**: repeatedly remove the replica whose removal saves the most CPU+GPU units
-   while the simulator still predicts the SLO held.
+   the target, rejected or timed-out requests, or a batched method is loaded over
+   ``MAX_LOAD`` of what its full batches serve, the bottleneck (the node furthest over its
+   budget, in seconds; the most loaded one when only the load is over) gets larger batches
+   or one more replica, as long as the cluster can place it.
+4. **Headroom, then the p99**: the target is ``p99 x headroom`` first; when nothing reaches
+   it, the search runs again for the p99 itself, and a plan meeting that is returned with the
+   warning ``GS204`` (``prediction.within_headroom`` false), as InferLine judges candidates
+   against the objective itself: a feasible SLO is never refused, the missing margin is said.
+5. **Cheaper**: repeatedly remove the replica whose removal saves the most CPU+GPU units
+   (with the same or larger batches, or shorter waits) while the simulator still predicts
+   the target held.
+6. **Written budgets**: the SLO's p99 split along the critical path in proportion to each
+   node's predicted p99 under the chosen values (its latency contribution): they add up to
+   the p99 along that path. The live page colours nodes by them (``NodePlan.latency_budget_s``)
+   and the adaptive batcher keeps to them.
 
 Values the user wrote (``DeploymentPlan.user_set``) are constraints, never changed. Every
 value is recorded in ``DeploymentPlan.choices`` as ``user``, ``planned`` or ``default`` with
 a reason; the plan carries the prediction end to end and per node. When no plan meets the
-SLO the pass raises a ``GS203`` diagnostic naming the bottleneck node, the best p99 found at
-the rate and the highest rate that meets the p99.
+p99, even without headroom, the pass raises a ``GS203`` diagnostic naming the bottleneck
+node, the headroom tried, the best p99 found at the rate and the highest rate at which a
+plan meets the p99 (by bisection, planning at each rate).
 
 Resources: a replica the user gave no resources to is planned with the CPU it uses at the
 SLO's rate (profiled CPU share x busy time, 0.1 to 1 CPU in steps of 0.1); GPUs only where
@@ -53,6 +64,7 @@ from graphserve.plan import (
     ClusterNodePlan,
     ClusterPlan,
     DeploymentPlan,
+    DiagnosticPlan,
     LatencyPrediction,
     NodePlan,
     Plan,
@@ -68,6 +80,10 @@ from .profile import NodeProfile, Profile, batch_service
 from .simulate import SimulationResult, Simulator
 
 SEED_UTILIZATION = 0.7
+# the most load a batched method may get in a plan, as a share of what its replicas serve in full
+# batches: a batcher near that keeps up in the simulator, but a few percent slower in real life
+# (timers, a busy machine) and its queue grows without end
+MAX_LOAD = 0.8
 MAX_REPLICAS = 64  # per deployment
 MAX_STEPS = 256  # simulator runs per search phase
 SIM_REQUESTS = 4000  # simulated requests per candidate
@@ -93,8 +109,13 @@ class _Knobs:
 @dataclass
 class _Eval:
     result: SimulationResult
-    feasible: bool
+    clean: bool  # every request completed: none rejected or timed out
     p99_s: float
+    load: dict[str, float]  # deployment -> its batched methods' rate over what full batches serve (the most)
+
+    @property
+    def busiest(self) -> float:
+        return max(self.load.values(), default=0.0)
 
 
 @dataclass
@@ -109,6 +130,11 @@ class _Search:
     evaluations: dict[tuple[tuple[str, _Knobs], ...], _Eval] = field(default_factory=dict)
     simulator: Simulator = field(init=False)
     best_p99_s: float = math.inf
+    target_s: float = 0.0  # the predicted p99 a candidate must reach: p99 x headroom, or p99 without it
+    relaxed: bool = False  # no plan met p99 x headroom: the target is the p99 itself
+
+    def meets(self, evaluation: _Eval) -> bool:
+        return evaluation.clean and evaluation.p99_s <= self.target_s and evaluation.busiest <= MAX_LOAD
 
 
 def plan_for_slo(
@@ -123,15 +149,26 @@ def plan_for_slo(
     Raises ProfileError when the profile is of another graph, GraphValidationError (GS203)
     when the SLO cannot be met, (GS201) when the user's fixed values cannot be placed."""
     profile.check_fits(plan)
-    search = _Search(plan, profile, slo, cluster, sim_requests)
+    search = _new_search(plan, profile, slo, cluster, sim_requests)
+    seed = {d.name: _seed(search, d) for d in plan.deployments}
+    _check_placeable(search, seed)
+    found = _make_feasible(search, seed)
+    if not found[2] and slo.headroom < 1:  # nothing meets p99 x headroom: does anything meet the p99 itself?
+        search.target_s, search.relaxed = slo.p99_s, True
+        found = _make_feasible(search, seed)
+    if not found[2]:
+        _infeasible(search, found[0], found[1])
+    knobs, last = _cut_cost(search, found[0], found[1])
+    warnings = [_no_headroom_warning(search, last)] if search.relaxed else []
+    return _write(search, knobs, last, warnings)
+
+
+def _new_search(plan: Plan, profile: Profile, slo: SLOPlan, cluster: ClusterPlan | None, sim_requests: int) -> _Search:
+    search = _Search(plan, profile, slo, cluster, sim_requests, target_s=slo.p99_s * slo.headroom)
     search.simulator = Simulator(plan, profile)
     search.calls = {n.id: n for n in plan.nodes if n.kind == "call" and n.deployment}
-    search.budgets = _budgets(search)
-    knobs = {d.name: _seed(search, d) for d in plan.deployments}
-    _check_placeable(search, knobs)
-    knobs, last = _make_feasible(search, knobs)
-    knobs, last = _cut_cost(search, knobs, last)
-    return _write(search, knobs, last)
+    search.budgets = _budgets(search, {c: _single_cost(profile.node(c)) for c in search.calls}, search.target_s)
+    return search
 
 
 # -- budgets ------------------------------------------------------------------------------------
@@ -141,11 +178,16 @@ def _single_cost(measured: NodeProfile) -> float:
     return measured.latency.p50_s if measured.latency is not None else 0.0
 
 
-def _budgets(search: _Search) -> dict[str, float]:
-    """Each call node's share of ``p99 x headroom``, in proportion to its cost on the longest path."""
+def _budgets(search: _Search, costs: dict[str, float], total_s: float) -> dict[str, float]:
+    """Each call node's share of ``total_s``, in proportion to its cost on the longest path
+    (by those costs) through it: along the critical path the shares add up to ``total_s``.
+
+    The search's budgets split ``p99 x headroom`` by single-item latency (before anything is
+    chosen); the plan's written budgets split the SLO's p99 by each node's predicted p99
+    under the chosen values (its latency contribution: batch wait and queueing included)."""
     plan, calls = search.plan, search.calls
     nodes = {n.id: n for n in plan.nodes}
-    cost = {c: max(_single_cost(search.profile.node(c)), 1e-6) for c in calls}
+    cost = {c: max(costs.get(c, 0.0), 1e-6) for c in calls}
 
     def upstream(node_id: str, seen: set[str]) -> set[str]:
         out: set[str] = set()
@@ -168,8 +210,7 @@ def _budgets(search: _Search) -> dict[str, float]:
     frm: dict[str, float] = {}
     for c in reversed(order):
         frm[c] = cost[c] + max((frm[d] for d in downs[c]), default=0.0)
-    target = search.slo.p99_s * search.slo.headroom
-    return {c: target * cost[c] / (to[c] + frm[c] - cost[c]) for c in order}
+    return {c: total_s * cost[c] / (to[c] + frm[c] - cost[c]) for c in order}
 
 
 # -- the seed -----------------------------------------------------------------------------------
@@ -254,28 +295,53 @@ def _evaluate(search: _Search, knobs: dict[str, _Knobs], rate: float | None = No
     at = rate if rate is not None else search.slo.rate_rps
     result = sim.run(rate=at, duration_s=max(1.0, search.sim_requests / at), seed=0)
     p99 = result.latency.p99_s
-    feasible = (
-        result.rejected == 0
-        and result.timed_out == 0
-        and result.completed == result.requests
-        and p99 <= search.slo.p99_s * search.slo.headroom
-    )
-    evaluation = _Eval(result, feasible, p99)
+    clean = result.rejected == 0 and result.timed_out == 0 and result.completed == result.requests
+    evaluation = _Eval(result, clean, p99, _load(search, knobs))
     if rate is None:
         search.evaluations[key] = evaluation
-        if result.rejected == 0 and result.timed_out == 0:
+        if clean:
             search.best_p99_s = min(search.best_p99_s, p99)
     return evaluation
 
 
+def _load(search: _Search, knobs: dict[str, _Knobs]) -> dict[str, float]:
+    """deployment -> the largest share, over its batched methods, of the calls per second its
+    replicas serve in full batches (median batch time) that the SLO's rate brings."""
+    out: dict[str, float] = {}
+    for name, k in sorted(knobs.items()):
+        dep = search.plan.deployment(name)
+        concurrent = {b.method: b.max_concurrent_batches for b in dep.batching}
+        for method, size, _ in k.batch:
+            node = next((n for n in _nodes_of(search, name) if (n.method or "__call__") == method), None)
+            measured = search.profile.node(node.id) if node is not None else None
+            if node is None or measured is None or not measured.batches:
+                continue
+            served = k.replicas * concurrent[method] * size / max(batch_service(measured.batches, size, 0.5), 1e-9)
+            rate = search.slo.rate_rps * measured.visit_rate
+            out[name] = max(out.get(name, 0.0), rate / served)
+    return out
+
+
+def _bottlenecks(search: _Search, evaluation: _Eval) -> list[str]:
+    """Call nodes, the most pressing first: by seconds over their budget, or, when the latency
+    is met, those of deployments loaded over MAX_LOAD (the most loaded first)."""
+    order = [n for _, n in _over_budget(search, evaluation.result)]
+    if evaluation.clean and evaluation.p99_s <= search.target_s:
+        busy = {n: evaluation.load.get(search.calls[n].deployment or "", 0.0) for n in order}
+        order = sorted((n for n in order if busy[n] > MAX_LOAD), key=lambda n: (-busy[n], n))
+    return order
+
+
 def _over_budget(search: _Search, result: SimulationResult) -> list[tuple[float, str]]:
-    """(p99 / budget, node) for every call node, worst first."""
-    ratios = []
+    """(seconds over its budget, node) for every call node, worst first. Seconds, not a ratio:
+    a node that costs nothing (a join) has a budget near zero, and any queueing there would
+    otherwise rank it first."""
+    over = []
     for node in result.nodes:
         budget = search.budgets.get(node.node)
-        if budget:
-            ratios.append((node.latency.p99_s / budget, node.node))
-    return sorted(ratios, key=lambda r: (-r[0], r[1]))
+        if budget is not None:
+            over.append((node.latency.p99_s - budget, node.node))
+    return sorted(over, key=lambda r: (-r[0], r[1]))
 
 
 # -- the search ---------------------------------------------------------------------------------
@@ -301,16 +367,27 @@ def _bigger_batches(search: _Search, name: str, k: _Knobs) -> _Knobs | None:
     return replace(k, batch=tuple(batch), ongoing=ongoing)
 
 
-def _make_feasible(search: _Search, knobs: dict[str, _Knobs]) -> tuple[dict[str, _Knobs], _Eval]:
-    """Grow the bottleneck until the simulator predicts the SLO held: larger batches first (free),
-    then one more replica."""
+def _shorter_waits(search: _Search, name: str, k: _Knobs) -> _Knobs | None:
+    """``k`` with every planned batch wait halved (a larger batch fills sooner), or None."""
+    dep = search.plan.deployment(name)
+    batch = tuple(
+        (method, size, wait if f"{method}.batch_wait_timeout_s" in dep.user_set else round(wait / 2, 4))
+        for method, size, wait in k.batch
+    )
+    return replace(k, batch=batch) if batch != k.batch else None
+
+
+def _make_feasible(search: _Search, knobs: dict[str, _Knobs]) -> tuple[dict[str, _Knobs], _Eval, bool]:
+    """Grow the bottleneck until the simulator predicts ``search.target_s`` held: larger batches
+    first (free), then one more replica. Returns the values, their evaluation and whether they
+    meet the target (False: the last values tried, when nothing helps any more)."""
     current = _evaluate(search, knobs)
     saturated: set[str] = set()
     for _ in range(MAX_STEPS):
-        if current.feasible:
-            return knobs, current
+        if search.meets(current):
+            return knobs, current, True
         moves: list[tuple[str, str, dict[str, _Knobs]]] = []
-        for _, node_id in _over_budget(search, current.result):
+        for node_id in _bottlenecks(search, current):
             dep = search.calls[node_id].deployment or ""
             if dep in saturated:
                 continue
@@ -326,37 +403,38 @@ def _make_feasible(search: _Search, knobs: dict[str, _Knobs]) -> tuple[dict[str,
                 break
             saturated.add(dep)
         if not moves:
-            _infeasible(search, knobs, current)
+            return knobs, current, False
         improved = False
         for _dep, node_id, candidate in moves:
             evaluation = _evaluate(search, candidate)
             before = {n: r for r, n in _over_budget(search, current.result)}[node_id]
             after = {n: r for r, n in _over_budget(search, evaluation.result)}[node_id]
-            if after < before - _EPS or evaluation.p99_s < current.p99_s - _EPS:
+            latency_met = current.clean and current.p99_s <= search.target_s  # then only the load is over
+            dep_busy = latency_met and evaluation.load.get(_dep, 0.0) < current.load.get(_dep, 0.0) - _EPS
+            if after < before - _EPS or evaluation.p99_s < current.p99_s - _EPS or dep_busy:
                 knobs, current, improved = candidate, evaluation, True
                 break
         if not improved:
             saturated.add(moves[0][0])  # neither helped (e.g. CPU-bound on a shared core)
-    _infeasible(search, knobs, current)
+    return knobs, current, False
 
 
 def _cut_cost(search: _Search, knobs: dict[str, _Knobs], current: _Eval) -> tuple[dict[str, _Knobs], _Eval]:
-    """Remove replicas (with the same or doubled batches) while the SLO holds, most units saved first."""
+    """Remove replicas (with the same or larger batches) while the target holds, most units saved first."""
     for _ in range(MAX_STEPS):
         best: tuple[float, float, str, dict[str, _Knobs], _Eval] | None = None
         for name in sorted(knobs):
             k = knobs[name]
             if k.replicas <= 1 or "num_replicas" in search.plan.deployment(name).user_set:
                 continue
-            fewer = replace(k, replicas=k.replicas - 1)
-            options = [fewer]
-            bigger = _bigger_batches(search, name, fewer)
-            if bigger is not None:
-                options.append(bigger)
+            options = [replace(k, replicas=k.replicas - 1)]
+            while (bigger := _bigger_batches(search, name, options[-1])) is not None:
+                options.append(bigger)  # the remaining replicas may serve the load in larger batches
+            options += [s for o in options if (s := _shorter_waits(search, name, o)) is not None]
             for option in options:
                 candidate = {**knobs, name: option}
                 evaluation = _evaluate(search, candidate)
-                if not evaluation.feasible:
+                if not search.meets(evaluation):
                     continue
                 rank = (-k.units, evaluation.p99_s, name)
                 if best is None or rank < best[:3]:
@@ -369,52 +447,89 @@ def _cut_cost(search: _Search, knobs: dict[str, _Knobs], current: _Eval) -> tupl
 
 
 def _highest_rate(search: _Search, knobs: dict[str, _Knobs]) -> float:
-    """The highest rate (to 2%) at which ``knobs`` meet the p99, by bisection (0 if none)."""
-    lo, hi = 0.0, search.slo.rate_rps
+    """The highest rate (to 1% of the SLO's) at which a plan meets the p99 itself (no headroom),
+    by bisection: at each rate the values that failed, else a search of its own (0 if none)."""
+    slo = search.slo
+    lo, hi = 0.0, slo.rate_rps
     for _ in range(7):
         mid = (lo + hi) / 2
-        if _evaluate(search, knobs, rate=mid).feasible:
-            lo = mid
-        else:
-            hi = mid
+        ok = search.meets(_evaluate(search, knobs, rate=mid))
+        if not ok:
+            at = _new_search(search.plan, search.profile, slo.model_copy(update={"rate_rps": mid}), search.cluster,
+                             search.sim_requests)  # fmt: skip
+            at.target_s = slo.p99_s
+            ok = _make_feasible(at, {d.name: _seed(at, d) for d in search.plan.deployments})[2]
+        lo, hi = (mid, hi) if ok else (lo, mid)
     return lo
 
 
 def _infeasible(search: _Search, knobs: dict[str, _Knobs], current: _Eval) -> NoReturn:
+    """GS203: no plan meets the p99 itself. Names the bottleneck (the node furthest over its
+    budget in the last values tried, or a node that alone takes longer than the p99), the
+    best p99 found at the rate and the highest rate at which a plan meets the p99."""
     slo = search.slo
     worst = _over_budget(search, current.result)
     node_id = worst[0][1] if worst else next(iter(search.calls), "")
-    # a node that alone takes longer than the whole target is the bottleneck, whatever the queues say
-    target = slo.p99_s * slo.headroom
     alone = sorted((-_single_cost(search.profile.node(c)), c) for c in search.calls)
-    if alone and -alone[0][0] >= target:
+    too_slow = bool(alone) and -alone[0][0] >= slo.p99_s
+    if too_slow:  # a node that alone takes longer than the whole p99 is the bottleneck, whatever the queues say
         node_id = alone[0][1]
     node = search.calls.get(node_id)
     dep = node.deployment if node is not None else None
     node_result = next((n for n in current.result.nodes if n.node == node_id), None)
-    what = (
-        f"p99 {_ms(node_result.latency.p99_s)} of its {_ms(search.budgets.get(node_id, 0.0))} budget with "
-        f"{knobs[dep].replicas} replica(s)"
-        if node_result is not None and dep is not None
-        else "over its budget"
-    )
+    if too_slow:
+        what = f"one call alone takes {_ms(-alone[0][0])}"
+    elif node_result is not None and dep is not None:
+        batch = "".join(f", batch {size}" for _, size, _ in knobs[dep].batch)
+        what = (
+            f"p99 {_ms(node_result.latency.p99_s)} with {knobs[dep].replicas} replica(s){batch}, "
+            f"its share of the p99 being {_ms(search.budgets.get(node_id, 0.0))}"
+        )
+    else:
+        what = "over its budget"
     best = (
         f"the best p99 found at {slo.rate_rps:g} req/s is {_ms(search.best_p99_s)}"
         if search.best_p99_s < math.inf
         else f"no plan found serves {slo.rate_rps:g} req/s without rejecting requests"
     )
-    rate = _highest_rate(search, knobs)
+    rate = 0.0 if too_slow else _highest_rate(search, knobs)
+    highest = (
+        f"the highest rate a plan meets p99 {_ms(slo.p99_s)} at is {rate:.0f} req/s"
+        if rate > 0
+        else f"no rate meets p99 {_ms(slo.p99_s)}"
+    )
     cluster = search.cluster
     on = f" on {cluster.cpus:g} CPUs and {cluster.gpus:g} GPUs" if cluster is not None else ""
+    headroom = (
+        f" (the planner aims for p99 x headroom {slo.headroom:g} = {_ms(slo.p99_s * slo.headroom)}; "
+        f"no plan meets even the full {_ms(slo.p99_s)})"
+        if slo.headroom < 1
+        else ""
+    )
     message = (
-        f"the SLO p99 {_ms(slo.p99_s)} at {slo.rate_rps:g} req/s cannot be met{on}: bottleneck {node_id} ({what}); "
-        f"{best}; the highest rate meeting p99 {_ms(slo.p99_s)} is {rate:.0f} req/s"
+        f"the SLO p99 {_ms(slo.p99_s)} at {slo.rate_rps:g} req/s cannot be met{on}{headroom}: "
+        f"bottleneck {node_id} ({what}); {best}; {highest}"
     )
     hint = "lower the rate, relax the p99, give a bigger cluster, or make the bottleneck faster"
     location = _location(node.location if node is not None else None)
     raise GraphValidationError(
         [Diagnostic(Code.SLO_INFEASIBLE, message, node_id, location, hint)], graph=search.plan.name
     )
+
+
+def _no_headroom_warning(search: _Search, final: _Eval) -> DiagnosticPlan:
+    """GS204: the plan meets the p99 only without the planner's headroom."""
+    slo = search.slo
+    message = (
+        f"the SLO p99 {_ms(slo.p99_s)} at {slo.rate_rps:g} req/s is met only without the planner's headroom: "
+        f"no plan found reaches p99 x headroom {slo.headroom:g} = {_ms(slo.p99_s * slo.headroom)} (the best "
+        f"predicted p99 is {_ms(search.best_p99_s)}); planned for the full p99 instead (predicted "
+        f"{_ms(final.p99_s)}), so a measured p99 may exceed the SLO by the simulator's error"
+    )
+    hint = (
+        "lower the rate or relax the p99 for a margin; gs.SLO(headroom=1) plans for the full p99 without this warning"
+    )
+    return DiagnosticPlan(code=Code.SLO_NO_HEADROOM, message=message, hint=hint, severity="warning")
 
 
 def _location(text: str | None) -> Location | None:
@@ -515,8 +630,13 @@ def _choices(dep: DeploymentPlan, k: _Knobs, why: str) -> Iterator[ChoicePlan]:
         yield choice(f"{method}.batch_wait_timeout_s", wait)
 
 
-def _write(search: _Search, knobs: dict[str, _Knobs], final: _Eval) -> Plan:
+def _write(search: _Search, knobs: dict[str, _Knobs], final: _Eval, warnings: list[DiagnosticPlan]) -> Plan:
     slo, result = search.slo, final.result
+    # the written budgets: the SLO's p99 split by each node's predicted p99 under the chosen values
+    predicted = {n.node: n.latency.p99_s for n in result.nodes}
+    budgets = _budgets(
+        search, {c: predicted.get(c, _single_cost(search.profile.node(c))) for c in search.calls}, slo.p99_s
+    )
     out = search.plan.model_copy(deep=True)
     for path, obj in search.plan._objects.items():
         out.register(path, obj)
@@ -533,7 +653,7 @@ def _write(search: _Search, knobs: dict[str, _Knobs], final: _Eval) -> Plan:
         worst = max(
             (node_results[n.id].latency.p99_s for n in _nodes_of(search, dep.name) if n.id in node_results), default=0.0
         )
-        budget = max((search.budgets[n.id] for n in _nodes_of(search, dep.name)), default=0.0)
+        budget = max((budgets[n.id] for n in _nodes_of(search, dep.name)), default=0.0)
         batch_text = "".join(f", batch {size}, wait {_ms(wait)}" for _, size, wait in k.batch)
         why = (
             f"{dep.name}: {k.replicas} replica(s){batch_text}: p99 {_ms(worst)} of its {_ms(budget)} budget "
@@ -550,18 +670,19 @@ def _write(search: _Search, knobs: dict[str, _Knobs], final: _Eval) -> Plan:
             if f"{b.method}.adaptive" not in user:
                 b.adaptive = planned_size
             node = next((n for n in _nodes_of(search, dep.name) if (n.method or "__call__") == b.method), None)
-            b.latency_budget_s = round(search.budgets[node.id], 6) if node is not None else None
+            b.latency_budget_s = round(budgets[node.id], 6) if node is not None else None
         dep.reason = why
         dep.choices = list(_choices(dep, k, why))
     for node in out.nodes:
-        if node.id in search.budgets:
-            node.latency_budget_s = round(search.budgets[node.id], 6)
+        if node.id in budgets:
+            node.latency_budget_s = round(budgets[node.id], 6)
             r = node_results.get(node.id)
             if r is not None:
                 node.predicted = LatencyPrediction(p50_s=round(r.latency.p50_s, 6), p99_s=round(r.latency.p99_s, 6))
     out.replicas = replicas
     out.cluster = search.cluster
     out.slo = slo
+    out.warnings = [*out.warnings, *warnings]
     out.prediction = PredictionPlan(
         rate_rps=slo.rate_rps,
         p50_s=round(result.latency.p50_s, 6),
@@ -574,6 +695,7 @@ def _write(search: _Search, knobs: dict[str, _Knobs], final: _Eval) -> Plan:
             for n, r in sorted(node_results.items())
         },
         utilization=util,
+        within_headroom=not search.relaxed,
     )
     fusion.fuse(out, enabled=out.fusion is None or out.fusion.enabled)  # replicas and placement changed
     return out

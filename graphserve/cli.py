@@ -30,6 +30,7 @@ from graphserve.runtime import http_defaults
 
 if TYPE_CHECKING:
     from graphserve.plan import Plan
+    from graphserve.replan import ServerMeasurements
     from graphserve.runtime.http_server import Server
 
 RENDER_FORMATS = ("svg", "png", "dot")
@@ -298,11 +299,13 @@ def _replan_from_metrics(args: argparse.Namespace) -> Plan | int:
         args.rate = round(measured.rate_rps, 3)
     if args.slo_p99_ms is None:
         args.slo_p99_ms = measured.slo.p99_s * 1000
-    return _plan_slo(plan, args)
+    return _plan_slo(plan, args, measured)
 
 
-def _plan_slo(plan: Plan, args: argparse.Namespace) -> Plan | int:
-    """``--slo-p99-ms``/``--rate``: the SLO planner's plan, or the exit status with the error reported."""
+def _plan_slo(plan: Plan, args: argparse.Namespace, measured: ServerMeasurements | None = None) -> Plan | int:
+    """``--slo-p99-ms``/``--rate``: the SLO planner's plan, or the exit status with the error reported.
+    With ``measured`` (``--from-metrics``), the profile's node costs are first corrected by the
+    latencies the server measured."""
     from graphserve.plan import SLOPlan
     from graphserve.planning import batch_sizes, plan_for_slo
 
@@ -316,10 +319,28 @@ def _plan_slo(plan: Plan, args: argparse.Namespace) -> Plan | int:
             from graphserve.profiling import profile as measure
 
             profile = measure(plan, args.requests, duration_s=10.0, batch_sizes=batch_sizes(plan))
+        if measured is not None and profile is not None:
+            profile = _corrected(profile, measured)
         return plan_for_slo(plan, slo, profile=profile)
     except GraphError as exc:
         report(exc)
         return 1
+
+
+def _corrected(profile: Any, measured: ServerMeasurements) -> Any:
+    """``profile`` (a path or a Profile) with each node's costs scaled by what the server measured."""
+    from graphserve.compiler.observed import corrected_profile
+    from graphserve.compiler.profile import Profile
+
+    loaded = Profile.load(profile) if isinstance(profile, str) else profile
+    if not measured.node_latency:
+        return loaded
+    corrected, factors = corrected_profile(measured.plan, loaded, measured.rate_rps, measured.node_latency)
+    for node, factor in factors.items():
+        print(f"  {node}: costs x{factor:g} (the server's latencies over the profile's)")
+    if not factors:
+        print("  node latencies as profiled (within 10%): profile used as it is")
+    return corrected
 
 
 def render_command(args: argparse.Namespace) -> int:

@@ -110,6 +110,8 @@ class PredictionPlan(_Data):
     requests: int
     nodes: dict[str, LatencyPrediction] = Field(default_factory=dict)
     utilization: dict[str, float] = Field(default_factory=dict, description="deployment -> mean replica utilization")
+    # False: no plan met p99 x headroom; these values meet the p99 itself (warning GS204)
+    within_headroom: bool = True
 
 
 class ResourcesPlan(_Data):

@@ -161,6 +161,15 @@ def print_profile(measured: Profile, console: Console) -> None:
         if node.fit is not None:
             table.add_row("", "", "fit", "", f"{_ms(node.fit.fixed_s)} + {_ms(node.fit.per_item_s)} x b", "", "", "")
     console.print(table)
+    waited = (
+        "not reported by this OS"
+        if measured.machine_wait_share is None
+        else f"{measured.machine_wait_share:.1%} of the timed calls' wall time (left out)"
+    )
+    console.print(
+        f"runtime's own CPU per request: {measured.request_cpu_s * 1e6:.0f} us; waiting for a core other "
+        f"processes held: {waited}"
+    )
     for switch in measured.switches:
         arms = ", ".join(f"arm {arm}: {count / switch.evaluations:.1%}" for arm, count in sorted(switch.arms.items()))
         console.print(f"switch {escape(switch.node)}: {escape(arms)} of {switch.evaluations}")

@@ -14,6 +14,14 @@ the time box ``duration_s``:
    calling the undecorated function directly with whole batches assembled from those
    inputs, at each batch size, so the cost curve t(b) is measured, not assumed.
 
+A timed call's wall time leaves out the time the profiler's event loop was ready to run
+but waited for a core other processes held (Linux's run-queue delay of that thread, from
+``/proc/thread-self/schedstat``): on a shared machine that waiting is the neighbours'
+work, not the node's, and a few such stalls while profiling would otherwise become the
+node's tail in every prediction (a sync node's own waits in its worker thread stay in).
+How much was left out is recorded (``machine_wait_s`` per node, ``machine_wait_share``
+overall) and warned about when it is large.
+
 The result is a :class:`graphserve.compiler.profile.Profile` (see there for the format).
 """
 
@@ -56,6 +64,7 @@ DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 REQUESTS_SHARE = 0.3  # at most this share of the time box runs the sample requests through the graph
 MAX_SAMPLES = 1000  # calls (or batches) timed per node (or batch size)
 KEEP_INPUTS = 256  # inputs kept per node for the replay (a seeded reservoir sample)
+BUSY_MACHINE_SHARE = 0.05  # more of the timed wall time than this waiting for a core: a warning
 
 Progress = Callable[[str, int, int], None]  # (what is being measured, steps done, steps in all)
 
@@ -80,6 +89,66 @@ def read_requests(path: str | Path) -> list[tuple[int, Any]]:
     if not out:
         raise ProfileError(f"requests file {str(path)!r} is empty: give one JSON request body per line")
     return out
+
+
+# -- the machine's other work -------------------------------------------------------------
+def run_delay_s() -> float | None:
+    """Seconds the calling thread has spent ready to run but waiting for a core (its run-queue
+    delay since it started, from Linux's schedstat); None where the OS does not say.
+
+    Only the calling thread (the profiler's event loop, which every timed call ends on) is
+    read: between two readings it made while running, its delay is exactly its waiting in
+    between. Other threads' delays are not: a thread preempted before the first reading
+    has its whole wait counted when it next runs, on or off the call's path."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class _Timer:
+    """Times one call at a time: wall time less the machine's wait for a core, and CPU time."""
+
+    def __init__(self, run_delay: Callable[[], float | None]) -> None:
+        self.run_delay = run_delay
+        self.available = run_delay() is not None
+        self.wall_s = self.waited_s = 0.0  # totals over every call timed
+
+    def start(self) -> tuple[float | None, float, float]:
+        delay = self.run_delay() if self.available else None
+        return delay, time.process_time(), time.perf_counter()
+
+    def stop(self, started: tuple[float | None, float, float]) -> tuple[float, float]:
+        """(the call's wall time less its wait for a core, its CPU time)."""
+        t1, c1 = time.perf_counter(), time.process_time()
+        d0, c0, t0 = started
+        wall = t1 - t0
+        waited = 0.0
+        if d0 is not None:
+            d1 = self.run_delay()
+            if d1 is not None:
+                waited = min(wall, max(0.0, d1 - d0))
+        self.wall_s += wall
+        self.waited_s += waited
+        return wall - waited, c1 - c0
+
+
+def runtime_cpu(request_cpu: list[float], nodes: list[NodeProfile]) -> float:
+    """The runtime's own CPU per request: a request's CPU through the graph (the mean over the
+    sample requests after the first, which warms the code paths up) less what its calls take
+    (each node's CPU share of its one-call time, weighted by its visit rate; a batched node's
+    batch of 1). A batched node's batcher works per batch, but each sample request is a
+    batch of its own, so its work is counted per request: too much when batches fill."""
+    spent = request_cpu[1:] or request_cpu
+    if not spent:
+        return 0.0
+    calls = 0.0
+    for node in nodes:
+        one = node.latency if node.latency is not None else (node.batches[0].latency if node.batches else None)
+        if one is not None:
+            calls += node.visit_rate * node.cpu_share * one.mean_s
+    return round(max(0.0, sum(spent) / len(spent) - calls), 7)
 
 
 # -- what the executor tells us ------------------------------------------------------------
@@ -182,6 +251,8 @@ class _Profiler:
         self.warnings: list[str] = []
         self.started = 0.0
         self.steps = self.steps_left = self.done = 0  # progress: measurements in all, still to make, made
+        self.timer = _Timer(run_delay_s)
+        self.request_cpu: list[float] = []  # process CPU time of each sample request through the graph
 
     def sizes(self, max_batch_size: int) -> list[int]:
         if self.batch_sizes is not None:
@@ -213,6 +284,14 @@ class _Profiler:
             PathProfile(arms=dict(arms), requests=count)
             for arms, count in sorted(paths.items(), key=lambda kv: orjson.dumps(kv[0]))
         ]
+        timer = self.timer
+        wait_share = round(timer.waited_s / timer.wall_s, 4) if timer.available and timer.wall_s > 0 else None
+        if wait_share is not None and wait_share > BUSY_MACHINE_SHARE:
+            self.warnings.append(
+                f"the machine was busy while profiling: {wait_share:.0%} of the timed calls' wall time was spent "
+                "waiting for a core other processes held (left out of the latencies); profile on a quieter "
+                "machine for tails you can trust"
+            )
         return Profile(
             graph=self.plan.name,
             fingerprint=fingerprint(self.plan),
@@ -224,6 +303,8 @@ class _Profiler:
             switches=switches,
             paths=path_list,
             warnings=self.warnings + [f"{n.node}: {w}" for n in nodes for w in n.warnings],
+            machine_wait_share=wait_share,
+            request_cpu_s=runtime_cpu(self.request_cpu, nodes),
         )
 
     def _step(self, what: str, steps: int = 1) -> None:
@@ -249,10 +330,12 @@ class _Profiler:
         try:
             for number, request in requests:
                 recorder.path = {}
+                cpu0 = time.process_time()
                 try:
                     await executor.execute(request)
                 except RequestError as exc:
                     raise ProfileError(f"{self.source} line {number}: the request failed: {exc}") from None
+                self.request_cpu.append(time.process_time() - cpu0)
                 ran += 1
                 paths[tuple(sorted(recorder.path.items()))] += 1
                 if time.perf_counter() - self.started > budget:
@@ -286,6 +369,20 @@ class _Profiler:
             self.steps_left -= len(sizes) if sizes else 1
             self._step(node.id, len(sizes) if sizes else 1)
             return measured
+        waited_before = self.timer.waited_s
+        await self._time_node(measured, node, sizes, inputs)
+        measured.machine_wait_s = round(self.timer.waited_s - waited_before, 7)
+        return measured
+
+    async def _time_node(
+        self,
+        measured: NodeProfile,
+        node: NodePlan,
+        sizes: list[int] | None,
+        inputs: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> None:
+        """Fill in ``measured``: its calls, or its batches at each of ``sizes``, timed."""
+        deployment, method = node.deployment or "", node.method or "__call__"
         if sizes is None:
             walls, cpu = await self._time_calls(node.id, deployment, method, inputs, self._slice())
             measured.latency = Distribution.of(walls)
@@ -294,7 +391,7 @@ class _Profiler:
                 measured.warnings.append(f"only {len(walls)} calls timed: raise --duration")
             self.steps_left -= 1
             self._step(node.id)
-            return measured
+            return
         total_wall = total_cpu = 0.0
         for size in sizes:
             walls, cpu = await self._time_batches(node.id, deployment, method, inputs, size, self._slice())
@@ -307,7 +404,6 @@ class _Profiler:
             self._step(f"{node.id} batch {size}")
         measured.fit = fit_line([(p.batch_size, p.latency.p50_s) for p in measured.batches])
         measured.cpu_share = _share(total_cpu, total_wall)
-        return measured
 
     def _slice(self) -> float:
         """The time left in the box, shared equally by the measurements still to make."""
@@ -350,14 +446,14 @@ class _Profiler:
         while len(walls) < MAX_SAMPLES and (not walls or time.perf_counter() < end):
             args, kwargs = inputs[i % len(inputs)]
             i += 1
-            c0, t0 = time.process_time(), time.perf_counter()
+            started = self.timer.start()
             try:
                 await backend.call(deployment, method, args, kwargs)
             except Exception as exc:
                 raise ProfileError(f"node {node!r} failed when replayed: {type(exc).__name__}: {exc}") from exc
-            t1, c1 = time.perf_counter(), time.process_time()
-            walls.append(t1 - t0)
-            cpu += c1 - c0
+            wall, used = self.timer.stop(started)
+            walls.append(wall)
+            cpu += used
         return walls, cpu
 
     async def _time_batches(
@@ -388,16 +484,16 @@ class _Profiler:
             nargs = len(items[0][0])
             args = [[item[0][k] if k < len(item[0]) else None for item in items] for k in range(nargs)]
             kwargs = {key: [item[1].get(key) for item in items] for key in items[0][1]}
-            c0, t0 = time.process_time(), time.perf_counter()
+            started = self.timer.start()
             try:
                 results = await fn(*args, **kwargs)
             except Exception as exc:
                 raise ProfileError(f"node {node!r} failed on a batch of {size}: {type(exc).__name__}: {exc}") from exc
-            t1, c1 = time.perf_counter(), time.process_time()
+            wall, used = self.timer.stop(started)
             if not isinstance(results, (list, tuple)) or len(results) != size:
                 raise ProfileError(f"node {node!r}: a batch of {size} must return {size} results")
-            walls.append(t1 - t0)
-            cpu += c1 - c0
+            walls.append(wall)
+            cpu += used
         return walls, cpu
 
 

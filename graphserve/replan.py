@@ -3,9 +3,11 @@
 A server that serves a graph planned for an SLO measures the graph's request rate and p99
 over its drift window (``runtime/drift.py``) and shows them in ``/-/metrics``
 (``graphserve_observed_rate_rps``, ``graphserve_observed_p99_seconds``), beside the plan it
-runs (``/-/graphs``). :func:`read_server` fetches both; the CLI then plans again for the
-observed rate (unless ``--rate`` overrides it) and the served plan's SLO p99 (unless
-``--slo-p99-ms`` does), from the profile given (``--profile``/``--requests``).
+runs (``/-/graphs``), and each node's call latency (``graphserve_node_latency_seconds``).
+:func:`read_server` fetches them; the CLI then corrects the profile given
+(``--profile``/``--requests``) by the latencies the server saw (``compiler/observed.py``)
+and plans again for the observed rate (unless ``--rate`` overrides it) and the served
+plan's SLO p99 (unless ``--slo-p99-ms`` does).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import re
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from graphserve.errors import GraphError
 from graphserve.plan import Plan, SLOPlan
@@ -30,6 +32,7 @@ class ServerMeasurements:
     slo: SLOPlan  # the SLO the served plan was made for
     rate_rps: float
     p99_s: float
+    node_latency: dict[str, tuple[int, float]] = field(default_factory=dict)  # node -> (calls, mean seconds)
 
 
 def read_server(url: str, graph: str | None = None) -> ServerMeasurements:
@@ -55,7 +58,23 @@ def read_server(url: str, graph: str | None = None) -> ServerMeasurements:
             f"graph {graph!r} at {base} has measured no traffic yet (its drift window is not full or saw no "
             "requests): give --rate, or re-plan later"
         )
-    return ServerMeasurements(plan, plan.slo, rate, p99)
+    return ServerMeasurements(plan, plan.slo, rate, p99, node_latencies(text, graph))
+
+
+def node_latencies(text: str, graph: str) -> dict[str, tuple[int, float]]:
+    """node -> (calls, mean latency in seconds) from ``graphserve_node_latency_seconds`` of ``graph``."""
+    pattern = re.compile(
+        rf'^graphserve_node_latency_seconds_(sum|count)\{{graph="{re.escape(graph)}",node="([^"]+)"\}} (\S+)$',
+        re.MULTILINE,
+    )
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for kind, node, value in pattern.findall(text):
+        if kind == "sum":
+            sums[node] = float(value)
+        else:
+            counts[node] = int(float(value))
+    return {n: (c, sums[n] / c) for n, c in sorted(counts.items()) if c > 0 and n in sums}
 
 
 def metric_value(text: str, name: str, graph: str) -> float | None:

@@ -139,7 +139,9 @@ class Batcher:
         # (no SLO planned) the planned values stay as they are
         live = self.settings
         self.adaptive = (
-            AdaptiveLimits(live.max_batch_size, live.batch_wait_timeout_s, live.latency_budget_s)
+            AdaptiveLimits(
+                live.max_batch_size, live.batch_wait_timeout_s, live.latency_budget_s, live.max_concurrent_batches
+            )
             if live.adaptive and live.latency_budget_s
             else None
         )
@@ -381,7 +383,7 @@ class Batcher:
             if self.adaptive is not None:  # sizes in the limit's unit: batch_size_fn's measure, or items
                 now = loop.time()
                 size = self._measure(self.settings.batch_size_fn, batch)
-                self.adaptive.observe(size, now - batch[0].enqueued, now - started)
+                self.adaptive.observe(size, now - batch[0].enqueued, now - started, started)
             results = _items(output, len(batch), self.name)
             # The function is done: free its slot first and hand out the results one loop step
             # later, so a waiting batch starts before this batch's callers run on (answering them

@@ -283,9 +283,9 @@ async def test_adaptive_limits_count_in_batch_size_fn_units() -> None:
     assert batcher.adaptive is not None
     record = batcher.adaptive.observe
 
-    def spy(size: int, latency_s: float, run_s: float) -> None:
+    def spy(size: int, latency_s: float, run_s: float, started: float | None = None) -> None:
         observed.append(size)
-        record(size, latency_s, run_s)
+        record(size, latency_s, run_s, started)
 
     batcher.adaptive.observe = spy  # type: ignore[method-assign]
     texts = ["a b c", "d e f g", "h i", "j k l m n"]  # 3 + 4 + 2 = 9 tokens fit in 12; 5 more do not

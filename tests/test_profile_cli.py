@@ -43,6 +43,7 @@ def test_profile_prints_a_table_and_writes_the_profile(measured, capsys):
                      "--duration", "1", "--batch-sizes", "1,4"]) == 0  # fmt: skip
     text = capsys.readouterr().out
     assert "profile of graph batched" in text and "Batched.predict" in text
+    assert "runtime's own CPU per request:" in text and "waiting for a core other processes held:" in text
     assert "fit" in text and " x b" in text and "cpu share" in text
 
 

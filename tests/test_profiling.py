@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 
 import graphserve as gs
-from graphserve.compiler.profile import Profile
+from graphserve.compiler.profile import Distribution, Profile
 from graphserve.errors import ProfileError
 from tests.graphs import sim_graphs
 
@@ -129,3 +130,71 @@ def test_two_profiles_of_a_graph_differ_only_in_their_measurements():
     first, second = (gs.profile(sim_graphs.conditional, [{"x": 0.1}, {"x": 0.95}], duration_s=0.5) for _ in "ab")
     assert shape(json.loads(first.to_json())) == shape(json.loads(second.to_json()))
     assert list(json.loads(first.to_json())) == list(json.loads(second.to_json()))
+
+
+class _BusierRunQueue:
+    """The real run-queue delay plus ``step`` seconds more at every reading: each timed call
+    (read before and after) waited ``step`` longer for a core than it really did."""
+
+    def __init__(self, real: Callable[[], float | None], step: float) -> None:
+        self.real = real
+        self.step = step
+        self.extra = 0.0
+
+    def __call__(self) -> float:
+        self.extra += self.step
+        return (self.real() or 0.0) + self.extra
+
+
+def test_the_time_a_call_waited_for_a_core_is_left_out_of_its_latency(monkeypatch):
+    from graphserve import profiling
+
+    plain = gs.profile(sim_graphs.batched, [{"x": 1.0}], duration_s=1, batch_sizes=[1])
+    monkeypatch.setattr(profiling, "run_delay_s", _BusierRunQueue(profiling.run_delay_s, 0.004))
+    busy = gs.profile(sim_graphs.batched, [{"x": 1.0}], duration_s=1, batch_sizes=[1])
+    cost = sim_graphs.BATCH_FIXED_S + sim_graphs.BATCH_PER_ITEM_S  # 12 ms a batch of 1
+    before, after = plain.node("Batched.predict").batches[0].latency, busy.node("Batched.predict").batches[0].latency
+    assert before.p50_s == pytest.approx(cost, abs=0.0015)
+    assert after.p50_s == pytest.approx(cost - 0.004, abs=0.0015)  # 4 ms more of each call left out
+    node = busy.node("Batched.predict")
+    assert node.machine_wait_s >= 0.004 * after.count
+    assert busy.machine_wait_share is not None and busy.machine_wait_share >= 0.004 / (after.mean_s + 0.004) - 0.01
+    assert any("the machine was busy while profiling" in w for w in busy.warnings)
+
+
+def test_without_the_run_queue_delay_the_wall_time_stands(monkeypatch):
+    from graphserve import profiling
+
+    monkeypatch.setattr(profiling, "run_delay_s", lambda: None)
+    profile = gs.profile(sim_graphs.single, [{"x": 1.0}], duration_s=0.5)
+    node = profile.node("Sleeper.__call__")
+    assert profile.machine_wait_share is None and node.machine_wait_s == 0.0
+    assert node.latency is not None and node.latency.p50_s >= 0.001
+
+
+def test_the_run_queue_delay_is_read_from_linux():
+    from graphserve import profiling
+
+    first = profiling.run_delay_s()
+    if first is None:
+        pytest.skip("this OS does not report run-queue delays")
+    sum(range(100_000))
+    second = profiling.run_delay_s()
+    assert second is not None and second >= first >= 0.0
+
+
+def test_the_runtimes_own_cpu_per_request_is_what_the_calls_do_not_take():
+    from graphserve import profiling
+
+    profile = gs.profile(sim_graphs.conditional, [{"x": 0.5}, {"x": 0.95}], duration_s=0.5)
+    cheap, expensive = profile.node("cheap.__call__"), profile.node("expensive.__call__")
+    assert cheap.latency is not None and expensive.latency is not None
+    cheap = cheap.model_copy(update={"cpu_share": 0.5, "latency": Distribution.constant(0.0002)})
+    expensive = expensive.model_copy(update={"cpu_share": 0.1, "latency": Distribution.constant(0.001)})
+    # the first request (warming up) is left out; calls: 1 x 0.5 x 200 us + 0.5 x 0.1 x 1000 us = 150 us
+    spent = [0.010, 0.0003, 0.0005]
+    assert profiling.runtime_cpu(spent, [cheap, expensive]) == pytest.approx(0.0004 - 0.00015)
+    assert profiling.runtime_cpu([0.010, 0.0001], [cheap, expensive]) == 0.0  # never below nothing
+    assert profiling.runtime_cpu([], [cheap]) == 0.0
+    measured = gs.profile(sim_graphs.single, [{"x": 1.0}] * 20, duration_s=0.5).request_cpu_s
+    assert 0.0 <= measured < 0.005  # tens of microseconds of Python per request, not milliseconds

@@ -60,6 +60,35 @@ def test_a_lone_request_waits_for_the_batch_timeout_then_runs_alone():
     assert result.latency.p50_s == pytest.approx(0.002 + 0.012)
 
 
+@pytest.mark.parametrize(
+    ("arrivals_ms", "latencies_ms", "batches"),
+    [
+        # A, B, C gather until A has waited 5 ms and leave as a batch of 3 (8 ms: done at 13).
+        # D comes at 12 while that batch runs: the batch ending at 13 does not cut its wait,
+        # it leaves when it has waited 5 ms (17) and runs alone (6 ms: done at 23).
+        ([0, 1, 3, 12], [13, 12, 10, 11], 2),
+        # D (at 6) is due at 11 while the first batch runs: when it ends (13), D leaves at once
+        # and takes E (at 12), queued behind it, along: a batch of 2 (7 ms: done at 20).
+        ([0, 1, 3, 6, 12], [13, 12, 10, 14, 8], 2),
+    ],
+)
+def test_batches_form_as_the_runtime_batcher_forms_them(arrivals_ms, latencies_ms, batches):
+    """runtime/batcher.py: a batch leaves when full or when its oldest item has waited
+    ``batch_wait_timeout_s`` (from entering the batcher, whatever runs meanwhile), and only
+    once a batch slot is free; it takes every item queued then, up to ``max_batch_size``.
+    Hand-computed with t(b) = 5 ms + 1 ms x b, a 5 ms wait, one batch at a time."""
+    plan = gs.build(sim_graphs.batched)
+    profile = Profile.assumed(plan, {"Batched.predict": {1: 0.006, 8: 0.013}})
+    sim = Simulator(plan, profile).with_deployment("Batched", batch_wait_timeout_s=0.005)
+    result = sim.run(arrivals=[t / 1000 for t in arrivals_ms])
+    expected = sorted(latencies_ms)
+    assert result.completed == len(arrivals_ms)
+    assert result.node("Batched.predict").batches == batches
+    assert result.latency.mean_s == pytest.approx(sum(expected) / len(expected) / 1000)
+    assert result.latency.p50_s == pytest.approx(expected[(len(expected) + 1) // 2 - 1] / 1000)
+    assert result.latency.max_s == pytest.approx(expected[-1] / 1000)
+
+
 def test_batch_sizes_between_measured_ones_are_interpolated():
     plan = gs.build(sim_graphs.batched)
     profile = Profile.assumed(plan, {"Batched.predict": {1: 0.012, 8: 0.026}})
@@ -207,3 +236,15 @@ def test_power_of_two_choices_spreads_sequential_calls(single):
     assert drawn.run(**busy).throughput_rps == pytest.approx(least.run(**busy).throughput_rps, rel=0.01)
     with pytest.raises(ProfileError, match="unknown routing"):
         Simulator(plan, profile, routing="random")  # type: ignore[arg-type]
+
+
+def test_the_runtimes_own_cpu_per_request_runs_on_the_event_loop_first():
+    """``request_cpu_s``: each request's executor work is event-loop CPU before its calls."""
+    plan = gs.build(sim_graphs.single)
+    quick = Profile.assumed(plan, {"Sleeper.__call__": 0.0001}).model_copy(update={"request_cpu_s": 0.002})
+    alone = simulate(plan, quick, rate=10, arrivals="uniform", duration_s=5)
+    assert alone.latency.p50_s == pytest.approx(0.002 + 0.0001)
+    # at 1000 requests/s the loop, 2 ms a request, is the bottleneck: 500 requests/s
+    saturated = simulate(plan, quick, rate=1000, arrivals="uniform", duration_s=5)
+    assert saturated.throughput_rps == pytest.approx(500, rel=0.02)
+    assert saturated.cpu_utilization == pytest.approx(1.0, abs=0.01)
