@@ -5,6 +5,7 @@ a markdown table on stdout, and JSON with the raw numbers (``bench/results/lates
     python -m bench --quick                           # 1 s per measurement, a smoke run
     python -m bench --only W1,W3 --systems local,starlette
     python -m bench --only hop,coldstart
+    python -m bench --only rayhop                     # a Ray hop, graphserve's per node on Ray (fused, unfused)
     python -m bench --only sim                        # the simulator's accuracy (bench/results/sim.json)
     python -m bench --only w6                         # SLO planning vs hand settings (bench/results/w6.json)
 """
@@ -24,7 +25,7 @@ import orjson
 from . import coldstart, costs, hop, load, report, servers
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "W4cpu", "W5")
-EXTRAS = ("hop", "coldstart", "sim", "w6")
+EXTRAS = ("hop", "rayhop", "coldstart", "sim", "w6")
 ON_REQUEST = ("sim", "w6")  # run only when named
 PAIRED = ("starlette", "local")  # measured side by side in alternating rounds (see run_paired)
 OVER_CAPACITY = 0.9  # fixed-rate runs above this fraction of the closed-loop peak are skipped
@@ -36,7 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=fmt)
     p.add_argument("--quick", action="store_true", help="1 s measurements, no warm-up, fewer repeats")
     everything = ",".join(WORKLOADS + tuple(e for e in EXTRAS if e not in ON_REQUEST))
-    p.add_argument("--only", default=everything, help="W1..W5,W4cpu,hop,coldstart,sim,w6 (sim, w6 only when named)")
+    p.add_argument(
+        "--only", default=everything, help="W1..W5,W4cpu,hop,rayhop,coldstart,sim,w6 (sim, w6 only when named)"
+    )
     p.add_argument("--systems", default=",".join(servers.SYSTEMS), help="starlette,local,ray,rayserve")
     p.add_argument("--duration", type=float, default=None, help="seconds per closed-loop measurement (default 5)")
     p.add_argument("--warmup", type=float, default=None, help="seconds of warm-up per workload (default 1)")
@@ -278,6 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     if "hop" in args.extras:
         _log("per-hop overhead")
         results["hop"] = hop.measure(iterations=300 if args.quick else 2000, repeats=2 if args.quick else 5)
+    if "rayhop" in args.extras:
+        _log("Ray hop (driver -> actor -> driver) and graphserve's per-node cost on Ray, fused and unfused")
+        from . import cluster
+
+        try:
+            results["rayhop"] = cluster.measure_hop(count=50 if args.quick else 200)
+        except Exception as exc:  # Ray missing or failing: the row says n/a, the rest of the run stands
+            results["rayhop"] = {"error": f"{type(exc).__name__}: {exc}"}
     if "coldstart" in args.extras:
         _log("cold start")
         try:

@@ -5,7 +5,8 @@
 * ``hop``: a driver -> actor -> driver no-op call on Ray (``await actor.noop.remote()``, one
   request at a time): the floor any Ray-backed hop pays; and graphserve's cost per node of a
   chain of 1, 2 and 4 no-op deployments on the Ray backend (least-squares slope of the time
-  per request against the chain's length).
+  per request against the chain's length), unfused (``per_node_ms``: a Ray hop each, bounded
+  below by the round trip) and fused (``per_node_ms_fused``: one actor, in-process calls).
 * ``node_loss``: a three-node cluster on this machine (head without CPUs, two workers of one
   CPU), the chain of tests/graphs/cluster_graphs.py served with its replicas spread over the
   workers, four clients calling it; one worker is removed (killed, not drained). Reported:
@@ -63,6 +64,7 @@ async def hop(count: int) -> dict[str, Any]:
 
     import graphserve as gs
     from graphserve.compiler import compile_app
+    from graphserve.compiler.fusion import fuse
     from graphserve.runtime import GraphRuntime
 
     from .hop import graph_chain
@@ -74,25 +76,52 @@ async def hop(count: int) -> dict[str, Any]:
 
     actor = Noop.remote()
     await actor.noop.remote()
-    roundtrip = await _best_per_call(lambda: actor.noop.remote(), count)
-    ray.kill(actor)
-    points = []
-    for n in (1, 2, 4):
-        runtime = GraphRuntime(compile_app(graph_chain(n)), backend="ray")
-        await runtime.start()
-        try:
+    runtimes: dict[tuple[str, int], GraphRuntime] = {}
+    for kind in ("fused", "unfused"):
+        for n in (1, 2, 4):
+            plan = compile_app(graph_chain(n))
+            if kind == "unfused":
+                fuse(plan, enabled=False)
+            runtime = runtimes[(kind, n)] = GraphRuntime(plan, backend="ray")
+            await runtime.start()
             await runtime.execute(1)
-            points.append((n, await _best_per_call(lambda r=runtime: r.execute(1), count)))
-        finally:
+    # side by side, in rounds: each figure is the best of its rounds, so load that comes and goes
+    # on a shared machine shifts every chain alike instead of bending the slopes
+    best: dict[Any, float] = {}
+    try:
+        for _ in range(3):
+            best["ray"] = min(best.get("ray", float("inf")), await _best_per_call(actor.noop.remote, count, 1))
+            for key, runtime in runtimes.items():
+                measured = await _best_per_call(lambda r=runtime: r.execute(1), count, 1)
+                best[key] = min(best.get(key, float("inf")), measured)
+    finally:
+        for runtime in runtimes.values():
             await runtime.stop()
-    per_node, base = _slope(points)
+        ray.kill(actor)
+    roundtrip = best["ray"]
+    chains = {kind: [(n, best[(kind, n)]) for n in (1, 2, 4)] for kind in ("fused", "unfused")}
+    figures: dict[str, Any] = {"ray_roundtrip_ms": roundtrip * 1e3}
+    for kind, points in chains.items():
+        per_node, base = _slope(points)
+        suffix = "" if kind == "unfused" else "_fused"
+        figures[f"per_node_ms{suffix}"] = per_node * 1e3
+        figures[f"request_base_ms{suffix}"] = base * 1e3
+        figures[f"chain_ms{suffix}"] = {str(n): t * 1e3 for n, t in points}
     del gs
-    return {
-        "ray_roundtrip_ms": roundtrip * 1e3,
-        "per_node_ms": per_node * 1e3,
-        "request_base_ms": base * 1e3,
-        "chain_ms": {str(n): t * 1e3 for n, t in points},
-    }
+    return figures
+
+
+def measure_hop(count: int = 200) -> dict[str, Any]:
+    """:func:`hop` on a Ray instance of its own (``python -m bench`` runs it as ``rayhop``)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    try:
+        return asyncio.run(hop(count))
+    finally:
+        ray.shutdown()
 
 
 async def node_loss(cluster: Any, worker: Any, survivor: Any) -> dict[str, Any]:

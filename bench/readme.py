@@ -204,6 +204,47 @@ def performance(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@section("fusion")
+def fusion(results: dict[str, Any]) -> str:
+    """Actor fusion's figures on Ray from bench/results/latest.json: W1 and W2 on the Ray backend,
+    against Ray Serve, and a Ray hop with graphserve's per-node cost fused and unfused."""
+    machine = results["machine"]
+    lines = [
+        f"From `python -m bench` ({results.get('started', '?')[:10]}, commit {machine.get('git_commit') or '?'}, "
+        f"{machine['usable_cores']} cores; load average {results.get('load', {}).get('before', ['?'])[0]} before "
+        "the run): peak req/s over the closed-loop connection counts.",
+        "",
+        "| workload | graphserve Ray | Ray Serve |",
+        "|---|---:|---:|",
+    ]
+    for workload in ("W1", "W2"):
+        cells = []
+        for system in ("ray", "rayserve"):
+            measured = [(results.get("systems", {}).get(system) or {}).get("workloads", {}).get(workload) or {}]
+            peaks = [m["rps"] for w in measured for m in (w.get("closed") or {}).values() if "rps" in m]
+            cells.append(rps(max(peaks)) if peaks else "-")
+        lines.append(f"| {WORKLOADS[workload]} | " + " | ".join(cells) + " |")
+    hop = results.get("rayhop") or {}
+    if "ray_roundtrip_ms" in hop:
+        lines += [
+            "",
+            f"A driver -> actor -> driver no-op Ray call takes {ms(hop['ray_roundtrip_ms'])} ms (one at a time): "
+            f"the floor of every hop between actors. A chain of no-op deployments on the Ray backend costs "
+            f"{ms(hop['per_node_ms'])} ms per node unfused (a Ray hop each) and {ms(hop['per_node_ms_fused'])} ms "
+            "per node fused (in-process calls inside one actor).",
+        ]
+    else:
+        lines += ["", "The Ray hop was not measured in this run (`python -m bench --only rayhop`)."]
+    rows = [t for t in results.get("targets", []) if "graphserve Ray" in t["figure"] or "Ray backend" in t["figure"]]
+    lines += ["", "| target | bound | measured | pass |", "|---|---|---:|:---:|"]
+    for target in rows:
+        verdict = {True: "pass", False: "**FAIL**", None: "not measured"}[target["passed"]]
+        lines.append(
+            f"| {target['figure']} | {target['target']} | {figure(target['measured'], target['unit'])} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
 @section("reliability", "bench/results/reliability.json")
 def reliability(results: dict[str, Any]) -> str:
     """The fault scenarios' figures and verdicts, from bench/results/reliability.json."""
@@ -262,7 +303,12 @@ def cluster(results: dict[str, Any]) -> str:
             f"- **A Ray hop**: a driver -> actor -> driver no-op call takes {ms(hop['ray_roundtrip_ms'])} ms "
             f"(one at a time): the floor of any hop through a Ray actor (two gRPC messages, the task's "
             f"serialization and the actor's event loop, on shared cores). graphserve on Ray costs "
-            f"{ms(hop['per_node_ms'])} ms per node of a chain of no-op deployments.",
+            f"{ms(hop['per_node_ms'])} ms per node of a chain of no-op deployments"
+            + (
+                f" unfused, and {ms(hop['per_node_ms_fused'])} ms per node fused (one actor)."
+                if "per_node_ms_fused" in hop
+                else "."
+            ),
             f"- **A node lost under load**: {loss['failed_calls']} of {loss['calls']} calls failed (those in flight "
             f"on the removed worker, each naming it); every replica answered again from the remaining worker "
             f"{loss['recovery_s']:.1f} s after the removal (Ray's health checks at 0.5 s x 3), and "

@@ -256,14 +256,53 @@ def evaluate_targets(results: dict) -> list[dict]:
         rows.append(
             _row(
                 f"{wid} req/s, graphserve Ray / Ray Serve",
-                ">= 3x",
+                ">= 5x",
                 _ratio(peak_rps(results, "ray", wid), peak_rps(results, "rayserve", wid)),
-                3.0,
+                5.0,
                 "x",
                 True,
+                "peak req/s over the closed-loop connection counts (issue 17)",
             )
         )
+    rows.append(
+        _row(
+            "W2 (chain of 3) req/s / W1 req/s, graphserve Ray",
+            ">= 0.8x",
+            _ratio(peak_rps(results, "ray", "W2"), peak_rps(results, "ray", "W1")),
+            0.8,
+            "x",
+            True,
+            "the chain runs as one fused actor: one Ray hop, not three (issue 17)",
+        )
+    )
+    rows += _rayhop_rows(results.get("rayhop") or {})
     return rows
+
+
+def _rayhop_rows(rayhop: dict) -> list[dict]:
+    """A Ray hop's floor and what graphserve pays per node on Ray (``python -m bench --only rayhop``)."""
+    roundtrip = rayhop.get("ray_roundtrip_ms")
+    floor = f"{roundtrip:.3g} ms" if roundtrip else "-"
+    return [
+        _row(
+            "per-hop overhead, Ray backend, unfused (graph nodes) / a raw Ray actor round trip",
+            "<= 1.5x",
+            _ratio(rayhop.get("per_node_ms"), roundtrip),
+            1.5,
+            "x",
+            False,
+            f"a driver -> actor -> driver no-op is {floor}: every unfused hop pays at least that (issue 17)",
+        ),
+        _row(
+            "per-hop overhead, Ray backend, fused (graph nodes) / a raw Ray actor round trip",
+            "<= 0.25x",
+            _ratio(rayhop.get("per_node_ms_fused"), roundtrip),
+            0.25,
+            "x",
+            False,
+            "fused members call each other in process: no Ray hop between them (issue 17)",
+        ),
+    ]
 
 
 # -- markdown -------------------------------------------------------------------------------

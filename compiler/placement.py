@@ -14,12 +14,13 @@ deployments in the caller's order; each replica goes to the node that fits it an
 A node with neither CPUs nor GPUs (a Ray head started with ``--num-cpus=0``) takes no
 replicas. A node is never over-committed: a replica that fits nowhere is returned as a
 problem naming it. The planner without an SLO (:func:`spread`) orders GPU deployments first
-(they are the scarce ones); the SLO planner (``slo.py``) uses graph order and neighbours.
+(they are the scarce ones) and passes neighbours too; the SLO planner (``slo.py``) uses graph
+order and neighbours. Replicas of neighbours on one node may share a fused actor (``fusion.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from graphserve.plan import ClusterNodePlan, DeploymentPlan, ReplicaPlan
@@ -84,11 +85,16 @@ def place(demands: Sequence[Demand], nodes: Sequence[ClusterNodePlan]) -> tuple[
     return placed, unplaced
 
 
-def spread(deployments: list[DeploymentPlan], nodes: list[ClusterNodePlan]) -> tuple[list[ReplicaPlan], list[Unplaced]]:
-    """A plan's replicas without an SLO: GPU deployments first, then in plan order; the
-    replicas come back in plan order."""
+def spread(
+    deployments: list[DeploymentPlan],
+    nodes: list[ClusterNodePlan],
+    near: Mapping[str, frozenset[str]] | None = None,
+) -> tuple[list[ReplicaPlan], list[Unplaced]]:
+    """A plan's replicas without an SLO: GPU deployments first, then in plan order, each near
+    its ``near`` neighbours where spreading allows; the replicas come back in plan order."""
+    near = near or {}
     demands = [
-        Demand(d.name, d.num_replicas, d.resources.num_cpus, d.resources.num_gpus)
+        Demand(d.name, d.num_replicas, d.resources.num_cpus, d.resources.num_gpus, near.get(d.name, frozenset()))
         for d in sorted(deployments, key=lambda d: d.resources.num_gpus <= 0)  # stable: GPU deployments first
     ]
     placed, unplaced = place(demands, nodes)

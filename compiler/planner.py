@@ -13,7 +13,10 @@ Decides, in this order:
 4. **batching and limits**: batched methods, and ``max_ongoing_requests`` raised where
    it would cap a batch below ``max_batch_size`` (with a warning).
 5. **replicas and resources**: one entry per replica, checked against the cluster; on a
-   cluster that names its nodes, spread over them (``placement.py``).
+   cluster that names its nodes, spread over them (``placement.py``), each near its
+   neighbours in the graph where spreading allows.
+6. **actor fusion** (``fusion.py``): neighbouring deployments the Ray backend may run in one
+   actor process per replica, and why; the SLO planner redoes it after changing replicas.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from graphserve.plan import (
 )
 from graphserve.resources import Capacity, shortfalls
 
-from . import edgetypes, placement
+from . import edgetypes, fusion, placement
 from .codes import Code
 from .digraph import DiGraph, topological_order
 from .http_request import http_request, ingress_route_prefix
@@ -127,8 +130,16 @@ def _read_nodes(path: str) -> ClusterPlan:
 
 
 class _Planner:
-    def __init__(self, ir: GraphIR, types: dict[str, Any], warnings: list[Diagnostic], cluster: ClusterPlan | None):
+    def __init__(
+        self,
+        ir: GraphIR,
+        types: dict[str, Any],
+        warnings: list[Diagnostic],
+        cluster: ClusterPlan | None,
+        fuse: bool = True,
+    ):
         self.ir = ir
+        self.fuse = fuse
         self.types = types
         self.warnings = list(warnings)
         self.errors: list[Diagnostic] = []
@@ -282,6 +293,7 @@ class _Planner:
             location=str(dep.location) if dep.location else None,
             user_config=options.get("user_config"),
             user_set=self.user_set(dep),
+            fuse=bool(options.get("fuse", True)),
         )
 
     def user_set(self, dep: IRDeployment) -> list[str]:
@@ -291,7 +303,7 @@ class _Planner:
         written = set()
         if isinstance(options.get("num_replicas"), int) and not isinstance(options.get("num_replicas"), bool):
             written.add("num_replicas")
-        for key in ("max_ongoing_requests", "max_queued_requests"):
+        for key in ("max_ongoing_requests", "max_queued_requests", "fuse"):
             if key in options:
                 written.add(key)
         if "max_concurrent_queries" in options:
@@ -322,7 +334,7 @@ class _Planner:
             errors_before = len(self.errors)
             self.check_feasible(deployments)
             if self.cluster.nodes:
-                placed, unplaced = placement.spread(deployments, self.cluster.nodes)
+                placed, unplaced = placement.spread(deployments, self.cluster.nodes, self.near())
                 if len(self.errors) == errors_before:  # the totals fit: report replicas no single node holds
                     self.unplaced(unplaced)
                 return placed
@@ -333,6 +345,18 @@ class _Planner:
             for d in deployments
             for i in range(d.num_replicas)
         ]
+
+    def near(self) -> dict[str, frozenset[str]]:
+        """Each deployment's neighbours in the graph (calls feeding its calls or fed by them, handles)."""
+        out: dict[str, set[str]] = {name: set() for name in self.ir.deployments}
+        calls = {n: self.ir.node(n).deployment for n in self.order}
+        pairs = [(calls.get(a), calls.get(b)) for a, b, _ in self.ir.dag.edges()]
+        pairs += [(a, b) for a, b, _ in self.ir.handles.edges()]
+        for a, b in pairs:
+            if a and b and a != b and a in out and b in out:
+                out[a].add(b)
+                out[b].add(a)
+        return {name: frozenset(near) for name, near in out.items()}
 
     def unplaced(self, unplaced: list[placement.Unplaced]) -> None:
         assert self.cluster is not None
@@ -411,6 +435,7 @@ class _Planner:
         )
         for path, obj in self.objects.items():
             plan.register(path, obj)
+        fusion.fuse(plan, enabled=self.fuse)
         return plan
 
 
@@ -434,9 +459,13 @@ def _absorb(conjs: list[frozenset[tuple[str, int]]]) -> list[frozenset[tuple[str
     return sorted(set(kept), key=lambda c: sorted(c))
 
 
-def plan(ir: GraphIR, types: dict[str, Any], warnings: list[Diagnostic], cluster: Cluster | str = None) -> Plan:
-    """Plan a validated IR; infeasible placements raise GraphValidationError (GS201)."""
-    return _Planner(ir, types, warnings, parse_cluster(cluster)).run()
+def plan(
+    ir: GraphIR, types: dict[str, Any], warnings: list[Diagnostic], cluster: Cluster | str = None, fuse: bool = True
+) -> Plan:
+    """Plan a validated IR; infeasible placements raise GraphValidationError (GS201).
+
+    ``fuse=False``: no actor fusion (``graphserve build --no-fuse``)."""
+    return _Planner(ir, types, warnings, parse_cluster(cluster), fuse).run()
 
 
 def _in_order(dag: DiGraph) -> list[str]:

@@ -7,7 +7,9 @@ A pure function of the Plan, deterministic (same plan, same bytes). What the dra
   input (blue, inverted house), deployment call (yellow rounded box with replicas,
   resources and batching), glue (grey ellipse), switch (orange diamond), field selection
   (plain small ellipse), output (green house);
-* stages as clusters (``cluster_stage_N``), in order;
+* stages as clusters (``cluster_stage_N``), in order; the calls of a fused group (actor
+  fusion: one Ray actor per replica, ``plan.fusion``) in a box of their own instead
+  (``cluster_fused_N``, SVG id ``fused-N``, labelled with the group and the hops it saves);
 * edges labelled with the producer's type; switch branch edges name their case;
 * guarded (conditional) edges dashed: an edge runs only under some switch outcomes when
   its producer or its consumer has a guard; guarded nodes say when they run;
@@ -83,13 +85,32 @@ def to_dot(plan: Plan, figures: bool = False) -> str:
         "  node [fontname=Helvetica, fontsize=11];",
         "  edge [fontname=Helvetica, fontsize=9];",
     ]
+    groups = plan.fusion.groups if plan.fusion else []
+    fused = {name: i for i, g in enumerate(groups) for name in g.deployments}
+    by_group: dict[int, list[NodePlan]] = {}
     by_stage: dict[int, list[NodePlan]] = {}
     for node in plan.nodes:
-        by_stage.setdefault(node.stage, []).append(node)
+        member_of = fused.get(node.deployment or "") if node.kind == "call" and not node.function else None
+        if member_of is not None:
+            by_group.setdefault(member_of, []).append(node)
+        else:
+            by_stage.setdefault(node.stage, []).append(node)
     for stage in sorted(by_stage):
         lines.append(f"  subgraph cluster_stage_{stage} {{")
         lines.append(f'    id="stage-{stage}"; label="stage {stage}"; style="rounded,dashed"; color="#bbbbbb";')
         for node in by_stage[stage]:
+            lines.append("    " + _node_line(plan, node, figures))
+        lines.append("  }")
+    for index, group in enumerate(groups):
+        if index not in by_group:
+            continue
+        label = f"one Ray actor: {group.name} (fused, {group.hops_saved} hop(s) saved)"
+        lines.append(f"  subgraph cluster_fused_{index} {{")
+        lines.append(
+            f'    id="fused-{index}"; label={_q(label)}; tooltip={_q(group.reason)}; '
+            'style="rounded,bold"; color="#8e7cc3"; penwidth=2;'
+        )
+        for node in by_group[index]:
             lines.append("    " + _node_line(plan, node, figures))
         lines.append("  }")
     known = {n.id for n in plan.nodes}

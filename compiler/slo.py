@@ -73,6 +73,7 @@ from graphserve.plan import (
     SLOPlan,
 )
 
+from . import fusion
 from .codes import Code
 from .placement import Demand, place
 from .profile import NodeProfile, Profile, batch_service
@@ -696,4 +697,5 @@ def _write(search: _Search, knobs: dict[str, _Knobs], final: _Eval, warnings: li
         utilization=util,
         within_headroom=not search.relaxed,
     )
+    fusion.fuse(out, enabled=out.fusion is None or out.fusion.enabled)  # replicas and placement changed
     return out

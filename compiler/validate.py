@@ -37,6 +37,7 @@ _OPTION_CHECKS: dict[str, tuple[str, Any]] = {
     "timeout_s": ("a number > 0", lambda v: v is None or (_is_num(v) and v > 0)),
     "ray_actor_options": ("a dict", lambda v: v is None or isinstance(v, dict)),
     "user_config": ("JSON-serializable (a dict, list, str, number or None)", lambda v: _json_ok(v)),
+    "fuse": ("True or False", lambda v: isinstance(v, bool)),
 }
 
 #: Ray Serve options accepted for compatibility but not implemented; each warns once.

@@ -82,6 +82,7 @@ def print_summary(plan: Plan, console: Console) -> None:
             ),
         )
     console.print(deployments)
+    print_fusion(plan, console)
 
     if plan.warnings:
         console.print(f"[yellow]{len(plan.warnings)} warning{'s' if len(plan.warnings) != 1 else ''}:[/yellow]")
@@ -93,6 +94,26 @@ def print_summary(plan: Plan, console: Console) -> None:
                 console.print(escape(f"      hint: {w.hint}"), soft_wrap=True)
     else:
         console.print("no warnings")
+
+
+def print_fusion(plan: Plan, console: Console) -> None:
+    """Actor fusion: each fused group (one Ray actor per replica) and why, then the neighbours kept apart."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    fusion = plan.fusion
+    if fusion is None or not (fusion.groups or fusion.kept_apart):
+        return
+    table = Table(title="actor fusion (Ray backend)", title_justify="left")
+    for column in ("group", "deployments", "hops saved", "why"):
+        table.add_column(column)
+    for group in fusion.groups:
+        table.add_row(
+            escape(group.name), escape(", ".join(group.deployments)), str(group.hops_saved), escape(group.reason)
+        )
+    for kept in fusion.kept_apart:
+        table.add_row("kept apart", escape(" / ".join(kept.deployments)), "0", escape(kept.reason))
+    console.print(table)
 
 
 def _kind(node: Any) -> str:

@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         "from --profile or --requests",
     )
     build.add_argument("--graph", help="with --from-metrics: the served graph to re-plan (default: the only one)")
+    build.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="no actor fusion: every deployment gets Ray actors of its own (the plan says why nothing is fused)",
+    )
     build.set_defaults(handler=build_command)
 
     render = commands.add_parser("render", help="draw a graph with graphviz")
@@ -244,6 +249,10 @@ def build_command(args: argparse.Namespace) -> int:
         if isinstance(planned, int):
             return planned
         plan = planned
+    if args.no_fuse:
+        from graphserve.compiler.fusion import fuse
+
+        fuse(plan, enabled=False)
     print_summary(plan, console())
     print_slo(plan, console())
     if args.output:

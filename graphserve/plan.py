@@ -8,6 +8,9 @@ serialized), so deployments defined inside a function or a test still run in pro
 
 ``to_json`` is byte-identical for the same graph: keys sorted, order fixed by the
 planner.
+
+Versions: 2 added :class:`FusionPlan` (actor fusion, ``compiler/fusion.py``); a version 1
+plan still reads, as a plan without fused groups.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from graphserve.errors import PlanError
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # a version 1 plan has no fusion: every deployment runs alone
 
 # The defaults of a deployment's and of ``@gs.batch``'s options, one place for the DSL, the
 # planner and the runtime.
@@ -135,6 +139,8 @@ class DeploymentPlan(_Data):
     # options the user wrote (num_replicas, max_ongoing_requests, num_cpus, num_gpus, <method>.max_batch_size,
     # <method>.batch_wait_timeout_s, ...): the SLO planner keeps them as constraints
     user_set: list[str] = Field(default_factory=list)
+    # False (``gs.deployment(fuse=False)``): never shares an actor with another deployment (actor fusion)
+    fuse: bool = True
     choices: list[ChoicePlan] = Field(default_factory=list)
     reason: str | None = None  # the planner's summary in words
 
@@ -214,6 +220,34 @@ class ClusterPlan(_Data):
     nodes: list[ClusterNodePlan] = Field(default_factory=list)  # empty: one node named node-0
 
 
+class FusedGroupPlan(_Data):
+    """Deployments the Ray backend runs in one actor process per replica (actor fusion): the
+    calls between them are in-process function calls instead of a Ray hop each. ``name``:
+    the members joined by ``+``; ``deployments``: the members in graph order; ``reason``: why, in
+    words. The local backend ignores groups (every call there is already in process)."""
+
+    name: str
+    deployments: list[str]
+    hops_saved: int  # calls between members per request (graph edges and handles) that stay in process
+    reason: str
+
+
+class KeptApartPlan(_Data):
+    """Two neighbouring deployments (one feeds or holds a handle to the other) that actor fusion
+    left in processes of their own, and the rule that kept them apart, in words."""
+
+    deployments: list[str]
+    reason: str
+
+
+class FusionPlan(_Data):
+    """What actor fusion decided (``compiler/fusion.py``): the groups, and the neighbours kept apart."""
+
+    enabled: bool = True  # False: turned off (``graphserve build --no-fuse``); no groups
+    groups: list[FusedGroupPlan] = Field(default_factory=list)
+    kept_apart: list[KeptApartPlan] = Field(default_factory=list)
+
+
 class DiagnosticPlan(_Data):
     code: str
     message: str
@@ -244,6 +278,7 @@ class Plan(_Data):
     warnings: list[DiagnosticPlan] = Field(default_factory=list)
     slo: SLOPlan | None = None
     prediction: PredictionPlan | None = None
+    fusion: FusionPlan | None = None  # None: a version 1 plan, nothing fused
 
     _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
 
@@ -259,6 +294,13 @@ class Plan(_Data):
             if dep.name == name:
                 return dep
         raise KeyError(name)
+
+    def fused_group(self, deployment: str) -> FusedGroupPlan | None:
+        """The fused group ``deployment`` belongs to (None: it runs in an actor of its own)."""
+        for group in self.fusion.groups if self.fusion is not None else ():
+            if deployment in group.deployments:
+                return group
+        return None
 
     def resolve(self, import_path: str) -> Any:
         """The object an import path names: from this in-process build, else imported."""
@@ -281,8 +323,9 @@ class Plan(_Data):
     def from_json(cls, text: str | bytes) -> Plan:
         data = json.loads(text)
         version = data.get("version") if isinstance(data, dict) else None
-        if version != PLAN_VERSION:
-            raise PlanError(f"plan version {version!r} is not supported (this graphserve reads version {PLAN_VERSION})")
+        if version not in READABLE_VERSIONS:
+            readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+            raise PlanError(f"plan version {version!r} is not supported (this graphserve reads versions {readable})")
         return cls.model_validate(data)
 
     def _serialization_problems(self) -> list[str]:

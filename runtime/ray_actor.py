@@ -344,7 +344,7 @@ class ReplicaActor:
         self.spec = spec
         self._replica: Replica | None = None
         self._building: asyncio.Future[Replica] | None = None
-        self._batches: list[tuple[str, int]] = []
+        self._batches: list[tuple[str, str, int]] = []  # (deployment, method, size) of each batch sent
         self._latencies: deque[tuple[str, float]] = deque(maxlen=100_000)  # (node, seconds) until drained
 
     # -- construction ------------------------------------------------------------------
@@ -378,7 +378,7 @@ class ReplicaActor:
             raise ReplicaStartError(exc.deployment, exc.message) from None
         configure_batching(instance, spec.batch_plans)  # the plan's batching values (a function's too)
         if spec.batching and spec.kind == "class":
-            observe_batches(instance, lambda method, size: self._batches.append((method, size)))
+            observe_batches(instance, lambda method, size: self._batches.append((spec.deployment, method, size)))
         # a cancelled sync call holds its coroutine (the actor's place) until its thread returns
         return Replica(instance, spec.index, threads(spec.threads, f"gs-{spec.deployment}"), wait_for_threads=True)
 
@@ -398,7 +398,7 @@ class ReplicaActor:
         """:meth:`call` for a traced request: the result, and this call's record (times in the
         actor, batch size, the handle calls it made). ``carrier``: the caller's OpenTelemetry
         context (W3C headers), current while the method runs."""
-        record = ActorRecord(node, self.spec.deployment, self.spec.index)
+        record = ActorRecord(node, self.deployment_of(node), self.spec.index)
         token = CURRENT.set(record)
         try:
             with attached(carrier):
@@ -406,6 +406,10 @@ class ReplicaActor:
         finally:
             CURRENT.reset(token)
         return value, record.to_json()
+
+    def deployment_of(self, node: str) -> str:
+        """The deployment that runs ``node`` here (a fused actor hosts several)."""
+        return self.spec.deployment
 
     async def _run(self, node: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
@@ -429,14 +433,16 @@ class ReplicaActor:
         return os.getpid()
 
     @ray.method(concurrency_group="control")  # never takes one of the max_ongoing_requests slots
-    async def drain_metrics(self) -> tuple[list[tuple[str, int]], list[tuple[str, float]]]:
-        """The (method, size) of every batch sent and the (node, seconds) of every call since the last drain."""
+    async def drain_metrics(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, float]]]:
+        """The (deployment, method, size) of every batch sent and the (node, seconds) of every call
+        since the last drain."""
         batches, self._batches = self._batches, []
         latencies = list(self._latencies)
         self._latencies.clear()
         return batches, latencies
 
     @ray.method(concurrency_group="control")
-    async def batch_limits(self) -> dict[str, BatchLimits]:
-        """The current limits of this replica's batchers (empty before its first batch)."""
-        return batch_limits(self._replica.instance) if self._replica is not None else {}
+    async def batch_limits(self) -> dict[str, dict[str, BatchLimits]]:
+        """Deployment -> the current limits of its batchers in this replica (empty before its first batch)."""
+        limits = batch_limits(self._replica.instance) if self._replica is not None else {}
+        return {self.spec.deployment: limits} if limits else {}

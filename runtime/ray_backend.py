@@ -23,6 +23,17 @@ the node where it happened. A request that fails or passes its deadline cancels 
 unfinished tasks (:meth:`RayBackend.cancel`). Call latencies are measured in the
 actors and collected every ``metrics_interval_s`` (``on_latency``).
 
+Actor fusion (the plan's ``fusion.groups``, ``compiler/fusion.py``): a fused group runs as
+one :class:`~graphserve.runtime.ray_fused.FusedActor` per replica hosting every member.
+:meth:`RayBackend.submit` for a member does not send the call at once: it gathers the
+calls of one request into the group (a call whose input is an unsent call of the same
+group joins it) and sends them as one actor call at the end of the event loop's step, or
+sooner when something outside the group needs a result (:meth:`RayBackend.fetch`, a call
+outside the group). A chain of three fused no-ops is one Ray hop. The group has one
+router (least in-flight group replica, up to the largest member ``max_ongoing_requests``);
+each member's own limits, queue and batching apply inside the actor. A traced request
+sends each member's call on its own (its spans are the members').
+
 What a worker imports: a deployment's import path, so workers run the code in their
 own copy of the module. Only a deployment that has no import path (defined inside a
 function, or in ``__main__``, e.g. a script or a test) is shipped by value
@@ -49,6 +60,7 @@ the rest wait in a FIFO of at most ``max_queued_requests`` (then OverloadedError
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -60,7 +72,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from graphserve.errors import DeploymentStartError, GraphError, NodeExecutionError, OverloadedError, PlanError
-from graphserve.plan import DeploymentPlan, Plan, has_import_path
+from graphserve.plan import DeploymentPlan, Plan, ResourcesPlan, has_import_path
 from graphserve.resources import Capacity, check_fits
 
 from .backend import BatchLimits
@@ -104,9 +116,12 @@ def _import_ray(start_local: bool) -> Any:
 
 
 class RayValue:
-    """A node's result while it lives in Ray: its reference, and who computes it."""
+    """A node's result while it lives in Ray: its reference, and who computes it.
 
-    __slots__ = ("deployment", "done", "node", "parents", "ref", "replica")
+    A fused member's call waits in its ``batch`` until the batch is sent (``ref`` None until
+    then; it stays None for a result only read inside the group)."""
+
+    __slots__ = ("batch", "deployment", "done", "node", "parents", "ref", "replica", "step")
 
     def __init__(self, ref: Any, node: str, deployment: str, replica: _Replica, parents: tuple[RayValue, ...]):
         self.ref = ref
@@ -115,16 +130,19 @@ class RayValue:
         self.replica = replica
         self.parents = parents
         self.done = False
+        self.batch: _Batch | None = None
+        self.step = 0
 
     def __repr__(self) -> str:
         return f"RayValue(node={self.node!r}, replica={self.deployment}#{self.replica.index})"
 
 
 class _Replica:
-    __slots__ = ("actor", "actor_id", "down", "index", "ongoing", "pid", "ray_node")
+    __slots__ = ("actor", "actor_id", "down", "index", "ongoing", "pid", "ray_node", "steps_methods")
 
     def __init__(self, actor: Any, index: int) -> None:
         self.actor = actor
+        self.steps_methods: dict[int, Any] = {}  # a fused actor's ``steps`` by how many results it returns
         self.actor_id: str = actor._actor_id.hex()
         self.index = index
         self.ongoing = 0
@@ -134,6 +152,23 @@ class _Replica:
 
 
 _Router = ReplicaRouter[_Replica]
+
+
+class _Batch:
+    """One request's calls into a fused group, gathered until sent as one actor call."""
+
+    __slots__ = ("error", "external", "group", "replica", "router", "send", "sent", "steps", "values")
+
+    def __init__(self, group: str, router: _Router, replica: _Replica, send: Callable[[_Batch], None]) -> None:
+        self.send = send  # RayBackend._send
+        self.group = group
+        self.router = router
+        self.replica = replica
+        self.steps: list[Any] = []  # ray_fused.Step
+        self.values: list[RayValue] = []
+        self.external: list[Any] = []  # references of results from outside the batch (each awaited by its step)
+        self.sent = False
+        self.error: BaseException | None = None  # Ray refused the call (e.g. an argument that does not pickle)
 
 
 class RayBackend:
@@ -188,6 +223,14 @@ class RayBackend:
         self._probes: set[asyncio.Task[None]] = set()
         self._limits: dict[tuple[str, int], dict[str, BatchLimits]] = {}  # read at the last flush
         self._id = uuid.uuid4().hex[:12]  # actor names are unique per backend
+        # actor fusion: member deployment -> its group's name; graph node -> the nodes that read it
+        self._fused: dict[str, str] = {
+            name: group.name for group in (plan.fusion.groups if plan.fusion else ()) for name in group.deployments
+        }
+        self._consumers: dict[str, frozenset[str]] = {n.id: frozenset(n.consumers) for n in plan.nodes}
+        # places of finished calls, released on the loop (see _finished)
+        self._releases: collections.deque[tuple[_Router, _Replica]] = collections.deque()
+        self._release_pending = False
 
     # -- lifecycle ---------------------------------------------------------------------
     async def _connect(self) -> Any:
@@ -234,7 +277,7 @@ class RayBackend:
         ray = self._ray = await self._connect()
         try:
             nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-            check_fits(self.plan.deployments, ray_capacity(ray.cluster_resources(), nodes), self.plan.name)
+            check_fits(self._actor_units(), ray_capacity(ray.cluster_resources(), nodes), self.plan.name)
             await self._create_actors(ray)
             await self._wait_ready()
         except BaseException:
@@ -245,58 +288,110 @@ class RayBackend:
             self._poller = self._loop.create_task(self._poll_metrics(), name=f"graphserve-ray-metrics:{self.plan.name}")
 
     async def _create_actors(self, ray: Any) -> None:
-        from .ray_actor import ReplicaActor, ReplicaSpec
+        from .ray_actor import ReplicaActor
+        from .ray_fused import FusedActor, FusedSpec
 
         placement = Placement(self.plan, [n for n in ray.nodes() if n.get("Alive")])
-        creations: list[tuple[str, dict[str, Any], ReplicaSpec]] = []
+        creations: list[tuple[str, dict[str, Any], Any]] = []
+        units: list[str] = []  # a deployment, or a fused group (created where its first member would be)
         for name in construction_order(self.plan):
-            dep = self.plan.deployment(name)
-            target = self._shipped_target(dep)
-            handles = {
-                t: [self._actor_name(t, i) for i in range(self.plan.deployment(t).num_replicas)] for t in dep.handles
-            }
-            retries = {t: self.plan.deployment(t).max_retries for t in dep.handles}
-            for index in range(dep.num_replicas):
-                spec = ReplicaSpec(
-                    deployment=name,
-                    index=index,
-                    kind=dep.kind,
-                    target=target,
-                    init_args=dep.init_args,
-                    init_kwargs=dep.init_kwargs,
-                    handles=handles,
-                    retries=retries,
-                    batching=bool(dep.batching),
-                    batch_plans=list(dep.batching),
-                    threads=dep.max_ongoing_requests,
-                    handle_plans={t: self.plan.deployment(t) for t in dep.handles},
-                    namespace=self._namespace if self._shared else None,
-                    user_config=dep.user_config,
-                )
-                options = {
-                    **placement.options(name, index),
-                    **(self._actor_env if not self._initialized_here else {}),
-                    "max_concurrency": dep.max_ongoing_requests,
-                    "max_restarts": self._max_restarts,
-                    "max_task_retries": dep.max_retries,
-                }
-                creations.append((self._actor_name(name, index), options, spec))
+            unit = self._fused.get(name, name)
+            if unit not in units:
+                units.append(unit)
+        for unit in units:
+            group = next((g for g in self.plan.fusion.groups if g.name == unit), None) if self.plan.fusion else None
+            if group is None:
+                dep = self.plan.deployment(unit)
+                for index in range(dep.num_replicas):
+                    options = {**placement.options(unit, index), **self._actor_options(dep)}
+                    creations.append((self._actor_name(unit, index), options, self._spec(dep, index)))
+                continue
+            members = [m for m in construction_order(self.plan) if m in group.deployments]
+            plans = {m: self.plan.deployment(m) for m in members}
+            nodes = {n.id: n.deployment for n in self.plan.nodes if n.deployment in plans and not n.function}
+            for index in range(plans[members[0]].num_replicas):
+                options = placement.options(members[0], index)  # every member of replica i is on one node
+                options["num_cpus"] = sum(placement.options(m, index)["num_cpus"] for m in members)
+                options["num_gpus"] = sum(placement.options(m, index)["num_gpus"] for m in members)
+                options.update(self._actor_options(*plans.values()))
+                spec = FusedSpec(unit, index, [self._spec(plans[m], index) for m in members], plans, nodes)
+                creations.append((self._actor_name(unit, index), options, spec))
         if self._shared:
             actors = await self._attach(ray, creations)
         else:
-            actor_class = ray.remote(concurrency_groups={"control": 1})(ReplicaActor)
+            classes = {kind: ray.remote(concurrency_groups={"control": 1})(kind) for kind in (ReplicaActor, FusedActor)}
             actors = []
             for actor_name, options, spec in creations:
+                actor_class = classes[FusedActor if isinstance(spec, FusedSpec) else ReplicaActor]
                 try:
                     configured = actor_class.options(**options, name=actor_name)
                 except ValueError as exc:  # e.g. a local working_dir on a Ray this process had joined already
-                    raise DeploymentStartError(spec.deployment, f"Ray refused its actor options: {exc}") from None
+                    first = spec.members[0].deployment if isinstance(spec, FusedSpec) else spec.deployment
+                    raise DeploymentStartError(first, f"Ray refused its actor options: {exc}") from None
                 actors.append(configured.remote(spec))
-        by_deployment: dict[str, list[_Replica]] = {}
+        by_unit: dict[str, list[_Replica]] = {}
         for actor, (_, _, spec) in zip(actors, creations, strict=True):
-            by_deployment.setdefault(spec.deployment, []).append(_Replica(actor, spec.index))
-        for name, replicas in by_deployment.items():
-            self.routers[name] = _Router(self.plan.deployment(name), replicas)
+            unit = spec.group if isinstance(spec, FusedSpec) else spec.deployment
+            by_unit.setdefault(unit, []).append(_Replica(actor, spec.index))
+        for unit, replicas in by_unit.items():
+            group = next((g for g in self.plan.fusion.groups if g.name == unit), None) if self.plan.fusion else None
+            if group is None:
+                self.routers[unit] = _Router(self.plan.deployment(unit), replicas)
+                continue
+            router = _Router(_group_limits(group.name, [self.plan.deployment(m) for m in group.deployments]), replicas)
+            for member in group.deployments:  # every member routes to the group's replicas
+                self.routers[member] = router
+
+    def _actor_units(self) -> list[DeploymentPlan]:
+        """What each actor asks of the cluster: a deployment, or a fused group with its members'
+        resources summed (GS201 names the group when one of its actors fits on no node)."""
+        units = [d for d in self.plan.deployments if d.name not in self._fused]
+        for group in self.plan.fusion.groups if self.plan.fusion else ():
+            members = [self.plan.deployment(m) for m in group.deployments]
+            resources = ResourcesPlan(
+                num_cpus=sum(m.resources.num_cpus for m in members),
+                num_gpus=sum(m.resources.num_gpus for m in members),
+            )
+            name = f"{group.name} (fused)"
+            units.append(
+                DeploymentPlan(
+                    name=name, import_path="", kind="class", resources=resources, num_replicas=members[0].num_replicas
+                )
+            )
+        return units
+
+    def _spec(self, dep: DeploymentPlan, index: int) -> Any:
+        from .ray_actor import ReplicaSpec
+
+        handles = {
+            t: [self._actor_name(self._fused.get(t, t), i) for i in range(self.plan.deployment(t).num_replicas)]
+            for t in dep.handles
+        }
+        return ReplicaSpec(
+            deployment=dep.name,
+            index=index,
+            kind=dep.kind,
+            target=self._shipped_target(dep),
+            init_args=dep.init_args,
+            init_kwargs=dep.init_kwargs,
+            handles=handles,
+            retries={t: self.plan.deployment(t).max_retries for t in dep.handles},
+            batching=bool(dep.batching),
+            batch_plans=list(dep.batching),
+            threads=dep.max_ongoing_requests,
+            handle_plans={t: self.plan.deployment(t) for t in dep.handles},
+            namespace=self._namespace if self._shared else None,
+            user_config=dep.user_config,
+        )
+
+    def _actor_options(self, *deps: DeploymentPlan) -> dict[str, Any]:
+        """Ray options for the actor of ``deps`` (one deployment, or a fused group's members)."""
+        return {
+            **(self._actor_env if not self._initialized_here else {}),
+            "max_concurrency": sum(d.max_ongoing_requests for d in deps),
+            "max_restarts": self._max_restarts,
+            "max_task_retries": max(d.max_retries for d in deps),
+        }
 
     async def _attach(self, ray: Any, creations: list[Any]) -> list[Any]:
         """Shared mode: the graph's controller creates the replicas once; this ingress attaches to them."""
@@ -388,7 +483,7 @@ class RayBackend:
             probe.cancel()
         routers, self.routers = self.routers, {}
         controller, self._controller = self._controller, None
-        for router in routers.values():
+        for router in {id(r): r for r in routers.values()}.values():  # a fused group's router once
             router.close()
             if controller is not None or self._shared:  # the controller's, not this process's
                 continue
@@ -414,6 +509,8 @@ class RayBackend:
         """Start ``node``'s call on a replica; returns its RayValue without waiting for the result.
 
         ``span`` (a traced request): the actor also returns its record of the call (``span.record``)."""
+        if self._fused and span is None and deployment in self._fused:
+            return await self._submit_fused(node, deployment, method, args, kwargs)
         router = self.routers.get(deployment)
         loop = self._loop
         if router is None or loop is None:
@@ -421,7 +518,7 @@ class RayBackend:
         replica = router.try_acquire() or await router.acquire()
         parents: list[RayValue] = []
         if args:
-            args = tuple(_unwrap(a, parents) for a in args)
+            args = tuple([_unwrap(a, parents) for a in args])
         if kwargs:
             kwargs = {k: _unwrap(v, parents) for k, v in kwargs.items()}
         try:
@@ -435,14 +532,105 @@ class RayBackend:
             router.release(replica)
             raise
         value = RayValue(ref, node, deployment, replica, tuple(parents))
+        ref.future().add_done_callback(lambda _: self._finished(value, router, replica))
+        return value
+
+    def _finished(self, value: RayValue, router: _Router, replica: _Replica) -> None:
+        """A call's result exists (on a Ray thread): its place is released on the loop. Releases
+        that come while one wake-up of the loop is pending share it (one self-pipe write, not one
+        per call)."""
+        value.done = True
+        self._releases.append((router, replica))
+        if not self._release_pending and self._loop is not None:
+            self._release_pending = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to release
+                self._loop.call_soon_threadsafe(self._release_all)
+
+    def _release_all(self) -> None:
+        self._release_pending = False  # first: a release appended from now on wakes the loop again
+        releases = self._releases
+        while releases:
+            router, replica = releases.popleft()
+            router.release(replica)
+
+    async def _submit_fused(
+        self, node: str, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> RayValue:
+        """A fused member's call: joins the unsent batch of its group it reads from, else starts
+        one (sent at the end of this loop step, or when a result is needed outside the group)."""
+        from .ray_fused import EXTERNAL, STEP, VALUE
+
+        group = self._fused[deployment]
+        batch: _Batch | None = None
+        for arg in (*args, *kwargs.values()):
+            if type(arg) is RayValue and arg.batch is not None and not arg.batch.sent and arg.batch.group == group:
+                batch = arg.batch
+                break
+        if batch is None:
+            router = self.routers.get(deployment)
+            loop = self._loop
+            if router is None or loop is None:
+                raise GraphError(f"deployment {deployment!r} of graph {self.plan.name!r} is not running")
+            replica = router.try_acquire() or await router.acquire()
+            batch = _Batch(group, router, replica, self._send)
+            loop.call_soon(self._send, batch)
+        parents: list[RayValue] = []
+
+        def step_arg(arg: Any) -> tuple[int, Any]:
+            if type(arg) is RayValue:
+                parents.append(arg)
+                if arg.batch is batch:
+                    return STEP, arg.step
+                batch.external.append(_sent_ref(arg))
+                return EXTERNAL, len(batch.external) - 1
+            if isinstance(arg, (list, tuple, dict)):
+                return VALUE, _unwrap(arg, parents)
+            return VALUE, arg
+
+        step_args = tuple(step_arg(a) for a in args)
+        step_kwargs = {k: step_arg(v) for k, v in kwargs.items()} if kwargs else {}
+        value = RayValue(None, node, deployment, batch.replica, tuple(parents))
+        value.batch, value.step = batch, len(batch.steps)
+        batch.steps.append((node, deployment, method, step_args, step_kwargs))
+        batch.values.append(value)
+        return value
+
+    def _send(self, batch: _Batch) -> None:
+        """Send a fused group's gathered calls as one actor call (once; see :meth:`_submit_fused`)."""
+        if batch.sent:
+            return
+        batch.sent = True
+        router, replica, values = batch.router, batch.replica, batch.values
+        if not values:  # its first call failed before joining (an input that could not be sent)
+            router.release(replica)
+            return
+        inside = {v.node for v in values}
+        consumers = self._consumers
+        # a result goes back when something outside the batch may read it (a node the plan does not
+        # list, e.g. a driver-side handle's call, always does)
+        exports = tuple(i for i, v in enumerate(values) if v.node not in consumers or not consumers[v.node] <= inside)
+        exports = exports or (len(values) - 1,)
+        method = replica.steps_methods.get(len(exports))
+        if method is None:
+            method = replica.steps_methods[len(exports)] = replica.actor.steps.options(num_returns=len(exports))
+        try:
+            out = method.remote(batch.steps, exports, batch.external)  # nested: each step awaits its own
+        except Exception as exc:  # e.g. an argument that does not pickle: its readers fail naming the node
+            batch.error = exc
+            router.release(replica)
+            for value in values:
+                value.done = True
+            return
+        refs = [out] if len(exports) == 1 else out
+        for i, ref in zip(exports, refs, strict=True):
+            values[i].ref = ref
 
         def finished(_: Any) -> None:  # on a Ray thread
-            value.done = True
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to release
-                loop.call_soon_threadsafe(router.release, replica)
+            for value in values[:-1]:
+                value.done = True
+            self._finished(values[-1], router, replica)
 
-        ref.future().add_done_callback(finished)
-        return value
+        refs[-1].future().add_done_callback(finished)
 
     async def call(
         self,
@@ -467,7 +655,7 @@ class RayBackend:
         for value in values:
             if type(value) is RayValue:
                 try:
-                    value = await value.ref
+                    value = await (value.ref if value.ref is not None else _sent_ref(value))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # Ray's errors for this ref: mapped to the node that failed
@@ -485,8 +673,16 @@ class RayBackend:
 
         for value in values:
             if type(value) is RayValue and not value.done:
-                with contextlib.suppress(RayError):  # its task or actor is gone already, or Ray is
-                    self._ray.cancel(value.ref)
+                batch = value.batch
+                if batch is not None and not batch.sent:  # never sent: nothing runs, its place is free
+                    batch.sent = True
+                    batch.router.release(batch.replica)
+                    for unsent in batch.values:
+                        unsent.done = True
+                    continue
+                if value.ref is not None:
+                    with contextlib.suppress(RayError):  # its task or actor is gone already, or Ray is
+                        self._ray.cancel(value.ref)
 
     def _node_error(self, value: RayValue, exc: BaseException) -> NodeExecutionError:
         from ray.exceptions import RayActorError
@@ -580,20 +776,21 @@ class RayBackend:
         from ray.exceptions import RayError
 
         count = 0
-        for name, router in list(self.routers.items()):
-            batching = bool(self.plan.deployment(name).batching)
+        units = {id(router): router for router in self.routers.values()}  # a fused group's router once
+        batching = {self._fused.get(d.name, d.name) for d in self.plan.deployments if d.batching}
+        for router in list(units.values()):
             for replica in router.replicas:
                 try:
                     async with asyncio.timeout(5):
                         sizes, latencies = await replica.actor.drain_metrics.remote()
-                        limits = await replica.actor.batch_limits.remote() if batching else {}
+                        limits = await replica.actor.batch_limits.remote() if router.name in batching else {}
                 except (TimeoutError, RayError):  # a dead or busy replica: its numbers come next time
                     continue
-                if limits:
-                    self._limits[(name, replica.index)] = limits
+                for deployment, member_limits in limits.items():
+                    self._limits[(deployment, replica.index)] = member_limits
                 if self._on_batch is not None:
-                    for method, size in sizes:
-                        self._on_batch(name, method, size)
+                    for deployment, method, size in sizes:
+                        self._on_batch(deployment, method, size)
                 if self._on_latency is not None:
                     for node, seconds in latencies:
                         self._on_latency(node, seconds)
@@ -674,9 +871,26 @@ def _in_daemon_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyn
     return asyncio.wrap_future(future)
 
 
+def _group_limits(name: str, members: list[DeploymentPlan]) -> DeploymentPlan:
+    """The driver's limits for a fused group's replicas: up to the largest member's
+    ``max_ongoing_requests`` in flight, a queue as short as the shortest member's (each
+    member's own limits apply again inside the actor)."""
+    queues = [m.max_queued_requests for m in members if m.max_queued_requests >= 0]
+    return DeploymentPlan(
+        name=name,
+        import_path="",
+        kind="class",
+        max_ongoing_requests=max(m.max_ongoing_requests for m in members),
+        max_queued_requests=min(queues) if queues else -1,
+        max_retries=max(m.max_retries for m in members),
+    )
+
+
 def _unwrap(arg: Any, parents: list[RayValue]) -> Any:
     if type(arg) is RayValue:
         parents.append(arg)
+        if arg.ref is None:  # a fused call not sent yet: send its batch now
+            _sent_ref(arg)
         return arg.ref  # Ray resolves it in the worker: the driver never fetches it
     if isinstance(arg, (list, tuple, dict)):  # nested (a handle call's chained responses): the actor resolves them
         if isinstance(arg, dict):
@@ -684,6 +898,18 @@ def _unwrap(arg: Any, parents: list[RayValue]) -> Any:
         items = [_unwrap(v, parents) for v in arg]
         return items if isinstance(arg, list) else tuple(items)
     return arg
+
+
+def _sent_ref(value: RayValue) -> Any:
+    """``value``'s reference, its batch sent first if it is still gathering calls."""
+    batch = value.batch
+    if batch is not None and not batch.sent:
+        batch.send(batch)
+    if value.ref is None:
+        if batch is not None and batch.error is not None:
+            raise NodeExecutionError.wrapping(value.node, value.deployment, batch.error)
+        raise GraphError(f"node {value.node!r} was read outside its fused group but not sent back")  # pragma: no cover
+    return value.ref
 
 
 def _find(value: RayValue, match: Callable[[RayValue], bool]) -> RayValue | None:

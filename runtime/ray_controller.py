@@ -24,8 +24,9 @@ import ray
 from graphserve.errors import GraphError
 
 from .ray_actor import ReplicaActor, ReplicaSpec
+from .ray_fused import FusedActor, FusedSpec
 
-Creation = tuple[str, dict[str, Any], ReplicaSpec]  # actor name, Ray options, what it builds
+Creation = tuple[str, dict[str, Any], ReplicaSpec | FusedSpec]  # actor name, Ray options, what it builds
 
 
 def controller_name(graph: str) -> str:
@@ -51,8 +52,9 @@ class GraphController:
             )
         if self.fingerprint is None:
             remote: Any = ray.remote  # its overloads do not know concurrency_groups
-            actor_class = remote(concurrency_groups={"control": 1})(ReplicaActor)
+            classes = {kind: remote(concurrency_groups={"control": 1})(kind) for kind in (ReplicaActor, FusedActor)}
             for name, options, spec in creations:
+                actor_class = classes[FusedActor if isinstance(spec, FusedSpec) else ReplicaActor]
                 actor_class.options(**options, name=name, namespace=self.namespace, lifetime="detached").remote(spec)
             self.fingerprint = fingerprint
             self.names = [name for name, _, _ in creations]

@@ -152,6 +152,28 @@ def test_targets_pass_fail_and_missing():
     assert "**FAIL**" in table and "| pass |" in table
 
 
+def test_the_ray_targets_of_issue_17() -> None:
+    def peak(rps):
+        return {"closed": {"64": {"rps": rps, "error_count": 0, "latency_ms": {"p50": 1.0, "mean": 1.0}}}}
+
+    results = {
+        "systems": {
+            "ray": {"workloads": {"W1": peak(1000), "W2": peak(850)}},
+            "rayserve": {"workloads": {"W1": peak(250), "W2": peak(100)}},
+        },
+        "rayhop": {"ray_roundtrip_ms": 1.0, "per_node_ms": 1.2, "per_node_ms_fused": 0.3},
+    }
+    rows = {r["figure"]: r for r in report.evaluate_targets(results)}
+    ratio = rows["W2 (chain of 3) req/s / W1 req/s, graphserve Ray"]
+    assert ratio["measured"] == pytest.approx(0.85) and ratio["passed"] is True
+    assert rows["W1 req/s, graphserve Ray / Ray Serve"]["passed"] is False  # 4x, the bound is 5x
+    assert rows["W2 req/s, graphserve Ray / Ray Serve"]["passed"] is True
+    unfused = rows["per-hop overhead, Ray backend, unfused (graph nodes) / a raw Ray actor round trip"]
+    fused = rows["per-hop overhead, Ray backend, fused (graph nodes) / a raw Ray actor round trip"]
+    assert unfused["measured"] == pytest.approx(1.2) and unfused["passed"] is True and "1 ms" in unfused["note"]
+    assert fused["measured"] == pytest.approx(0.3) and fused["passed"] is False
+
+
 def _run_bench(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "latest.json"
     proc = subprocess.run(

@@ -56,6 +56,16 @@ def test_build_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
     assert f"{ROOT}/tests/graphs/branching.py:22: warning GS110: [Heavy] max_ongoing_requests=4" in out
 
 
+def test_build_prints_the_fused_groups_and_why_neighbours_were_kept_apart(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["build", "tests.graphs.fusion_graphs:app", "--cluster", "none"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long cells
+    assert "actor fusion (Ray backend)" in out and "a+b+c" in out
+    assert "in process instead of a Ray hop" in out and "never shares its process with another" in out
+    assert cli.main(["build", "tests.graphs.fusion_graphs:app", "--cluster", "none", "--no-fuse"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "a+b+c+gpu1" not in out and "fusion is off for this plan (--no-fuse)" in out
+
+
 def test_build_invalid_graph_exits_1_with_every_diagnostic(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["build", "tests.graphs.invalid:app"]) == 1
     captured = capsys.readouterr()

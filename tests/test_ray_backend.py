@@ -70,6 +70,20 @@ async def answered(runtime: GraphRuntime, request: Any, node: str = "Mortal.__ca
     pytest.fail(f"{node} did not come back")
 
 
+async def restarted(actor: Any, old_pid: int) -> None:
+    """Until Ray has restarted ``actor`` in a new process."""
+    from ray.exceptions import RayError
+
+    while True:
+        try:
+            pid, _ = await actor.ready.remote()
+        except RayError:  # dead, or restarting
+            pid = old_pid
+        if pid != old_pid:
+            return
+        await asyncio.sleep(0.05)
+
+
 # -- failures --------------------------------------------------------------------------
 async def test_a_dead_replica_fails_its_calls_naming_the_node_and_is_restarted(log: EventLog) -> None:
     with gs.InputNode() as inp:
@@ -148,7 +162,9 @@ async def test_a_restarted_replica_gets_its_handles_back(ray_cluster: Any) -> No
     async with running(gs.graph(out)) as runtime:
         assert await runtime.execute(1.0) == 10.0
         (caller,) = runtime.backend.actors("Caller")  # type: ignore[union-attr]
+        old_pid, _ = await caller.ready.remote()
         ray_cluster.kill(caller, no_restart=False)
+        await bounded(restarted(caller, old_pid), 60)  # a call sent before the kill lands may still answer
         await answered(runtime, 2.0, node="Caller.__call__")
         outcomes = [await bounded(runtime.execute(2.0)) for _ in range(3)]
     assert outcomes == [20.0] * 3

@@ -313,15 +313,14 @@ async def test_two_ingress_processes_share_the_replicas_and_one_dying_leaves_the
                 return {step["pid"] for a in answers for step in a.json()["path"]}
 
             seen_one, seen_two = await pids(url_one), await pids(url_two)
-            replicas = await asyncio.gather(
+            replicas = await asyncio.gather(  # First and Second are fused: one actor per replica
                 *(
-                    ray.get_actor(f"graphserve:chain:{d}:{i}", namespace="graphserve").ready.remote()
-                    for d in ("First", "Second")
+                    ray.get_actor(f"graphserve:chain:First+Second:{i}", namespace="graphserve").ready.remote()
                     for i in range(2)
                 )
             )
             assert seen_one | seen_two <= {pid for pid, _ in replicas}  # both answered from the one set
-            assert len({pid for pid, _ in replicas}) == 4
+            assert len({pid for pid, _ in replicas}) == 2
 
             statuses: list[int] = []
 
@@ -341,7 +340,7 @@ async def test_two_ingress_processes_share_the_replicas_and_one_dying_leaves_the
                 process.terminate()
                 await asyncio.wait_for(process.wait(), 60)
     # the killed ingress is still counted: the replicas stay until deleted
-    assert (await ray.get_actor("graphserve:chain:First:0", namespace="graphserve").ready.remote())[0] > 0
+    assert (await ray.get_actor("graphserve:chain:First+Second:0", namespace="graphserve").ready.remote())[0] > 0
     deleted = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -353,44 +352,63 @@ async def test_two_ingress_processes_share_the_replicas_and_one_dying_leaves_the
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await asyncio.wait_for(deleted.communicate(), 120)
-    assert deleted.returncode == 0 and "deleted (4 replicas)" in out.decode()
+    assert deleted.returncode == 0 and "deleted (2 replicas)" in out.decode()
     with pytest.raises(ValueError):
         ray.get_actor("graphserve:chain", namespace="graphserve")
 
 
+async def test_a_fused_group_whose_summed_resources_fit_on_no_node_is_refused_naming_it(nodes: Nodes) -> None:
+    from tests.graphs import fusion_graphs as f
+
+    plan = compile_app(f.chain(*f.stamps("a", "b", a={"num_cpus": 0.75}, b={"num_cpus": 0.75})))  # no nodes named
+    assert plan.fusion is not None and [g.name for g in plan.fusion.groups] == ["a+b"]
+    with pytest.raises(GraphValidationError, match=r"one replica of a\+b \(fused\) needs 1.5 cpus but no node"):
+        async with running(plan):
+            pass  # pragma: no cover - refused before any actor starts
+
+
 # -- a node dies under load (last: it removes node b, then adds a fresh node) ---------------------
-@pytest.mark.skip(reason="flaky on a loaded 2-core machine; see the issue note")
 async def test_a_node_removed_under_load_fails_its_calls_naming_the_node_and_the_graph_recovers(
     nodes: Nodes,
 ) -> None:
+    """Synchronised on events, never on time: calls are held on every replica before node b goes;
+    every call either answers or fails naming node b; every replica comes back on node a; calls
+    started after that all answer. Generous bounds (a loaded machine), but every wait is bounded."""
     plan = live_plan(cg.chain())
-    outcomes: list[tuple[float, BaseException | None]] = []
-    stop = asyncio.Event()
+    assert plan.fusion is not None and [g.deployments for g in plan.fusion.groups] == [["First", "Second"]]
+    outcomes: list[tuple[float, BaseException | None]] = []  # (when the call started, its error)
+    load = asyncio.Event()
     async with running(plan) as (runtime, backend):
+        group = backend.routers["First"]  # First and Second share one actor per replica (fused)
+        on_b = [r for r in group.replicas if r.ray_node == nodes.b.node_id]
+        assert len(on_b) == 1 and len(group.replicas) == 2  # one replica per worker
+
+        async def call(request: dict[str, Any]) -> BaseException | None:
+            try:
+                await asyncio.wait_for(runtime.execute(request), 120)  # nothing may hang
+            except NodeExecutionError as exc:
+                return exc
+            return None
 
         async def client() -> None:
-            while not stop.is_set() and len(outcomes) < 20_000:  # bounded, whatever happens
-                try:
-                    await asyncio.wait_for(runtime.execute({"x": 1}), 60)  # nothing may hang
-                    outcomes.append((time.monotonic(), None))
-                except NodeExecutionError as exc:
-                    outcomes.append((time.monotonic(), exc))
+            while len(outcomes) < 20_000:  # bounded, whatever happens
+                await load.wait()
+                started = time.monotonic()
+                outcomes.append((started, await call({"x": 1})))
 
         clients = [asyncio.ensure_future(client()) for _ in range(4)]
         try:
-            await until(lambda: len(outcomes) >= 20)  # under load
-            held = [asyncio.ensure_future(runtime.execute({"x": 1, "sleep": 4})) for _ in range(4)]
-            first = backend.routers["First"]
-            await until(lambda: all(r.ongoing >= 2 for r in first.replicas))  # held calls on both nodes
+            load.set()
+            await until(lambda: len(outcomes) >= 20, 120)  # under load
+            load.clear()  # pause the clients while the held calls take one place on each replica
+            await until(lambda: group.ongoing == 0, 120)
+            held = [asyncio.ensure_future(call({"x": 1, "sleep": 5})) for _ in range(2)]
+            await until(lambda: all(r.ongoing == 1 for r in group.replicas), 120)
+            load.set()
             removed_at = time.monotonic()
             await asyncio.to_thread(nodes.cluster.remove_node, nodes.b, False)  # killed, not drained
-            results = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), 60)
-            failed = [r for r in results if isinstance(r, BaseException)]
-            assert failed, results
-            for error in failed:
-                # the replica that died may be First's on node b, or Second's on b called from First on a
-                assert isinstance(error, NodeExecutionError) and error.deployment in ("First", "Second")
-                assert "died" in str(error) and nodes.b.node_id in str(error)
+            results = await asyncio.wait_for(asyncio.gather(*held), 180)
+            assert sum(error is not None for error in results) == 1, results  # the one held on node b
 
             async def recovered() -> float:
                 while True:  # every replica answers again, each on the remaining worker
@@ -403,18 +421,20 @@ async def test_a_node_removed_under_load_fails_its_calls_naming_the_node_and_the
                         return time.monotonic()
                     await asyncio.sleep(0.05)
 
-            back_at = await asyncio.wait_for(recovered(), 60)
-            count = len(outcomes)
-            await until(lambda: len(outcomes) >= count + 40)
+            back_at = await asyncio.wait_for(recovered(), 180)
+            await until(lambda: sum(started > back_at for started, _ in outcomes) >= 40, 120)
         finally:
-            stop.set()
             for task in clients:
                 task.cancel()
             await asyncio.gather(*clients, return_exceptions=True)
 
-    after = [error for t, error in outcomes[count:]]
-    assert after and all(error is None for error in after)  # serves fully again
-    print(json.dumps({"node_removed_recovery_s": round(back_at - removed_at, 2)}))
+    errors = [error for error in [*results, *(e for _, e in outcomes)] if error is not None]
+    for error in errors:  # every failure names the replica that died and node b, never anything else
+        assert isinstance(error, NodeExecutionError) and error.deployment in ("First", "Second"), error
+        assert "died" in str(error) and nodes.b.node_id in str(error), error
+    after = [error for started, error in outcomes if started > back_at]
+    assert len(after) >= 40 and all(error is None for error in after)  # serves fully again
+    print(json.dumps({"node_removed_recovery_s": round(back_at - removed_at, 2), "failed_calls": len(errors)}))
 
     fresh = nodes.cluster.add_node(num_cpus=1, labels={"zone": "c"})  # a node added later takes new replicas
     nodes.cluster.wait_for_nodes()

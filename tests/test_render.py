@@ -172,3 +172,19 @@ def test_svg_is_deterministic_and_png_is_a_png(plan: Plan, tmp_path: Path) -> No
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     svg = render_to_file(plan, tmp_path / "graph.out", fmt="svg").read_bytes()
     assert svg.lstrip().startswith(b"<?xml") and b"<svg" in svg
+
+
+# -- actor fusion --------------------------------------------------------------------------
+def test_a_fused_group_is_drawn_as_one_box_around_its_calls() -> None:
+    from tests.graphs import fusion_graphs
+
+    fused = compile_app(fusion_graphs.app)
+    text = to_dot(fused)
+    box = text[text.index("subgraph cluster_fused_0 {") :]
+    box = box[: box.index("  }")]
+    assert 'label="one Ray actor: a+b+c+gpu1 (fused, 3 hop(s) saved)"' in box
+    assert all(f'"{n}.__call__" [' in box for n in ("a", "b", "c", "gpu1"))
+    assert '"gpu2.__call__" [' not in box and "cluster_fused_1" not in text  # a second GPU deployment stays out
+    if shutil.which("dot") is not None:
+        clusters = _svg(render(fused, "svg"))["cluster"]
+        assert "one Ray actor: a+b+c+gpu1 (fused, 3 hop(s) saved)" in clusters["cluster_fused_0"]["texts"]
