@@ -60,6 +60,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--open-duration", type=float, default=None, help="seconds of the fixed-rate run (default 5)")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="where the JSON goes")
+    p.add_argument(
+        "--merge-into",
+        type=Path,
+        default=None,
+        help="update this earlier run's JSON with the workloads and systems measured now (the rest\n"
+        "is kept; the file records what was re-measured, when and at which commit) and write it to --out",
+    )
     p.add_argument("--sim-out", type=Path, default=RESULTS / "sim.json", help="where the simulator's results go")
     p.add_argument("--sim-duration", type=float, default=None, help="sim: seconds per run (default 10)")
     p.add_argument(
@@ -192,6 +199,33 @@ def run_paired(systems: list[str], args: argparse.Namespace, log_dir: Path) -> d
     return outs
 
 
+def merged(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """``earlier`` with the workloads of the systems measured ``now`` replaced, and a record of it
+    in ``remeasured`` (when, which commit, what, the load average)."""
+    out = dict(earlier)
+    systems = {name: dict(system) for name, system in earlier.get("systems", {}).items()}
+    for name, system in now.get("systems", {}).items():
+        target = systems.setdefault(name, {"label": system.get("label"), "workloads": {}})
+        target["workloads"] = {**target.get("workloads", {}), **system.get("workloads", {})}
+    out["systems"] = systems
+    for extra in ("hop", "coldstart"):
+        if extra in now:
+            out[extra] = now[extra]
+    out["remeasured"] = [
+        *earlier.get("remeasured", []),
+        {
+            "started": now["started"],
+            "git_commit": now["machine"].get("git_commit"),
+            "git_dirty": now["machine"].get("git_dirty"),
+            "systems": list(now.get("systems", {})),
+            "workloads": now["config"]["workloads"],
+            "extras": now["config"]["extras"],
+            "load": now["load"],
+        },
+    ]
+    return out
+
+
 def measure_open(server: servers.Server, wid: str, args: argparse.Namespace, res: dict[str, Any]) -> None:
     """The fixed-rate runs (below 90% of the closed-loop peak), then a check of the answers."""
     url, bodies, system = server.url(wid), _bodies(wid), server.system
@@ -297,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             results["coldstart"] = {"error": str(exc)}
     results["load"]["after"] = [round(x, 2) for x in os.getloadavg()]
     results["elapsed_s"] = round(time.time() - started, 1)
+    if args.merge_into is not None:
+        results = merged(orjson.loads(args.merge_into.read_bytes()), results)
     results["targets"] = report.evaluate_targets(results)
     table = report.markdown(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -164,6 +164,14 @@ def performance(results: dict[str, Any]) -> str:
         "Closed loop: req/s (p50 ms)",
         "",
     ]
+    for again in results.get("remeasured", []):
+        what = ", ".join(again["workloads"] + again["extras"])
+        dirty = " with local changes" if again.get("git_dirty") else ""
+        lines[0] += (
+            f" Re-measured later ({again['started'][:16].replace('T', ' ')}, commit {again.get('git_commit') or '?'}"
+            f"{dirty}; load average {again['load']['before'][0]} before): "
+            f"{what} on {', '.join(LABELS[s] for s in again['systems'])}."
+        )
     config = results.get("config", {})
     if config.get("paired_rounds"):
         lines[-2] = (
