@@ -208,7 +208,7 @@ def merged(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
         target = systems.setdefault(name, {"label": system.get("label"), "workloads": {}})
         target["workloads"] = {**target.get("workloads", {}), **system.get("workloads", {})}
     out["systems"] = systems
-    for extra in ("hop", "coldstart"):
+    for extra in EXTRAS:
         if extra in now:
             out[extra] = now[extra]
     out["remeasured"] = [
