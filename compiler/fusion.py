@@ -24,7 +24,12 @@ The rules (the first that fails is the reason two neighbours are kept apart):
    interpreter, so two CPU-heavy members would lose the parallelism their CPUs pay for
    (light members, the default ``num_cpus=0``, cost nothing to share);
 6. every replica of the two is planned on the same cluster node (replica *i* of each): a
-   fused actor never spans a planned node boundary.
+   fused actor never spans a planned node boundary;
+7. no two members run side by side for a request (calls neither of which feeds the other,
+   such as the branches of a fan-out): the Ray backend sends such calls into a group one
+   actor call each, so a group of them would save no hop and only put in one process what
+   separate actors run in parallel; nor does a member that also waits for a deployment
+   outside the group (a join): its call is an actor call of its own either way.
 
 The result is :class:`~graphserve.plan.FusionPlan` on the plan: each group with the hops it
 saves and its reason in words, and each pair of neighbours kept apart with the rule that
@@ -130,7 +135,64 @@ def _refusal(plan: Plan, left: list[str], right: list[str], a: str, b: str) -> s
     boundary = _node_boundary(plan, left, right)
     if boundary is not None:
         return boundary
+    return _side_by_side(plan, left, right) or _waits_outside(plan, left + right)
+
+
+def _side_by_side(plan: Plan, left: list[str], right: list[str]) -> str | None:
+    """Rule 7: a member of ``left`` and one of ``right`` with calls neither of which feeds the other."""
+    above = _upstream_calls(plan)
+    calls: dict[str, list[str]] = {}
+    for node in plan.nodes:
+        if node.kind == "call" and node.deployment and not node.function:
+            calls.setdefault(node.deployment, []).append(node.id)
+    for x in left:
+        for y in right:
+            for cx in calls.get(x, []):
+                for cy in calls.get(y, []):
+                    if cx not in above[cy] and cy not in above[cx]:
+                        return (
+                            f"{x} and {y} run side by side for a request (neither feeds the other): their calls would "
+                            "still go into one actor one by one, saving no hop, and share one process instead of two"
+                        )
     return None
+
+
+def _waits_outside(plan: Plan, members: list[str]) -> str | None:
+    """Rule 7's join: a member whose call takes the value of another deployment's call outside ``members``."""
+    deployment_of = {n.id: n.deployment for n in plan.nodes if n.kind == "call" and n.deployment and not n.function}
+    inside = set(members)
+    feeding: dict[str, set[str]] = {}  # node -> the deployment calls whose values reach it directly
+    for node in plan.nodes:
+        direct = set(node.inputs) | set(_node_refs([*node.args, *node.kwargs.values()]))
+        direct |= {term.switch for terms in node.guard or [] for term in terms}
+        found: set[str] = set()
+        for ref in direct:
+            found |= {ref} if ref in deployment_of else feeding.get(ref, set())
+        feeding[node.id] = found
+    for node in plan.nodes:
+        if deployment_of.get(node.id) not in inside:
+            continue
+        fed_by = {deployment_of[u] for u in feeding[node.id]}
+        outside = sorted(fed_by - inside)
+        if outside and fed_by & inside:
+            return (
+                f"{node.deployment} also waits for {', '.join(outside)} outside the group: its call would be an "
+                "actor call of its own either way"
+            )
+    return None
+
+
+def _upstream_calls(plan: Plan) -> dict[str, set[str]]:
+    """For each node, every node it depends on, directly or not (the plan's nodes are in graph order)."""
+    above: dict[str, set[str]] = {}
+    for node in plan.nodes:
+        direct = set(node.inputs) | set(_node_refs([*node.args, *node.kwargs.values()]))
+        direct |= {term.switch for terms in node.guard or [] for term in terms}  # a branch waits for its switch
+        found = set(direct)
+        for ref in direct:
+            found |= above.get(ref, set())
+        above[node.id] = found
+    return above
 
 
 def _node_boundary(plan: Plan, left: list[str], right: list[str]) -> str | None:

@@ -107,3 +107,13 @@ def test_the_fusion_survives_json_byte_for_byte_and_a_version_1_plan_still_reads
         del dep["fuse"]
     legacy = Plan.from_json(json.dumps(old))
     assert legacy.fusion is None and legacy.fused_group("a") is None
+
+
+def test_branches_side_by_side_and_a_join_waiting_outside_are_kept_apart() -> None:
+    plan = compile_app(f.fan_out_and_join())
+    apart = kept_apart(plan)
+    # the first branch fuses with its producer; the second runs side by side with the first: apart
+    assert groups(plan) == [["first", "branch0"]]
+    assert "branch0 and branch1 run side by side" in apart[("first", "branch1")]
+    # the join waits for both branches: fused with one, its call would still be an actor call of its own
+    assert "join also waits for" in apart[("branch0", "join")]

@@ -78,3 +78,18 @@ with gs.InputNode() as _inp:
     for _stage in (*stamps("a", "b", "c"), *stamps("gpu1", "gpu2", gpu1={"num_gpus": 1}, gpu2={"num_gpus": 1})):
         _trail = _stage.__call__.bind(_trail)
     app = gs.graph(_trail, name="fusion")
+
+
+@gs.deployment
+class Merge:
+    async def __call__(self, *trails: list[Any]) -> list[Any]:
+        return [item for trail in trails for item in trail]
+
+
+def fan_out_and_join(width: int = 2) -> gs.App:
+    """``first`` feeds ``width`` branches side by side, which ``join`` merges."""
+    with gs.InputNode() as inp:
+        first = Stamp.options(name="first").bind("first").__call__.bind(inp)
+        branches = [Stamp.options(name=f"branch{i}").bind(f"branch{i}").__call__.bind(first) for i in range(width)]
+        out = Merge.options(name="join").bind().__call__.bind(*branches)
+    return gs.graph(out, name="fan")
