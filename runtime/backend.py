@@ -31,6 +31,11 @@ BatchLimits = dict[str, float | int | bool | None]  # one batcher's current limi
 class Backend(Protocol):
     """Start a Plan's deployments, call them, stop them; see the module docstring."""
 
+    #: Whether :meth:`cancel` has calls to cancel. False where a call stops with the
+    #: executor's task that awaits it (the local backend): the executor then keeps no list
+    #: of a request's calls (one step less per call) and cancels with an empty one.
+    cancels_calls: bool
+
     async def start(self) -> None:
         """Construct every replica; raise DeploymentStartError naming a failing deployment."""
         ...

@@ -5,7 +5,9 @@ needs it, and all missing inputs of a node are started together, so independent 
 run concurrently and a node starts as soon as its inputs are ready. A switch evaluates
 its selector first and then *only* the selected branch: nodes that feed only untaken
 branches are never started (the plan's guards say which those are). A node read by
-several consumers is computed once per request.
+several consumers is computed once per request. A chain of deployment calls, each read
+only by the next through its one node input, runs in the frame of its last call, one call
+after the other (one coroutine for the chain, not one per node).
 
 Each node is compiled once into an :class:`_Op` whose ``compute`` is the method for
 its kind. Deployment calls go to the backend's :meth:`~Backend.submit`, whose value
@@ -68,7 +70,7 @@ class _Run:
     def __init__(self, input_id: str, request: Any, trace: Trace | None) -> None:
         self.values: dict[str, Any] = {input_id: request}
         self.shared: dict[str, asyncio.Future[Any]] = {}  # nodes several consumers read, while computed
-        self.submitted: list[Any] = []  # values of the backend calls this request started
+        self.submitted: list[Any] = []  # values of the backend calls this request started (to cancel)
         self.trace = trace
 
 
@@ -77,6 +79,7 @@ class _Op:
 
     __slots__ = (
         "arms",
+        "chain",
         "compute",
         "default",
         "deployment",
@@ -91,6 +94,7 @@ class _Op:
         "needs",
         "node",
         "one",
+        "only_arg",
         "positional",
         "selector",
         "shared",
@@ -101,6 +105,7 @@ class _Op:
         self.node = node
         self.id = node.id
         self.compute = compute
+        self.chain: tuple[_Op, ...] = (self,)  # a deployment call: the calls it runs, itself last
         args = [_ref(a) for a in node.args]
         self.kwargs = {k: _ref(v) for k, v in node.kwargs.items()}
         self.positional = _positional(args)
@@ -108,6 +113,7 @@ class _Op:
         refs = [*args, *self.kwargs.values()]
         self.needs = tuple(dict.fromkeys(ref for is_node, ref in refs if is_node))
         self.one = self.needs[0] if len(self.needs) == 1 else None  # the only node read (chains)
+        self.only_arg = self.one if args == [(True, self.one)] and not self.kwargs else None  # ...as the only argument
         self.shared = len(node.consumers) > 1
         self.deployment = node.deployment or ""
         self.method = node.method or "__call__"
@@ -150,6 +156,7 @@ class GraphExecutor:
         self.plan = plan
         self.backend = backend
         self.observer: ExecutionObserver | None = None  # told about every call and switch (the profiler)
+        self._keep_values = backend.cancels_calls  # else a failed request has no calls to cancel
         self.input_id = plan.input
         self.output_id = plan.output
         self._schema = load_target(plan.resolve(plan.input_schema)) if plan.input_schema else None
@@ -172,6 +179,22 @@ class GraphExecutor:
                 op.fn = operator.getitem if node.access == "item" else _getattr_or_item
                 op.from_input = op.needs == (plan.input,)
             self.ops[node.id] = op
+        for op in self.ops.values():
+            if op.compute == self._call:
+                op.chain = self._chain(op)
+
+    def _chain(self, op: _Op) -> tuple[_Op, ...]:
+        """``op`` and the deployment calls before it that only it reads, through single node
+        inputs, first one first: a chain ``a -> b -> op`` runs in ``op``'s frame (``_call``).
+        A call read by one node is computed only when that node is (never before, never by
+        another), so its consumer can run it."""
+        chain = [op]
+        while chain[-1].one is not None:
+            before = self.ops.get(chain[-1].one)
+            if before is None or before.shared or before.compute != self._call:
+                break
+            chain.append(before)
+        return tuple(reversed(chain))
 
     # -- entry -------------------------------------------------------------------------
     def validate_request(self, request: Any) -> Any:
@@ -266,30 +289,45 @@ class GraphExecutor:
             raise
 
     async def _call(self, op: _Op, run: _Run) -> Any:
-        """A deployment call: submitted to the backend, its value passed on as it is."""
+        """A deployment call, after the calls of its chain (``op.chain``), all in this frame (no
+        coroutine per link): each submitted to the backend, its value passed on as it is."""
         values = run.values
-        one = op.one
+        chain = op.chain
+        first = chain[0]
+        one = first.one
         if one is not None:  # the common case, inline: a node with one node input
             if one not in values:
-                await self._eval(one, run)
-        elif op.needs:
-            pending = self._missing(op.needs, run)
+                source = self.ops[one]  # _eval, inline
+                await (self._shared(source, run) if source.shared else source.compute(source, run))
+        elif first.needs:
+            pending = self._missing(first.needs, run)
             if pending is not None:
                 await pending
-        args = op.positional(values)
-        kwargs = {k: values[ref] if is_node else ref for k, (is_node, ref) in op.kwargs.items()} if op.kwargs else _NONE
-        if self.observer is not None:
-            return await self._call_observed(op, run, args, kwargs, self.observer)
-        if run.trace is not None:
-            return await self._call_traced(op, run, args, kwargs, run.trace)
-        try:
-            value = await self.backend.submit(op.id, op.deployment, op.method, args, kwargs)
-        except (RequestError, asyncio.CancelledError):
-            raise
-        except Exception as exc:  # the deployment's own failure: named after its node
-            raise _node_error(op, exc) from exc
-        run.submitted.append(value)
-        values[op.id] = value
+        submit = self.backend.submit
+        value = None
+        for link in chain:
+            only_arg = link.only_arg
+            args = (values[only_arg],) if only_arg is not None else link.positional(values)
+            kwargs = (
+                {k: values[ref] if is_node else ref for k, (is_node, ref) in link.kwargs.items()}
+                if link.kwargs
+                else _NONE
+            )
+            if self.observer is not None:
+                value = await self._call_observed(link, run, args, kwargs, self.observer)
+                continue
+            if run.trace is not None:
+                value = await self._call_traced(link, run, args, kwargs, run.trace)
+                continue
+            try:
+                value = await submit(link.id, link.deployment, link.method, args, kwargs)
+            except (RequestError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # the deployment's own failure: named after its node
+                raise _node_error(link, exc) from exc
+            if self._keep_values:
+                run.submitted.append(value)
+            values[link.id] = value
         return value
 
     async def _call_observed(
@@ -307,7 +345,8 @@ class GraphExecutor:
                 raise
             except Exception as exc:  # the deployment's own failure: named after its node
                 raise _node_error(op, exc) from exc
-            run.submitted.append(value)
+            if self._keep_values:
+                run.submitted.append(value)
             run.values[op.id] = value
         observer.call_finished(op.id, args, kwargs, started, time.perf_counter())
         return value
@@ -330,7 +369,8 @@ class GraphExecutor:
         finally:
             CURRENT.reset(token)
         span.finish()
-        run.submitted.append(value)
+        if self._keep_values:
+            run.submitted.append(value)
         run.values[op.id] = value
         return value
 

@@ -9,15 +9,16 @@ call's place is freed when the call has really ended: a sync call past its reque
 deadline keeps it until its thread returns, while the request is answered 504 on time. A call's value is its result, so
 :meth:`LocalBackend.fetch` has nothing to do and :meth:`LocalBackend.cancel` nothing
 to cancel (the executor cancels its own tasks, which stops the calls they await).
-A graph node's call is timed here and reported to ``on_latency``.
+A graph node's call is timed here and reported to that node's observer (``node_latency(node)``,
+asked once per node: the node's latency histogram's ``observe``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from graphserve.errors import DeploymentStartError, NodeExecutionError, RequestError
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     from .backend import Backend
     from .tracing import NodeSpan
 
-#: ``on_latency(node, seconds)``: how long each call of a graph node took.
-LatencyObserver = Callable[[str, float], None]
+#: ``observe(seconds)``: how long one call of a graph node took.
+NodeLatency = Callable[[float], None]
 #: ``on_batch(deployment, method, size)``: every batch a ``@gs.batch`` method sent.
 BatchObserver = Callable[[str, str, int], None]
 
@@ -41,18 +42,21 @@ BatchObserver = Callable[[str, str, int], None]
 class LocalBackend:
     """Runs a Plan's deployments in this process (the embedded default); a :class:`Backend`."""
 
+    cancels_calls = False  # a call stops with the executor's task that awaits it
+
     def __init__(
         self,
         plan: Plan,
         handle_factory: HandleFactory | None = None,
         on_batch: BatchObserver | None = None,
-        on_latency: LatencyObserver | None = None,
+        node_latency: Callable[[str], NodeLatency] | None = None,
     ) -> None:
         self.plan = plan
         self.routers: dict[str, ReplicaRouter[Replica]] = {}
         self._handle_factory: HandleFactory = handle_factory or (lambda name: None)
         self._on_batch = on_batch
-        self._on_latency = on_latency
+        self._node_latency = node_latency  # node -> its latency observer (asked once per node)
+        self._latency: dict[str, NodeLatency] = {}
         self._running = False
 
     async def start(self) -> None:
@@ -76,56 +80,61 @@ class LocalBackend:
                 replica.on_free = router.wake  # a cancelled sync call's place is free: hand it on
         self._running = True
 
-    async def _invoke(
+    async def submit(
         self,
-        node: str | None,
+        node: str,
         deployment: str,
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         span: NodeSpan | None = None,
     ) -> Any:
-        """Run the call on the least-loaded replica (acquire, mark the span, invoke, release) and
-        return its result. A graph ``node``'s call is timed and reported to ``on_latency``; a
-        handle's call (``node`` None) has the deployment's own failure wrapped, named after the method."""
+        """A graph node's call (the hot path) on the least-loaded replica: acquire, mark the span,
+        invoke, release; timed, its seconds reported to the node's own latency observer. The
+        deployment's failure passes as it is (the executor names the node)."""
         router = self.routers[deployment]
         replica = router.try_acquire() or await router.acquire()
         if span is not None:
             span.replica = replica.index
-        on_latency = self._on_latency if node is not None else None
-        start = time.perf_counter() if on_latency is not None else 0.0
+        start = perf_counter()
         try:
             return await replica.invoke(method, args, kwargs)
-        except (RequestError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            if node is not None:  # a graph node's failure: the executor names the node
-                raise
-            raise NodeExecutionError.wrapping(f"{deployment}.{method}", deployment, exc) from exc
         finally:
             router.release(replica)
-            if on_latency is not None and node is not None:
-                on_latency(node, time.perf_counter() - start)
+            (self._latency.get(node) or self._latency_observer(node))(perf_counter() - start)
 
-    #: A graph node's call (the hot path: no frame of its own).
-    submit = _invoke
+    def _latency_observer(self, node: str) -> NodeLatency:
+        """Where ``node``'s call times go (asked of ``node_latency`` once per node)."""
+        observe = self._latency[node] = self._node_latency(node) if self._node_latency is not None else _ignore
+        return observe
 
-    async def fetch(self, values: list[Any]) -> list[Any]:
-        return values
-
-    def call(
+    async def call(
         self,
         deployment: str,
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         span: NodeSpan | None = None,
-    ) -> Coroutine[Any, Any, Any]:
-        """A handle's call (not a graph node: no node latency is observed). A plain function
-        returning the coroutine, so a handle's hop adds no frame."""
-        return self._invoke(None, deployment, method, args, kwargs, span)
+    ) -> Any:
+        """A handle's call (not a graph node: not timed); the deployment's own failure is
+        wrapped, named after the method."""
+        router = self.routers[deployment]
+        replica = router.try_acquire() or await router.acquire()
+        if span is not None:
+            span.replica = replica.index
+        try:
+            return await replica.invoke(method, args, kwargs)
+        except (RequestError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise NodeExecutionError.wrapping(f"{deployment}.{method}", deployment, exc) from exc
+        finally:
+            router.release(replica)
 
-    def cancel(self, values: list[Any]) -> None:
+    async def fetch(self, values: list[Any]) -> list[Any]:
+        return values
+
+    def cancel(self, values: list[Any]) -> None:  # the executor's own tasks stop the calls
         return None
 
     def load(self) -> dict[str, DeploymentLoad]:
@@ -162,6 +171,10 @@ class LocalBackend:
                 close_batchers(replica.instance)  # a batched function deployment keeps them on itself
                 replica.close()
         self.routers.clear()
+
+
+def _ignore(seconds: float) -> None:
+    return None
 
 
 def _batch_observer(on_batch: BatchObserver, deployment: str) -> Callable[[str, int], None]:

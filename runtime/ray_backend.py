@@ -174,6 +174,8 @@ class _Batch:
 class RayBackend:
     """Runs a Plan's deployments as Ray actors (a :class:`Backend`); see the module docstring."""
 
+    cancels_calls = True  # a call runs in its actor until cancelled there
+
     def __init__(
         self,
         plan: Plan,

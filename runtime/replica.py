@@ -180,7 +180,7 @@ class Replica:
         the loop (no frame of ours around it), else the call in the thread pool."""
         fn, is_async = self._methods.get(name) or self.method(name)
         if is_async:
-            result: Awaitable[Any] = fn(*args, **kwargs)
+            result: Awaitable[Any] = fn(*args, **kwargs) if kwargs else fn(*args)  # no empty dict made
             return result
         return self.run_sync(fn, args, kwargs)
 

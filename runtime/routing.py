@@ -56,6 +56,7 @@ class ReplicaRouter(Generic[R]):
     def __init__(self, plan: DeploymentPlan, replicas: list[R]) -> None:
         self.name = plan.name
         self.replicas = replicas
+        self._only = replicas[0] if len(replicas) == 1 else None  # one replica: no choice to make
         self.limit = plan.max_ongoing_requests
         self.max_queued = plan.max_queued_requests
         self.retries = plan.max_retries
@@ -102,8 +103,7 @@ class ReplicaRouter(Generic[R]):
         """A replica with a slot reserved for the caller, if one is free and nobody waits (else None)."""
         if self._waiters or self.closed:
             return None
-        replicas = self.replicas
-        replica = replicas[0] if len(replicas) == 1 else self._pick()  # one replica: no choice to make
+        replica = self._only or self._pick()
         if replica is None or replica.ongoing >= self.limit:
             return None
         replica.ongoing += 1

@@ -9,7 +9,7 @@ await runtime.stop()
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from graphserve.errors import GraphError
@@ -54,7 +54,7 @@ class GraphRuntime:
             from .local import LocalBackend
 
             return LocalBackend(
-                self.plan, handle_factory=self.handle, on_batch=self._on_batch, on_latency=self._on_latency
+                self.plan, handle_factory=self.handle, on_batch=self._on_batch, node_latency=self._node_latency_observer
             )
         if spec == "ray":
             from .ray_backend import RayBackend  # optional extra: imported only when asked for
@@ -71,13 +71,18 @@ class GraphRuntime:
         )
 
     def _on_latency(self, node: str, seconds: float) -> None:
-        """A call's latency, measured by the backend where it ran (the local backend per call;
-        Ray actors report theirs every metrics interval)."""
+        """A call's latency, measured by the backend where it ran (Ray actors report theirs
+        every metrics interval; the local backend observes each call through
+        :meth:`_node_latency_observer`)."""
+        self._node_latency_observer(node)(seconds)
+
+    def _node_latency_observer(self, node: str) -> Callable[[float], None]:
+        """``node``'s latency histogram's ``observe`` (the local backend asks once per node)."""
         series = self._node_latency.get(node)
         if series is None:
             labels = (("graph", self.plan.name), ("node", node))
             series = self._node_latency[node] = self.metrics.series("graphserve_node_latency_seconds", labels)
-        series.observe(seconds)
+        return series.observe
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()

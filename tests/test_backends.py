@@ -264,6 +264,29 @@ async def test_glue_failure_is_named(backend: str) -> None:
         assert info.value.node == "explode" and info.value.deployment is None
 
 
+async def test_chains_of_calls_run_each_call_once_and_name_a_failing_link(backend: str, log: EventLog) -> None:
+    # a chain (each call read only by the next) runs in its last call's frame; a call read
+    # twice ends a chain (computed once), and a failing link is named, the ones after it never run
+    def count(name: str, x: Any) -> Any:
+        return g.Count.options(name=name.title()).bind(name, log.path).__call__.bind(x)
+
+    with gs.InputNode() as inp:
+        shared = g.Echo.options(name="Shared").bind().text.bind(count("first", inp))
+        then = g.Echo.options(name="Second").bind().text.bind(count("then", shared))
+        ok = gs.graph({"a": g.Echo.options(name="Last").bind().text.bind(then), "b": shared}, name="ok")
+    with gs.InputNode() as inp:
+        joined = g.Echo.options(name="Join").bind().text.bind(count("before", inp))
+        bad = gs.graph(count("after", count("never", g.Fails.bind().__call__.bind(joined))), name="bad")
+    async with running(ok, backend) as runtime:
+        assert await runtime.execute("x") == {"a": "then", "b": "first"}
+        assert [log.count(n) for n in ("first", "then")] == [1, 1]
+    async with running(bad, backend) as runtime:
+        with pytest.raises(NodeExecutionError) as info:
+            await runtime.execute("y")
+        assert info.value.node == "Fails.__call__" and "bad input 'before'" in str(info.value)
+        assert [log.count(n) for n in ("before", "never", "after")] == [1, 0, 0]
+
+
 async def test_failing_constructor_names_the_deployment(backend: str) -> None:
     with gs.InputNode() as inp:
         out = g.BrokenInit.bind().__call__.bind(inp)

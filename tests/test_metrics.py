@@ -34,6 +34,18 @@ def test_a_lazy_histogram_counts_what_an_eager_one_would(count: int) -> None:
     assert hist.count == count and hist.sum == pytest.approx(sum(values))
 
 
+@pytest.mark.parametrize(("low", "high"), [(0.0, 0.00001), (0.001, 0.0025), (10.0, 50.0)])
+def test_a_fold_of_values_in_one_bucket_counts_them_there(low: float, high: float) -> None:
+    rng = random.Random(7)  # all in (low, high], the bound itself included; the last: above every bound
+    values = [high if i % 10 == 0 else rng.uniform(low, high) or high for i in range(Histogram.PENDING_MAX + 3)]
+    hist = Histogram(LATENCY_BUCKETS)
+    for value in values:
+        hist.observe(value)
+    hist.observe(0.3)  # one more, in another bucket: folded with the 2 values still waiting
+    assert hist.counts == eager([*values, 0.3], LATENCY_BUCKETS)
+    assert hist.count == len(values) + 1 and hist.sum == pytest.approx(sum(values) + 0.3)
+
+
 def test_values_on_a_bound_fall_in_its_bucket_in_the_text() -> None:
     metrics = Metrics()
     for value in (0.001, 0.001, 0.0011, 20.0):
