@@ -197,11 +197,12 @@ def performance(results: dict[str, Any]) -> str:
             f"| {target['figure']} | {target['target']} | {figure(target['measured'], target['unit'])} | {verdict} |"
         )
     cold = results.get("coldstart") or {}
+    compiled = ", the modules compiled to bytecode first, as pip install does" if cold.get("bytecode_compiled") else ""
     if "ready_s_median" in cold:
         lines += [
             "",
             f"Cold start (`{Path(cold['command'].split()[0]).name} {' '.join(cold['command'].split()[1:])}` to the "
-            f"first 200, median of {len(cold.get('runs', []))}): {cold['ready_s_median']} s; idle memory "
+            f"first 200, median of {len(cold.get('runs', []))}{compiled}): {cold['ready_s_median']} s; idle memory "
             f"{cold['idle_rss_mb']} MB RSS ({cold['idle_pss_mb']} MB PSS), torch loaded: {cold['torch_loaded']}.",
         ]
         if "import_runtime_s" in cold:
