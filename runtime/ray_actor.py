@@ -42,6 +42,7 @@ import os
 import time
 import traceback
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -463,19 +464,24 @@ class ReplicaActor:
         ``caller`` and ``key`` name the call for :meth:`cancel_calls`."""
         self._received[0] += 1
         self._received[1] += len(items)
+        done = await self.run_coalesced(caller, key, [self._item(*item) for item in items])
+        return [
+            self.item_error(items[i][0], out) if isinstance(out, BaseException) else out for i, out in enumerate(done)
+        ]
+
+    async def run_coalesced(self, caller: str, key: int, items: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+        """Each item as a task of its own, cancellable one by one (:meth:`cancel_calls`); their
+        results or exceptions, in order."""
         self._loop = asyncio.get_running_loop()
         ident = (caller, key)
-        tasks = [asyncio.ensure_future(self._item(*item)) for item in items]
+        tasks = [asyncio.ensure_future(item) for item in items]
         self._coalesced[ident] = tasks
         for index in self._early_cancels.pop(ident, ()):
             tasks[index].cancel()
         try:
-            done = await asyncio.gather(*tasks, return_exceptions=True)
+            return await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             del self._coalesced[ident]
-        return [
-            self._item_error(items[i][0], out) if isinstance(out, BaseException) else out for i, out in enumerate(done)
-        ]
 
     async def _item(self, node: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """One coalesced call: its inputs awaited (its own, not the other items'), then run as :meth:`call`."""
@@ -485,7 +491,7 @@ class ReplicaActor:
             kwargs = await resolve_nested_refs(kwargs, top=False)
         return await self._timed(node, method, args, kwargs)
 
-    def _item_error(self, node: str, exc: BaseException) -> RayTaskError:
+    def item_error(self, node: str, exc: BaseException) -> RayTaskError:
         """A failed item's place in the results: Ray stores a RayTaskError as that reference's error."""
         if isinstance(exc, asyncio.CancelledError):
             cause: BaseException = ReplicaCallError(
@@ -518,7 +524,8 @@ class ReplicaActor:
 
     @ray.method(concurrency_group="control")
     async def received(self) -> tuple[int, int]:
-        """How many actor calls came, and how many calls they carried (a coalesced call counts each)."""
+        """How many actor calls came, and how many calls they carried (a coalesced call counts each;
+        on a fused actor, a request's batch of calls into the group counts one)."""
         return self._received[0], self._received[1]
 
     @ray.method(concurrency_group="control")  # never takes one of the max_ongoing_requests slots

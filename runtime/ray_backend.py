@@ -155,6 +155,7 @@ class _Replica:
     __slots__ = (
         "actor",
         "actor_id",
+        "batches_methods",
         "calls_methods",
         "down",
         "gathered",
@@ -163,12 +164,15 @@ class _Replica:
         "pid",
         "ray_node",
         "steps_methods",
+        "unsent",
     )
 
     def __init__(self, actor: Any, index: int) -> None:
         self.actor = actor
         self.steps_methods: dict[int, Any] = {}  # a fused actor's ``steps`` by how many results it returns
         self.calls_methods: dict[int, Any] = {}  # the actor's ``calls`` by how many results it returns
+        self.batches_methods: dict[int, Any] = {}  # a fused actor's ``batches`` by how many results it returns
+        self.unsent: list[_Batch] = []  # a fused actor's batches started in this loop step
         self.gathered: _Gathered | None = None  # the calls started on it in this loop step, not sent yet
         self.actor_id: str = actor._actor_id.hex()
         self.index = index
@@ -184,7 +188,7 @@ _Router = ReplicaRouter[_Replica]
 class _Batch:
     """One request's calls into a fused group, gathered until sent as one actor call."""
 
-    __slots__ = ("error", "external", "group", "replica", "router", "send", "sent", "steps", "values")
+    __slots__ = ("error", "external", "group", "index", "key", "replica", "router", "send", "sent", "steps", "values")
 
     def __init__(self, group: str, router: _Router, replica: _Replica, send: Callable[[_Batch], None]) -> None:
         self.send = send  # RayBackend._send
@@ -196,6 +200,8 @@ class _Batch:
         self.external: list[Any] = []  # references of results from outside the batch (each awaited by its step)
         self.sent = False
         self.error: BaseException | None = None  # Ray refused the call (e.g. an argument that does not pickle)
+        self.key: int | None = None  # sent with other requests' batches: that actor call's number
+        self.index = 0  # and its place in it
 
 
 class _Gathered:
@@ -685,7 +691,9 @@ class RayBackend:
                 raise GraphError(f"deployment {deployment!r} of graph {self.plan.name!r} is not running")
             replica = router.try_acquire() or await router.acquire()
             batch = _Batch(group, router, replica, self._send)
-            loop.call_soon(self._send, batch)
+            if not replica.unsent:  # the step's batches to this replica go together at its end
+                loop.call_soon(self._send_batches, replica)
+            replica.unsent.append(batch)
         parents: list[RayValue] = []
 
         def step_arg(arg: Any) -> tuple[int, Any]:
@@ -716,12 +724,7 @@ class RayBackend:
         if not values:  # its first call failed before joining (an input that could not be sent)
             router.release(replica)
             return
-        inside = {v.node for v in values}
-        consumers = self._consumers
-        # a result goes back when something outside the batch may read it (a node the plan does not
-        # list, e.g. a driver-side handle's call, always does)
-        exports = tuple(i for i, v in enumerate(values) if v.node not in consumers or not consumers[v.node] <= inside)
-        exports = exports or (len(values) - 1,)
+        exports = self._exports(values)
         method = replica.steps_methods.get(len(exports))
         if method is None:
             method = replica.steps_methods[len(exports)] = replica.actor.steps.options(num_returns=len(exports))
@@ -741,6 +744,56 @@ class RayBackend:
             for value in values[:-1]:
                 value.done = True
             self._finished(values[-1], router, replica)
+
+        refs[-1].future().add_done_callback(finished)
+
+    def _exports(self, values: list[RayValue]) -> tuple[int, ...]:
+        """The steps of a batch whose results go back: those something outside the batch may read
+        (a node the plan does not list, e.g. a driver-side handle's call, always may)."""
+        inside = {v.node for v in values}
+        consumers = self._consumers
+        exports = tuple(i for i, v in enumerate(values) if v.node not in consumers or not consumers[v.node] <= inside)
+        return exports or (len(values) - 1,)
+
+    def _send_batches(self, replica: _Replica) -> None:
+        """The end of a loop step: the batches started on a fused replica in it and not sent yet
+        (several requests' calls into the group) go as one actor call, :meth:`FusedActor.batches`,
+        with one reference per exported result; a batch alone is sent as :meth:`_send` sends it."""
+        batches = [b for b in replica.unsent if not b.sent and b.values]
+        for batch in replica.unsent:
+            if not batch.sent and not batch.values:
+                self._send(batch)  # (frees its place)
+        replica.unsent = []
+        if len(batches) == 1:
+            self._send(batches[0])
+        if len(batches) <= 1:
+            return
+        router = batches[0].router
+        parts = [(batch.steps, self._exports(batch.values), batch.external) for batch in batches]
+        count = sum(len(exports) for _, exports, _ in parts)
+        method = replica.batches_methods.get(count)
+        if method is None:
+            method = replica.batches_methods[count] = replica.actor.batches.options(num_returns=count)
+        self._coalesced_calls += 1
+        key = self._coalesced_calls
+        try:
+            refs = method.remote(self._id, key, parts)
+        except Exception:  # one of them does not pickle: send them one by one, so only that one fails
+            for batch in batches:
+                self._send(batch)
+            return
+        position = 0
+        for index, (batch, (_, exports, _)) in enumerate(zip(batches, parts, strict=True)):
+            batch.sent, batch.key, batch.index = True, key, index
+            for i in exports:
+                batch.values[i].ref = refs[position]
+                position += 1
+
+        def finished(_: Any) -> None:  # on a Ray thread: the actor call's results all exist now
+            for batch in batches:
+                for value in batch.values[:-1]:
+                    value.done = True
+                self._finished(batch.values[-1], router, replica)  # one place per batch
 
         refs[-1].future().add_done_callback(finished)
 
@@ -771,6 +824,9 @@ class RayBackend:
                     if ref is None:
                         gathered = value.gathered
                         while gathered is not None and not gathered.sent:  # sent at the end of this step
+                            await asyncio.sleep(0)
+                        batch = value.batch
+                        while batch is not None and not batch.sent:  # likewise
                             await asyncio.sleep(0)
                         ref = _sent_ref(value)
                     value = await ref
@@ -806,6 +862,12 @@ class RayBackend:
                     batch.router.release(batch.replica)
                     for unsent in batch.values:
                         unsent.done = True
+                    continue
+                if batch is not None and batch.key is not None:  # sent with other requests' batches: only it
+                    for member in batch.values:
+                        member.done = True  # (one cancel for the batch)
+                    with contextlib.suppress(RayError):
+                        value.replica.actor.cancel_calls.remote(self._id, batch.key, batch.index)
                     continue
                 if value.ref is not None:
                     with contextlib.suppress(RayError):  # its task or actor is gone already, or Ray is

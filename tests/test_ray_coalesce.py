@@ -120,3 +120,18 @@ async def test_a_cancelled_caller_does_not_cancel_the_others(tmp_path: Any) -> N
     events = log.events()
     assert {who for name, _, _, who in events if name == "cancelled"} == {"0"}
     assert {who for name, _, _, who in events if name == "finished"} == {str(x) for x in range(1, CALLS)}
+
+
+async def test_requests_into_a_fused_group_go_as_one_actor_call_failing_alone() -> None:
+    with gs.InputNode() as inp:
+        app = gs.graph(c.Twice.bind().__call__.bind(c.Inc.bind().__call__.bind(inp)))
+    plan = compile_app(app)
+    assert plan.fusion is not None and [g.deployments for g in plan.fusion.groups] == [["Inc", "Twice"]]
+    async with running(app) as runtime:
+        results = await together(runtime, list(range(CALLS)))
+        assert await received(runtime, "Inc") == (1, CALLS)  # 16 requests' batches, one actor call
+    for x, result in enumerate(results):
+        if x == 7:
+            assert isinstance(result, NodeExecutionError) and result.node == "Inc.__call__"
+        else:
+            assert result == 2 * (x + 1)

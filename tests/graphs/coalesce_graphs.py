@@ -62,3 +62,19 @@ class Napper:
             raise
         self.log.add("finished", start, time.time(), str(x))
         return int(x)
+
+
+@gs.deployment
+class Inc:
+    """Fused with its neighbours (the default): ``x + 1``, failing for ``x == 7``."""
+
+    async def __call__(self, x: int) -> int:
+        if x == 7:
+            raise ValueError("seven is not allowed")
+        return x + 1
+
+
+@gs.deployment
+class Twice:
+    async def __call__(self, x: int) -> int:
+        return 2 * x
