@@ -364,7 +364,7 @@ class ReplicaActor:
         self._places = asyncio.Semaphore(max(1, spec.threads))  # calls at once, however they arrived
         self._received = [0, 0]  # actor calls, and the calls they carried (coalesced ones count each)
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop calls run on (cancel_calls comes from another)
-        self._coalesced: dict[tuple[str, int], list[asyncio.Future[Any]]] = {}  # running coalesced calls' items
+        self._coalesced: dict[tuple[str, int], list[asyncio.Task[Any]]] = {}  # running coalesced calls' items
         self._early_cancels: dict[tuple[str, int], set[int]] = {}  # cancels that came before their call
 
     # -- construction ------------------------------------------------------------------
