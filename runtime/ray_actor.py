@@ -19,6 +19,14 @@ the driver, routed as the driver routes (:class:`~graphserve.runtime.routing.Rep
 with the target's ``max_ongoing_requests`` and ``max_queued_requests``; a refused call is an
 :class:`OverloadedError`, a 503 for the request).
 
+Calls the driver started on one replica in one step of its event loop may arrive as one
+actor call, :meth:`ReplicaActor.calls` (see ``ray_backend.py``): each item runs as its own
+task with the replica's semantics (its inputs awaited on their own, ``@gs.batch`` batching
+across them, an error for that item only, carried as a :class:`RayTaskError` in its place
+of the results so only its reference fails); :meth:`ReplicaActor.cancel_calls` cancels one
+item. The actor's places are counted per call, not per actor call: a replica runs at most
+``max_ongoing_requests`` calls at once however they arrived.
+
 Errors are carried in two small picklable exceptions (:class:`ReplicaCallError`, and the
 replica core's :class:`~graphserve.runtime.replica.ReplicaStartError`) that name the node
 and deployment where they happened; the driver turns them back into
@@ -32,7 +40,9 @@ import asyncio
 import inspect
 import os
 import time
+import traceback
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +60,9 @@ from .otel import attached, inject
 from .replica import Replica, ReplicaStartError, construct, threads
 from .routing import ReplicaRouter
 from .tracing import CURRENT, ActorRecord
+
+#: One coalesced call: node, method, args, kwargs (references nested: each item awaits its own).
+Item = tuple[str, str, tuple[Any, ...], dict[str, Any]]
 
 
 class ReplicaCallError(Exception):
@@ -290,12 +303,14 @@ def _refs(value: Any) -> Any:
     return value
 
 
-async def resolve_nested_refs(value: Any) -> Any:
-    """``value`` with the ObjectRefs nested in its lists, tuples and dicts fetched (Ray fetches only
-    top-level arguments): a DeploymentResponse at any depth reaches the method as its value."""
+async def resolve_nested_refs(value: Any, top: bool = True) -> Any:
+    """``value`` (a call's arguments) with the ObjectRefs nested in its lists, tuples and dicts
+    fetched (Ray fetches only top-level arguments): a DeploymentResponse at any depth reaches the
+    method as its value. ``top=False``: the top-level references too (a coalesced call's items,
+    which Ray sees nested in the item list)."""
     found: list[Any] = []
     for item in value.values() if isinstance(value, dict) else value:
-        _nested_refs(item, found, top=True)
+        _nested_refs(item, found, top=top)
     if not found:
         return value
     values = await asyncio.gather(*found)
@@ -346,10 +361,16 @@ class ReplicaActor:
         self._building: asyncio.Future[Replica] | None = None
         self._batches: list[tuple[str, str, int]] = []  # (deployment, method, size) of each batch sent
         self._latencies: deque[tuple[str, float]] = deque(maxlen=100_000)  # (node, seconds) until drained
+        self._places = asyncio.Semaphore(max(1, spec.threads))  # calls at once, however they arrived
+        self._received = [0, 0]  # actor calls, and the calls they carried (coalesced ones count each)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop calls run on (cancel_calls comes from another)
+        self._coalesced: dict[tuple[str, int], list[asyncio.Task[Any]]] = {}  # running coalesced calls' items
+        self._early_cancels: dict[tuple[str, int], set[int]] = {}  # cancels that came before their call
 
     # -- construction ------------------------------------------------------------------
     async def ready(self) -> tuple[int, str]:
         """Build the replica now (the driver waits on every replica at start); its pid and Ray node id."""
+        self._loop = asyncio.get_running_loop()
         await self._ensure()
         return os.getpid(), ray.get_runtime_context().get_node_id()
 
@@ -385,6 +406,11 @@ class ReplicaActor:
     # -- calls -------------------------------------------------------------------------
     async def call(self, node: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run ``method`` for ``node``; Ray has already resolved reference arguments."""
+        self._received[0] += 1
+        self._received[1] += 1
+        return await self._timed(node, method, args, kwargs)
+
+    async def _timed(self, node: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         start = time.perf_counter()
         try:
             return await self._run(node, method, args, kwargs)
@@ -412,6 +438,10 @@ class ReplicaActor:
         return self.spec.deployment
 
     async def _run(self, node: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        async with self._places:
+            return await self._run_in_place(node, method, args, kwargs)
+
+    async def _run_in_place(self, node: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
             replica = self._replica or await self._ensure()
             if any(isinstance(a, (list, tuple, dict)) for a in args):
@@ -426,6 +456,77 @@ class ReplicaActor:
             raise
         except Exception as exc:  # the user's method: carried to the driver, naming the node
             raise ReplicaCallError.wrap(node, self.spec.deployment, exc) from None
+
+    async def calls(self, caller: str, key: int, items: list[Item], /) -> list[Any]:
+        """Several calls in one actor call (the driver coalesced them; it asks Ray for one result
+        per item): each item runs as its own task, as :meth:`call` would run it, and its result,
+        or its error as a RayTaskError (which Ray stores as that item's failure), takes its place.
+        ``caller`` and ``key`` name the call for :meth:`cancel_calls`."""
+        self._received[0] += 1
+        self._received[1] += len(items)
+        done = await self.run_coalesced(caller, key, [self._item(*item) for item in items])
+        return [
+            self.item_error(items[i][0], out) if isinstance(out, BaseException) else out for i, out in enumerate(done)
+        ]
+
+    async def run_coalesced(self, caller: str, key: int, items: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+        """Each item as a task of its own, cancellable one by one (:meth:`cancel_calls`); their
+        results or exceptions, in order."""
+        self._loop = asyncio.get_running_loop()
+        ident = (caller, key)
+        tasks = [asyncio.ensure_future(item) for item in items]
+        self._coalesced[ident] = tasks
+        for index in self._early_cancels.pop(ident, ()):
+            tasks[index].cancel()
+        try:
+            return await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            del self._coalesced[ident]
+
+    async def _item(self, node: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """One coalesced call: its inputs awaited (its own, not the other items'), then run as :meth:`call`."""
+        if args:
+            args = await resolve_nested_refs(args, top=False)
+        if kwargs:
+            kwargs = await resolve_nested_refs(kwargs, top=False)
+        return await self._timed(node, method, args, kwargs)
+
+    def item_error(self, node: str, exc: BaseException) -> RayTaskError:
+        """A failed item's place in the results: Ray stores a RayTaskError as that reference's error."""
+        if isinstance(exc, asyncio.CancelledError):
+            cause: BaseException = ReplicaCallError(
+                node, self.deployment_of(node), "the call was cancelled", None, "TaskCancelledError"
+            )
+        else:
+            cause = root_cause(exc)  # an input's own failure keeps naming the node it came from
+        text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+        return RayTaskError("calls", text, cause)
+
+    @ray.method(concurrency_group="control")  # answered while every place is taken
+    async def cancel_calls(self, caller: str, key: int, index: int) -> None:
+        """Cancel item ``index`` of coalesced call ``key`` (the others go on); a cancel that
+        comes before its call is kept until the call comes (at most 4096 of them)."""
+        loop = self._loop
+        if loop is None:  # no call has run here yet
+            self._cancel_item(caller, key, index)
+        else:  # the items run on the default group's loop, not this one's
+            loop.call_soon_threadsafe(self._cancel_item, caller, key, index)
+
+    def _cancel_item(self, caller: str, key: int, index: int) -> None:
+        tasks = self._coalesced.get((caller, key))
+        if tasks is not None:
+            tasks[index].cancel()
+            return
+        early = self._early_cancels
+        early.setdefault((caller, key), set()).add(index)
+        if len(early) > 4096:  # calls that finished before their cancel came: forget the oldest
+            del early[next(iter(early))]
+
+    @ray.method(concurrency_group="control")
+    async def received(self) -> tuple[int, int]:
+        """How many actor calls came, and how many calls they carried (a coalesced call counts each;
+        on a fused actor, a request's batch of calls into the group counts one)."""
+        return self._received[0], self._received[1]
 
     @ray.method(concurrency_group="control")  # never takes one of the max_ongoing_requests slots
     async def ping(self) -> int:

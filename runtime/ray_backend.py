@@ -23,6 +23,17 @@ the node where it happened. A request that fails or passes its deadline cancels 
 unfinished tasks (:meth:`RayBackend.cancel`). Call latencies are measured in the
 actors and collected every ``metrics_interval_s`` (``on_latency``).
 
+Call coalescing: an untraced call to a deployment that is not fused is not sent at once
+either. :meth:`RayBackend.submit` routes it (a place on a replica, as always) and gathers it
+with the other calls the loop starts on that replica in the same step; at the end of the step
+(or sooner, when another call needs its reference as an argument) they go as one actor call,
+:meth:`~graphserve.runtime.ray_actor.ReplicaActor.calls`, with ``num_returns`` set to their
+number, so each call keeps its own ``ObjectRef`` (passed on actor to actor as before, failing
+alone). A step with one call to a replica sends it as :meth:`ReplicaActor.call`, as before. A
+fetch of a call still gathering waits for the end of the step instead of sending it early.
+Cancelling one call of a coalesced actor call cancels that item in the actor
+(:meth:`ReplicaActor.cancel_calls`), not the others.
+
 Actor fusion (the plan's ``fusion.groups``, ``compiler/fusion.py``): a fused group runs as
 one :class:`~graphserve.runtime.ray_fused.FusedActor` per replica hosting every member.
 :meth:`RayBackend.submit` for a member does not send the call at once: it gathers the
@@ -119,9 +130,10 @@ class RayValue:
     """A node's result while it lives in Ray: its reference, and who computes it.
 
     A fused member's call waits in its ``batch`` until the batch is sent (``ref`` None until
-    then; it stays None for a result only read inside the group)."""
+    then; it stays None for a result only read inside the group); another call waits in its
+    ``gathered`` until the end of the loop's step (``step``: its place in the actor call once sent)."""
 
-    __slots__ = ("batch", "deployment", "done", "node", "parents", "ref", "replica", "step")
+    __slots__ = ("batch", "deployment", "done", "error", "gathered", "node", "parents", "ref", "replica", "step")
 
     def __init__(self, ref: Any, node: str, deployment: str, replica: _Replica, parents: tuple[RayValue, ...]):
         self.ref = ref
@@ -131,6 +143,8 @@ class RayValue:
         self.parents = parents
         self.done = False
         self.batch: _Batch | None = None
+        self.gathered: _Gathered | None = None
+        self.error: BaseException | None = None  # Ray refused to send it (e.g. an argument that does not pickle)
         self.step = 0
 
     def __repr__(self) -> str:
@@ -138,11 +152,28 @@ class RayValue:
 
 
 class _Replica:
-    __slots__ = ("actor", "actor_id", "down", "index", "ongoing", "pid", "ray_node", "steps_methods")
+    __slots__ = (
+        "actor",
+        "actor_id",
+        "batches_methods",
+        "calls_methods",
+        "down",
+        "gathered",
+        "index",
+        "ongoing",
+        "pid",
+        "ray_node",
+        "steps_methods",
+        "unsent",
+    )
 
     def __init__(self, actor: Any, index: int) -> None:
         self.actor = actor
         self.steps_methods: dict[int, Any] = {}  # a fused actor's ``steps`` by how many results it returns
+        self.calls_methods: dict[int, Any] = {}  # the actor's ``calls`` by how many results it returns
+        self.batches_methods: dict[int, Any] = {}  # a fused actor's ``batches`` by how many results it returns
+        self.unsent: list[_Batch] = []  # a fused actor's batches started in this loop step
+        self.gathered: _Gathered | None = None  # the calls started on it in this loop step, not sent yet
         self.actor_id: str = actor._actor_id.hex()
         self.index = index
         self.ongoing = 0
@@ -157,7 +188,7 @@ _Router = ReplicaRouter[_Replica]
 class _Batch:
     """One request's calls into a fused group, gathered until sent as one actor call."""
 
-    __slots__ = ("error", "external", "group", "replica", "router", "send", "sent", "steps", "values")
+    __slots__ = ("error", "external", "group", "index", "key", "replica", "router", "send", "sent", "steps", "values")
 
     def __init__(self, group: str, router: _Router, replica: _Replica, send: Callable[[_Batch], None]) -> None:
         self.send = send  # RayBackend._send
@@ -169,6 +200,23 @@ class _Batch:
         self.external: list[Any] = []  # references of results from outside the batch (each awaited by its step)
         self.sent = False
         self.error: BaseException | None = None  # Ray refused the call (e.g. an argument that does not pickle)
+        self.key: int | None = None  # sent with other requests' batches: that actor call's number
+        self.index = 0  # and its place in it
+
+
+class _Gathered:
+    """The calls started on one replica in one step of the loop, sent together at its end."""
+
+    __slots__ = ("calls", "key", "replica", "router", "send", "sent", "values")
+
+    def __init__(self, router: _Router, replica: _Replica, send: Callable[[_Gathered], None]) -> None:
+        self.send = send  # RayBackend._send_gathered
+        self.router = router
+        self.replica = replica
+        self.calls: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = []  # node, method, args, kwargs
+        self.values: list[RayValue] = []
+        self.sent = False
+        self.key: int | None = None  # its actor call's number, when sent as one coalesced call
 
 
 class RayBackend:
@@ -233,6 +281,7 @@ class RayBackend:
         # places of finished calls, released on the loop (see _finished)
         self._releases: collections.deque[tuple[_Router, _Replica]] = collections.deque()
         self._release_pending = False
+        self._coalesced_calls = 0  # numbers this backend's coalesced actor calls (cancel_calls names them)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def _connect(self) -> Any:
@@ -519,23 +568,92 @@ class RayBackend:
             raise GraphError(f"deployment {deployment!r} of graph {self.plan.name!r} is not running")
         replica = router.try_acquire() or await router.acquire()
         parents: list[RayValue] = []
-        if args:
-            args = tuple([_unwrap(a, parents) for a in args])
-        if kwargs:
-            kwargs = {k: _unwrap(v, parents) for k, v in kwargs.items()}
+        try:  # an input still gathering is sent now (its references must exist before this call's)
+            if args:
+                args = tuple([_unwrap(a, parents) for a in args])
+            if kwargs:
+                kwargs = {k: _unwrap(v, parents) for k, v in kwargs.items()}
+        except BaseException:
+            router.release(replica)
+            raise
+        if span is None:  # gathered with the other calls to this replica in this loop step
+            gathered = replica.gathered
+            if gathered is None:
+                gathered = replica.gathered = _Gathered(router, replica, self._send_gathered)
+                loop.call_soon(self._send_gathered, gathered)
+            value = RayValue(None, node, deployment, replica, tuple(parents))
+            value.gathered, value.step = gathered, len(gathered.calls)
+            gathered.calls.append((node, method, args, kwargs))
+            gathered.values.append(value)
+            return value
         try:
-            if span is None:
-                ref = replica.actor.call.remote(node, method, *args, **kwargs)
-            else:
-                span.replica = replica.index
-                carrier = span.trace.carrier(span)
-                ref, span.record = replica.actor.call_traced.remote(node, method, carrier, *args, **kwargs)
+            span.replica = replica.index
+            carrier = span.trace.carrier(span)
+            ref, span.record = replica.actor.call_traced.remote(node, method, carrier, *args, **kwargs)
         except BaseException:
             router.release(replica)
             raise
         value = RayValue(ref, node, deployment, replica, tuple(parents))
         ref.future().add_done_callback(lambda _: self._finished(value, router, replica))
         return value
+
+    def _send_gathered(self, gathered: _Gathered) -> None:
+        """Send the calls gathered on one replica (once): one alone as :meth:`ReplicaActor.call`,
+        several as one coalesced :meth:`ReplicaActor.calls` with a reference per call. When Ray
+        refuses the coalesced call (an argument that does not pickle) each call is sent on its
+        own, so only that one fails (naming its node, when its result is read)."""
+        if gathered.sent:
+            return
+        gathered.sent = True
+        router, replica = gathered.router, gathered.replica
+        if replica.gathered is gathered:
+            replica.gathered = None
+        values = gathered.values
+        calls = gathered.calls
+        if any(value.done for value in values):  # cancelled before they were sent: their places are free
+            kept = [i for i, value in enumerate(values) if not value.done]
+            values, calls = [values[i] for i in kept], [calls[i] for i in kept]
+        if len(values) > 1 and self._send_coalesced(values, calls, router, replica, gathered):
+            return
+        for value, (node, method, args, kwargs) in zip(values, calls, strict=True):
+            try:
+                ref = replica.actor.call.remote(node, method, *args, **kwargs)
+            except Exception as exc:  # e.g. an argument that does not pickle: its readers fail naming the node
+                value.error = exc
+                value.done = True
+                router.release(replica)
+                continue
+            value.ref = ref
+            ref.future().add_done_callback(lambda _, v=value: self._finished(v, router, replica))
+
+    def _send_coalesced(
+        self,
+        values: list[RayValue],
+        calls: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]],
+        router: _Router,
+        replica: _Replica,
+        gathered: _Gathered,
+    ) -> bool:
+        """Several calls as one actor call with one reference each; False when Ray refused it."""
+        method = replica.calls_methods.get(len(calls))
+        if method is None:
+            method = replica.calls_methods[len(calls)] = replica.actor.calls.options(num_returns=len(calls))
+        self._coalesced_calls += 1
+        key = self._coalesced_calls
+        try:
+            refs = method.remote(self._id, key, calls)
+        except Exception:  # one of them does not pickle: send them one by one, so only that one fails
+            return False
+        gathered.key = key
+        for index, (value, ref) in enumerate(zip(values, refs, strict=True)):
+            value.ref, value.step = ref, index
+
+        def finished(_: Any) -> None:  # on a Ray thread: the actor call's results all exist now
+            for value in values:
+                self._finished(value, router, replica)
+
+        refs[-1].future().add_done_callback(finished)
+        return True
 
     def _finished(self, value: RayValue, router: _Router, replica: _Replica) -> None:
         """A call's result exists (on a Ray thread): its place is released on the loop. Releases
@@ -575,7 +693,9 @@ class RayBackend:
                 raise GraphError(f"deployment {deployment!r} of graph {self.plan.name!r} is not running")
             replica = router.try_acquire() or await router.acquire()
             batch = _Batch(group, router, replica, self._send)
-            loop.call_soon(self._send, batch)
+            if not replica.unsent:  # the step's batches to this replica go together at its end
+                loop.call_soon(self._send_batches, replica)
+            replica.unsent.append(batch)
         parents: list[RayValue] = []
 
         def step_arg(arg: Any) -> tuple[int, Any]:
@@ -606,12 +726,7 @@ class RayBackend:
         if not values:  # its first call failed before joining (an input that could not be sent)
             router.release(replica)
             return
-        inside = {v.node for v in values}
-        consumers = self._consumers
-        # a result goes back when something outside the batch may read it (a node the plan does not
-        # list, e.g. a driver-side handle's call, always does)
-        exports = tuple(i for i, v in enumerate(values) if v.node not in consumers or not consumers[v.node] <= inside)
-        exports = exports or (len(values) - 1,)
+        exports = self._exports(values)
         method = replica.steps_methods.get(len(exports))
         if method is None:
             method = replica.steps_methods[len(exports)] = replica.actor.steps.options(num_returns=len(exports))
@@ -631,6 +746,56 @@ class RayBackend:
             for value in values[:-1]:
                 value.done = True
             self._finished(values[-1], router, replica)
+
+        refs[-1].future().add_done_callback(finished)
+
+    def _exports(self, values: list[RayValue]) -> tuple[int, ...]:
+        """The steps of a batch whose results go back: those something outside the batch may read
+        (a node the plan does not list, e.g. a driver-side handle's call, always may)."""
+        inside = {v.node for v in values}
+        consumers = self._consumers
+        exports = tuple(i for i, v in enumerate(values) if v.node not in consumers or not consumers[v.node] <= inside)
+        return exports or (len(values) - 1,)
+
+    def _send_batches(self, replica: _Replica) -> None:
+        """The end of a loop step: the batches started on a fused replica in it and not sent yet
+        (several requests' calls into the group) go as one actor call, :meth:`FusedActor.batches`,
+        with one reference per exported result; a batch alone is sent as :meth:`_send` sends it."""
+        batches = [b for b in replica.unsent if not b.sent and b.values]
+        for batch in replica.unsent:
+            if not batch.sent and not batch.values:
+                self._send(batch)  # (frees its place)
+        replica.unsent = []
+        if len(batches) == 1:
+            self._send(batches[0])
+        if len(batches) <= 1:
+            return
+        router = batches[0].router
+        parts = [(batch.steps, self._exports(batch.values), batch.external) for batch in batches]
+        count = sum(len(exports) for _, exports, _ in parts)
+        method = replica.batches_methods.get(count)
+        if method is None:
+            method = replica.batches_methods[count] = replica.actor.batches.options(num_returns=count)
+        self._coalesced_calls += 1
+        key = self._coalesced_calls
+        try:
+            refs = method.remote(self._id, key, parts)
+        except Exception:  # one of them does not pickle: send them one by one, so only that one fails
+            for batch in batches:
+                self._send(batch)
+            return
+        position = 0
+        for index, (batch, (_, exports, _)) in enumerate(zip(batches, parts, strict=True)):
+            batch.sent, batch.key, batch.index = True, key, index
+            for i in exports:
+                batch.values[i].ref = refs[position]
+                position += 1
+
+        def finished(_: Any) -> None:  # on a Ray thread: the actor call's results all exist now
+            for batch in batches:
+                for value in batch.values[:-1]:
+                    value.done = True
+                self._finished(batch.values[-1], router, replica)  # one place per batch
 
         refs[-1].future().add_done_callback(finished)
 
@@ -657,7 +822,16 @@ class RayBackend:
         for value in values:
             if type(value) is RayValue:
                 try:
-                    value = await (value.ref if value.ref is not None else _sent_ref(value))
+                    ref = value.ref
+                    if ref is None:
+                        gathered = value.gathered
+                        while gathered is not None and not gathered.sent:  # sent at the end of this step
+                            await asyncio.sleep(0)
+                        batch = value.batch
+                        while batch is not None and not batch.sent:  # likewise
+                            await asyncio.sleep(0)
+                        ref = _sent_ref(value)
+                    value = await ref
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # Ray's errors for this ref: mapped to the node that failed
@@ -675,12 +849,27 @@ class RayBackend:
 
         for value in values:
             if type(value) is RayValue and not value.done:
+                gathered = value.gathered
+                if gathered is not None and not gathered.sent:  # never sent: dropped, its place is free
+                    value.done = True
+                    gathered.router.release(gathered.replica)
+                    continue
+                if gathered is not None and gathered.key is not None:  # one item of a coalesced call: only it
+                    with contextlib.suppress(RayError):
+                        value.replica.actor.cancel_calls.remote(self._id, gathered.key, value.step)
+                    continue
                 batch = value.batch
                 if batch is not None and not batch.sent:  # never sent: nothing runs, its place is free
                     batch.sent = True
                     batch.router.release(batch.replica)
                     for unsent in batch.values:
                         unsent.done = True
+                    continue
+                if batch is not None and batch.key is not None:  # sent with other requests' batches: only it
+                    for member in batch.values:
+                        member.done = True  # (one cancel for the batch)
+                    with contextlib.suppress(RayError):
+                        value.replica.actor.cancel_calls.remote(self._id, batch.key, batch.index)
                     continue
                 if value.ref is not None:
                     with contextlib.suppress(RayError):  # its task or actor is gone already, or Ray is
@@ -904,12 +1093,19 @@ def _unwrap(arg: Any, parents: list[RayValue]) -> Any:
 
 def _sent_ref(value: RayValue) -> Any:
     """``value``'s reference, its batch sent first if it is still gathering calls."""
+    gathered = value.gathered
+    if gathered is not None and not gathered.sent:  # another call needs it now: send its replica's calls
+        gathered.send(gathered)
     batch = value.batch
     if batch is not None and not batch.sent:
         batch.send(batch)
     if value.ref is None:
+        if value.error is not None:
+            raise NodeExecutionError.wrapping(value.node, value.deployment, value.error)
         if batch is not None and batch.error is not None:
             raise NodeExecutionError.wrapping(value.node, value.deployment, batch.error)
+        if gathered is not None:  # pragma: no cover - a cancelled call is read by nobody
+            raise NodeExecutionError(value.node, value.deployment, "the call was cancelled before it was sent")
         raise GraphError(f"node {value.node!r} was read outside its fused group but not sent back")  # pragma: no cover
     return value.ref
 

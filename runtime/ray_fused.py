@@ -17,7 +17,9 @@ a list of steps (node, member, method, arguments), where an argument is a consta
 earlier step's result, or a reference to a result from outside the batch (awaited by the
 step that reads it). Steps run as soon as the steps they read are done (a chain one after
 the other, branches concurrently), and only the results read outside the group come back
-(``exports``). Calls of one member made from outside (the driver's traced requests, other
+(``exports``). Several requests' batches started in one step of the driver's loop go as one
+actor call, :meth:`FusedActor.batches`, each batch a task of its own (failing and cancelled
+alone). Calls of one member made from outside (the driver's traced requests, other
 actors' handles) come in by :meth:`FusedActor.call`, the member found from the node or
 ``deployment.method``.
 """
@@ -53,6 +55,7 @@ from .tracing import CURRENT, ActorRecord
 STEP, EXTERNAL, VALUE = 0, 1, 2  # how a step's argument is given: an earlier step, a resolved argument, a constant
 Arg = tuple[int, Any]
 Step = tuple[str, str, str, tuple[Arg, ...], dict[str, Arg]]  # node, member deployment, method, args, kwargs
+Batch = tuple[list[Step], tuple[int, ...], list[Any]]  # one request's steps, exports, external references
 
 
 @dataclass
@@ -188,6 +191,28 @@ class FusedActor(ReplicaActor):
         ``external``: references to results computed outside the batch, awaited by the step
         that reads them when it is about to run (the other steps do not wait for them). A
         failed one fails the batch as it is, so the error keeps naming the node it came from."""
+        self._received[0] += 1
+        self._received[1] += 1
+        out = await self._steps(steps, exports, external)
+        return out[0] if len(out) == 1 else out
+
+    async def batches(self, caller: str, key: int, batches: list[Batch], /) -> list[Any]:
+        """Several requests' batches (:meth:`steps`' arguments) in one actor call, each run as its
+        own task: the exported results of each in turn, a failed batch's error (a RayTaskError, which
+        Ray stores as that reference's failure) in each of its places. ``caller`` and ``key`` name
+        the call for :meth:`cancel_calls` (which cancels one batch)."""
+        self._received[0] += 1
+        self._received[1] += len(batches)
+        done = await self.run_coalesced(caller, key, [self._steps(*batch) for batch in batches])
+        out: list[Any] = []
+        for (steps, exports, _), result in zip(batches, done, strict=True):
+            if isinstance(result, BaseException):
+                out.extend([self.item_error(steps[exports[0]][0], result)] * len(exports))
+            else:
+                out.extend(result)
+        return out
+
+    async def _steps(self, steps: list[Step], exports: tuple[int, ...], external: list[Any]) -> list[Any]:
         results: list[Any] = [None] * len(steps)
 
         async def value(arg: Arg) -> Any:
@@ -209,8 +234,7 @@ class FusedActor(ReplicaActor):
                 await run(i)
         else:
             await self._concurrently(reads, run)
-        out = [results[i] for i in exports]
-        return out[0] if len(out) == 1 else out
+        return [results[i] for i in exports]
 
     @staticmethod
     async def _concurrently(reads: list[set[int]], run: Any) -> None:
