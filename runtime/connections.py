@@ -97,10 +97,9 @@ class ConnectionRegistry:
     checks them: every :attr:`sweep_s` it closes the connections past their header or
     keep-alive limit, so a request costs no timer of its own."""
 
-    def __init__(self, limit: int, metrics: Metrics, limits: ConnectionLimits | None = None) -> None:
-        self.limit = limit
+    def __init__(self, limits: ConnectionLimits, metrics: Metrics) -> None:
+        self.limit = limits.connection_cap
         self.metrics = metrics
-        limits = limits if limits is not None else ConnectionLimits()
         self.sweep_s = sweep_interval(limits)
         self._open: dict[LimitedHTTPProtocol, None] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -362,6 +361,6 @@ class LimitedHTTPProtocol(HttpToolsProtocol):
 
 def protocol_class(limits: ConnectionLimits, metrics: Metrics) -> type[LimitedHTTPProtocol]:
     """A :class:`LimitedHTTPProtocol` for one server: its limits and its connection registry."""
-    registry = ConnectionRegistry(limits.connection_cap, metrics, limits)
+    registry = ConnectionRegistry(limits, metrics)
     attributes = {"limits": limits, "registry": registry}
     return type("GraphserveHTTPProtocol", (LimitedHTTPProtocol,), attributes)
