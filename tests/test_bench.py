@@ -284,3 +284,29 @@ def test_w6_hand_setting_and_targets() -> None:
     assert w6.targets(systems)["replica_saving_where_hand_misses"] == [0.0, 0.375]
     assert w6.targets(systems, misses_from=300)["replica_saving_where_hand_misses"] == [0.375]
     assert w6.targets(systems, misses_from=300)["replica_saving_at_least_30pct"]
+
+
+def test_a_remeasurement_replaces_only_what_it_measured_and_says_so() -> None:
+    from bench.__main__ import merged
+
+    def run(started: str, systems: dict[str, dict[str, float]], extras: dict[str, object]) -> dict[str, object]:
+        return {
+            "started": started,
+            "machine": {"git_commit": "abc", "git_dirty": False},
+            "config": {"workloads": sorted({w for s in systems.values() for w in s}), "extras": sorted(extras)},
+            "load": {"before": [0.5]},
+            "systems": {
+                name: {"label": name, "workloads": {w: {"rps": rps} for w, rps in figures.items()}}
+                for name, figures in systems.items()
+            },
+            **extras,
+        }
+
+    earlier = run("t0", {"local": {"W1": 1.0, "W2": 2.0}, "ray": {"W1": 3.0}}, {"hop": {"graph": 1}})
+    now = run("t1", {"local": {"W2": 20.0}}, {"coldstart": {"ready_s_median": 0.2}})
+    out = merged(earlier, now)
+    assert out["systems"]["local"]["workloads"] == {"W1": {"rps": 1.0}, "W2": {"rps": 20.0}}
+    assert out["systems"]["ray"] == earlier["systems"]["ray"]  # not measured now: kept
+    assert out["hop"] == {"graph": 1} and out["coldstart"] == {"ready_s_median": 0.2}
+    assert [r["started"] for r in out["remeasured"]] == ["t1"] and out["remeasured"][0]["systems"] == ["local"]
+    assert earlier["systems"]["local"]["workloads"]["W2"] == {"rps": 2.0}  # the earlier run is not changed
