@@ -31,6 +31,9 @@ shorter limit, :func:`sweep_interval`), not a timer per request: a request costs
 module two attribute updates. Only a body still arriving after its headers, and a connection
 on probation, arm a timer of their own.
 
+Each request is offered the direct lane (``direct_lane.py``): a graph route takes its body
+and writes its answer without ASGI's messages.
+
 Answers given here reach no graph: they are counted as
 ``graphserve_requests_total{graph="",status}``; closes as
 ``graphserve_connections_closed_total{reason}``; ``graphserve_open_connections`` is a gauge.
@@ -48,6 +51,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from graphserve.errors import GraphError
 
 from . import http_defaults
+from .direct_lane import EXTENSION, CycleLane
 from .http_defaults import BODY_TIMED_OUT
 from .http_errors import error_body
 from .metrics import NO_GRAPH, Metrics
@@ -224,6 +228,9 @@ class LimitedHTTPProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # uvicorn logs access when its logger has a handler anywhere (a test's log capture is
+        # one); here only when the server's access_log option asks for it
+        self.access_log = self.access_log and bool(self.config.access_log)
         self._timer: asyncio.TimerHandle | None = None  # the body timer, or a probation's
         self._header_bytes = 0
         self.answered = 0  # requests answered on this connection
@@ -265,10 +272,13 @@ class LimitedHTTPProtocol(HttpToolsProtocol):
 
     # -- uvicorn hooks ------------------------------------------------------------------
     def on_headers_complete(self) -> None:
+        existing = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not None:  # the request's response goes out through the coalescing writer
-            cycle.transport = self._writer
+        if cycle is not None and cycle is not existing:  # a new request (not an upgrade)
+            cycle.transport = self._writer  # its ASGI messages go out through the coalescing writer
+            if not self.access_log:  # (uvicorn's send writes the access log)
+                self.scope["extensions"] = {EXTENSION: {"lane": CycleLane(cycle, self.transport)}}
 
     def on_response_complete(self) -> None:
         """uvicorn's, without its keep-alive timer per request (the registry's sweep closes

@@ -63,6 +63,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphserve.errors import NodeExecutionError, RequestError
 
+from .direct_lane import DirectLane, direct_lane
 from .drift import DriftMonitor
 from .encoding import JSONDecodeError, JSONLimitError, dumps, loads
 from .http_defaults import BODY_TIMED_OUT
@@ -214,18 +215,21 @@ class GraphRoute:
         """Answer one HTTP request (see the module docstring) and count it."""
         start = time.perf_counter()
         head = RequestHead(scope["headers"])
+        lane = direct_lane(scope)
         if head.trace is None and self.observers.otel is None:
             try:
-                answer = await self.answer(scope, receive, head)
+                answer = await self.answer(scope, receive, head, lane)
             except ClientLeft:
                 status = CLIENT_LEFT
             else:
                 if isinstance(answer, Stream):
                     status = await self.stream(answer, receive, send, head.request_id)
+                elif lane is not None:
+                    status = respond(lane, answer, head.request_id)
                 else:
                     status = await self._send(send, answer, head.request_id)
         else:
-            status = await self.serve_traced(scope, receive, send, head)
+            status = await self.serve_traced(scope, receive, send, head, lane)
         self.metrics.inc("graphserve_requests_total", self.status(status))
         now = time.perf_counter()
         self.duration.observe(now - start)
@@ -241,17 +245,27 @@ class GraphRoute:
         return answer.status
 
     async def answer(
-        self, scope: Scope, receive: Receive, head: RequestHead, trace: Trace | None = None
+        self,
+        scope: Scope,
+        receive: Receive,
+        head: RequestHead,
+        lane: DirectLane | None,
+        trace: Trace | None = None,
     ) -> Answer | Stream:
         """What to send for one request; raises ClientLeft when nobody is left to answer."""
         try:
             self.admit(scope["method"], head)
             deadline = self.deadline(head.timeout)
-            self.reading += 1
-            try:
-                body = await read_body(scope, receive, self.limits.max_body_bytes)
-            finally:
-                self.reading -= 1
+            max_bytes = self.limits.max_body_bytes
+            body = lane.take_body() if lane is not None else None  # usually here already
+            if body is None:
+                self.reading += 1
+                try:
+                    body = await read_body(scope, receive, max_bytes)
+                finally:
+                    self.reading -= 1
+            elif len(body) > max_bytes:
+                raise Refused(too_large(max_bytes))
             self.admit_run()
             self.in_flight += 1
             try:
@@ -398,9 +412,14 @@ class GraphRoute:
             self.failed(request_id, 500, exc)
             text = f"the output of graph {self.name!r} cannot be sent as JSON: {exc}"
             return error_answer(500, text, node=self.plan.output)
+        except InvalidHeaderError as exc:
+            self.failed(request_id, 500, exc)
+            return error_answer(500, f"the output of graph {self.name!r} cannot be sent: {exc}", node=self.plan.output)
 
     # -- traced requests (X-Graphserve-Trace, OpenTelemetry) ----------------------------------
-    async def serve_traced(self, scope: Scope, receive: Receive, send: Send, head: RequestHead) -> int:
+    async def serve_traced(
+        self, scope: Scope, receive: Receive, send: Send, head: RequestHead, lane: DirectLane | None
+    ) -> int:
         """:meth:`serve`'s steps with a Trace (and the request's OpenTelemetry span); the status."""
         otel = self.observers.otel
         trace = Trace(self.plan, head.request_id.decode(), otel, self.runtime.backend_name)
@@ -410,13 +429,16 @@ class GraphRoute:
             request_span = otel.start_request(trace, headers, self.path)
         status = CLIENT_LEFT
         try:
-            answer = await self.answer(scope, receive, head, trace)
+            answer = await self.answer(scope, receive, head, lane, trace)
             if isinstance(answer, Stream):
                 status = await self.stream(answer, receive, send, head.request_id)
             else:
                 if head.trace is not None and trace.started:
                     answer = with_trace(answer, trace)
-                await send_answer(send, answer, head.request_id)
+                if lane is not None:
+                    respond(lane, answer, head.request_id)
+                else:
+                    await send_answer(send, answer, head.request_id)
                 status = answer.status
         except ClientLeft:
             pass
@@ -506,34 +528,64 @@ async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
 
 
 async def send_answer(send: Send, answer: Answer, request_id: bytes) -> None:
-    """Send ``answer`` with Content-Length, X-Request-Id and (unless it has one) a JSON Content-Type."""
-    status, body, extra = answer
-    headers = [(b"content-length", str(len(body)).encode()), (b"x-request-id", request_id)]
+    """Send ``answer`` through ASGI's messages."""
+    headers = answer_headers(answer, request_id)
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+def respond(lane: DirectLane, answer: Answer, request_id: bytes) -> int:
+    """Write ``answer`` through the direct lane (nothing, when the client is gone); its status."""
+    lane.respond(answer.status, answer_headers(answer, request_id), answer.body)
+    return answer.status
+
+
+def answer_headers(answer: Answer, request_id: bytes) -> Headers:
+    """``answer``'s headers with Content-Length, X-Request-Id and (unless it has one) a JSON Content-Type."""
+    extra = answer.headers
+    headers = [(b"content-length", str(len(answer.body)).encode()), (b"x-request-id", request_id)]
     if extra:
         headers += extra
         if not any(name == b"content-type" for name, _ in extra):
             headers.append((b"content-type", _JSON))
     else:
         headers.append((b"content-type", _JSON))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return headers
 
 
 def encode_result(result: Any, text_as_text: bool) -> Answer:
     """The answer for a graph's output: a Starlette Response as it is, bytes as they are, a
     str as text when ``text_as_text`` (apps without an InputNode: Ray Serve's rule),
-    everything else as JSON. Raises TypeError for what cannot be sent."""
+    everything else as JSON. Raises TypeError for what cannot be sent as JSON, InvalidHeaderError
+    for a Response header HTTP cannot carry."""
     if isinstance(result, Response):
         body = getattr(result, "body", None)
         if not isinstance(body, (bytes, bytearray, memoryview)):
             raise TypeError(f"{type(result).__name__} (a streaming response) is not supported as a graph output")
         headers = [(name, value) for name, value in result.raw_headers if name != b"content-length"]
+        check_headers(headers, type(result).__name__)
         return Answer(result.status_code, bytes(body), headers)
     if isinstance(result, (bytes, bytearray, memoryview)):
         return Answer(200, bytes(result), [(b"content-type", b"application/octet-stream")])
     if text_as_text and isinstance(result, str):
         return Answer(200, result.encode(), [(b"content-type", _TEXT)])
     return Answer(200, dumps(result))
+
+
+class InvalidHeaderError(ValueError):
+    """A header a deployment's Response carries that HTTP cannot (checked before the direct
+    lane writes it; uvicorn's ``send`` checks the same)."""
+
+
+_BAD_NAME = re.compile(rb'[\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]')  # RFC 9110 token characters only
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # no control characters but tab
+
+
+def check_headers(headers: Headers, source: str) -> None:
+    """Raise InvalidHeaderError for a header name or value HTTP cannot carry."""
+    for name, value in headers:
+        if not name or _BAD_NAME.search(name) or _BAD_VALUE.search(value):
+            raise InvalidHeaderError(f"the {source}'s header {name!r}: {value!r} is not valid HTTP")
 
 
 def with_trace(answer: Answer, trace: Trace) -> Answer:

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from pydantic import BaseModel, Field
+from starlette.responses import PlainTextResponse
 
 import graphserve as gs
 
@@ -142,3 +143,14 @@ def opaque(body: Any) -> Any:
 
 
 opaque_app = gs.graph(opaque.bind(), name="opaque")
+
+
+@gs.deployment
+class Headed:
+    """Answers with a Response of its own, with a header the request chooses: ``{"header": "..."}``."""
+
+    async def __call__(self, body: dict[str, str]) -> PlainTextResponse:
+        return PlainTextResponse("headed", headers={"X-Chosen": body["header"]})
+
+
+headed_app = gs.graph(Headed.bind(), name="headed")
