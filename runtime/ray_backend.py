@@ -133,13 +133,26 @@ class RayValue:
     then; it stays None for a result only read inside the group); another call waits in its
     ``gathered`` until the end of the loop's step (``step``: its place in the actor call once sent)."""
 
-    __slots__ = ("batch", "deployment", "done", "error", "gathered", "node", "parents", "ref", "replica", "step")
+    __slots__ = (
+        "batch",
+        "deployment",
+        "done",
+        "error",
+        "gathered",
+        "node",
+        "parents",
+        "ray_node",
+        "ref",
+        "replica",
+        "step",
+    )
 
     def __init__(self, ref: Any, node: str, deployment: str, replica: _Replica, parents: tuple[RayValue, ...]):
         self.ref = ref
         self.node = node
         self.deployment = deployment
         self.replica = replica
+        self.ray_node = replica.ray_node  # where the call runs (a restarted replica may come back elsewhere)
         self.parents = parents
         self.done = False
         self.batch: _Batch | None = None
@@ -889,7 +902,7 @@ class RayBackend:
         retries = router.retries if router is not None else 0
         if isinstance(cause, RayActorError) and router is not None:
             self._mark_down(router, origin.replica)
-        return node_error(cause, origin.node, origin.deployment, origin.replica.index, retries, origin.replica.ray_node)
+        return node_error(cause, origin.node, origin.deployment, origin.replica.index, retries, origin.ray_node)
 
     def _mark_down(self, router: _Router, replica: _Replica) -> None:
         """Route around a replica that died until Ray has restarted it and it rebuilt its instance.
