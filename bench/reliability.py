@@ -207,7 +207,8 @@ def start_ray_server() -> Deployed:
 
 def replica_kill(server: Deployed, clients: int = 6, call_s: float = 0.05, after_s: float = 1.0) -> dict[str, Any]:
     """Closed-loop load on ``replicated`` (2 replicas); ``kill -9`` one replica's process once
-    both have answered; run until the restarted replica answers, then ``after_s`` more."""
+    both have answered; run until the restarted replica answers and the server has learnt of the
+    death (a call failed), then ``after_s`` more: "answering after" counts what starts then."""
     body = json.dumps({"delay": call_s}).encode()
     records: list[dict[str, Any]] = []
     stop = threading.Event()
@@ -250,6 +251,13 @@ def replica_kill(server: Deployed, clients: int = 6, call_s: float = 0.05, after
             restarted = wait_until(lambda: _first_new_pid(records, killed), 60, "the restarted replica to answer")
             killed["recovered_at"] = restarted["end"]
             killed["new_pid"] = restarted["pid"]
+            # Ray may restart the process before the server learns of the death (its calls in
+            # flight fail then): full service is measured once both have happened
+            wait_until(
+                lambda: any(r["status"] != 200 for r in list(records)) or time.perf_counter() > killed["at"] + 10,
+                15,
+                "the server to learn of the death",
+            )
             deadline = time.perf_counter() + after_s
             wait_until(lambda: time.perf_counter() > deadline, after_s + 5, "the tail of the load")
         except FaultError as exc:  # reported below, from the caller's thread
@@ -271,7 +279,7 @@ def replica_kill(server: Deployed, clients: int = 6, call_s: float = 0.05, after
     in_flight_at_kill = [r for r in records if r["start"] <= kill_at <= r["end"]]
     # the first failed answer is when the server learnt of the death (and routed around it)
     noticed = min((r["end"] for r in failed), default=kill_at)
-    after = [r for r in records if r["start"] > killed["recovered_at"]]
+    after = [r for r in records if r["start"] > max(killed["recovered_at"], noticed)]
     return {
         "clients": clients,
         "call_ms": call_s * 1000,
