@@ -13,9 +13,9 @@ which stays complete:
 
 * :meth:`DirectLane.take_body` gives None while the body is still arriving, the client
   waits for ``100 Continue``, or the client is gone (``receive`` handles each);
-* a stream, and a traced request's answer, go through ``send``;
-* no lane is offered when uvicorn's access log is on (``send`` writes it), nor by any other
-  server: the same ingress under another ASGI server answers through ``send`` alone.
+* a stream goes through ``send`` (chunk by chunk, with flow control);
+* no lane is offered when the server's access log is on (``send`` writes it), nor by any
+  other server: the same ingress under another ASGI server answers through ``send`` alone.
 
 What the lane writes is what uvicorn's ``send`` would: the server's default headers (the
 ``date``), ``connection: close`` when the connection will not be kept, no body for ``HEAD``;
