@@ -27,6 +27,7 @@ control matters for streams, which keep the ASGI path.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any, Protocol
 
 from starlette.types import Scope
@@ -61,17 +62,22 @@ def direct_lane(scope: Scope) -> DirectLane | None:
 
 
 class CycleLane:
-    """The lane over one uvicorn request-response cycle (one request) and its connection's transport."""
+    """The lane over one uvicorn request-response cycle (one request) and its connection's transport.
+
+    It holds its cycle weakly: the cycle's scope holds the lane, and a strong reference back
+    would make every request a reference cycle, left for the garbage collector to find."""
 
     __slots__ = ("_cycle", "_transport")
 
     def __init__(self, cycle: RequestResponseCycle, transport: asyncio.Transport) -> None:
-        self._cycle = cycle
+        self._cycle = weakref.ref(cycle)
         self._transport = transport
 
     def take_body(self) -> bytes | None:
-        cycle = self._cycle
-        if cycle.more_body or cycle.waiting_for_100_continue or cycle.disconnected or cycle.response_complete:
+        cycle = self._cycle()
+        if cycle is None or cycle.more_body or cycle.waiting_for_100_continue:
+            return None
+        if cycle.disconnected or cycle.response_complete:
             return None
         body = bytes(cycle.body)
         cycle.body = bytearray()
@@ -80,9 +86,9 @@ class CycleLane:
         return body
 
     def respond(self, status: int, headers: Headers, body: bytes) -> None:
-        cycle = self._cycle
+        cycle = self._cycle()
         transport = self._transport
-        if cycle.disconnected or cycle.response_started or transport.is_closing():
+        if cycle is None or cycle.disconnected or cycle.response_started or transport.is_closing():
             return
         cycle.response_started = True
         cycle.waiting_for_100_continue = False
