@@ -41,15 +41,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", default=everything, help="W1..W5,W4cpu,hop,rayhop,coldstart,sim,w6 (sim, w6 only when named)"
     )
     p.add_argument("--systems", default=",".join(servers.SYSTEMS), help="starlette,local,ray,rayserve")
-    p.add_argument("--duration", type=float, default=None, help="seconds per closed-loop measurement (default 5)")
     p.add_argument("--warmup", type=float, default=None, help="seconds of warm-up per workload (default 1)")
     p.add_argument("--connections", default="1,16,64", help="closed-loop connection counts")
     p.add_argument(
         "--rounds",
         type=int,
         default=None,
-        help="raw Starlette and graphserve local: rounds per closed-loop figure, alternating\n"
-        "between the two (default 5, 1 with --quick; each round --round-s seconds)",
+        help="rounds per closed-loop figure, each --round-s seconds; the figure is the median round\n"
+        "(default 5, 1 with --quick); raw Starlette and graphserve local alternate round by round",
     )
     p.add_argument("--round-s", type=float, default=None, help="seconds per round (default 2)")
     p.add_argument(
@@ -80,7 +79,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--w6-profile", type=float, default=None, help="seconds of profiling, w6 (default 8)")
     p.add_argument("--w6-systems", default="planned,hand,rayserve", help="w6: which of planned,hand,rayserve")
     args = p.parse_args(argv)
-    args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else (0.0 if args.quick else 1.0)
     args.rounds = max(1, args.rounds if args.rounds is not None else (1 if args.quick else 5))
     args.round_s = args.round_s if args.round_s is not None else (1.0 if args.quick else 2.0)
@@ -141,10 +139,17 @@ def measure_workload(server: servers.Server, wid: str, args: argparse.Namespace,
     if args.warmup > 0:
         load.closed_loop(url, bodies, 16, args.warmup)
     for c in args.connections:
-        m = load.closed_loop(url, bodies, c, args.duration)
-        res["closed"][str(c)] = m
-        _log(f"{system} {wid} c={c}: {m['rps']:.0f} req/s p50 {m['latency_ms']['p50']:.2f} ms")
+        measured = [load.closed_loop(url, bodies, c, args.round_s) for _ in range(args.rounds)]
+        m = res["closed"][str(c)] = median_round(measured)
+        p50 = m["latency_ms"]["p50"]
+        _log(f"{system} {wid} c={c}: {m['rps']:.0f} req/s (rounds {m['rounds_rps']}) p50 {p50:.2f} ms")
     measure_open(server, wid, args, res)
+
+
+def median_round(measured: list[dict[str, Any]]) -> dict[str, Any]:
+    """A closed-loop figure from its rounds: the median round, with every round's req/s."""
+    median = sorted(measured, key=lambda m: m["rps"])[len(measured) // 2]
+    return {**median, "rounds_rps": [round(x["rps"], 1) for x in measured]}
 
 
 def run_paired(systems: list[str], args: argparse.Namespace, log_dir: Path) -> dict[str, dict[str, Any]]:
@@ -177,11 +182,7 @@ def run_paired(systems: list[str], args: argparse.Namespace, log_dir: Path) -> d
                     for system in order:
                         rounds[system].append(load.closed_loop(running[system].url(wid), bodies, c, args.round_s))
                 for system, measured in rounds.items():
-                    median = sorted(measured, key=lambda m: m["rps"])[len(measured) // 2]
-                    m = outs[system]["workloads"][wid]["closed"][str(c)] = {
-                        **median,
-                        "rounds_rps": [round(x["rps"], 1) for x in measured],
-                    }
+                    m = outs[system]["workloads"][wid]["closed"][str(c)] = median_round(measured)
                     p50 = m["latency_ms"]["p50"]
                     _log(f"{system} {wid} c={c}: {m['rps']:.0f} req/s (rounds {m['rounds_rps']}) p50 {p50:.2f} ms")
             for system, server in running.items():
@@ -281,9 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             "systems": args.systems,
             "extras": args.extras,
             "connections": args.connections,
-            "duration_s": args.duration,
-            "paired_rounds": args.rounds,
-            "paired_round_s": args.round_s,
+            "rounds": args.rounds,
+            "round_s": args.round_s,
             "warmup_s": args.warmup,
             "rates": args.rates,
             "open_duration_s": args.open_duration,

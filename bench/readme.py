@@ -173,11 +173,10 @@ def performance(results: dict[str, Any]) -> str:
             f"{what} on {', '.join(LABELS[s] for s in again['systems'])}."
         )
     config = results.get("config", {})
-    if config.get("paired_rounds"):
+    if config.get("rounds"):
         lines[-2] = (
-            f"Closed loop: req/s (p50 ms). Raw Starlette and graphserve local ran side by side: each of their figures "
-            f"is the median of {config['paired_rounds']} rounds of {config['paired_round_s']:g} s that alternate "
-            "between the two."
+            f"Closed loop: req/s (p50 ms); each figure is the median of {config['rounds']} rounds of "
+            f"{config['round_s']:g} s. Raw Starlette and graphserve local ran side by side, their rounds alternating."
         )
     systems = [s for s in SYSTEMS if s in results.get("systems", {})]
     top = max(config.get("connections", [64]))
