@@ -31,7 +31,7 @@ import weakref
 from typing import Any, Protocol
 
 from starlette.types import Scope
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, RequestResponseCycle
 
 #: The lane's extension in ``scope["extensions"]`` (ASGI's place for what a server offers beyond
 #: the spec): ``{"lane": <a DirectLane>}``.
@@ -49,6 +49,18 @@ class DirectLane(Protocol):
     def respond(self, status: int, headers: Headers, body: bytes) -> None:
         """Write the whole answer (``headers`` lower case, valid, with the content-length);
         nothing when the client is gone (as uvicorn's ``send``)."""
+
+
+class InvalidHeaderError(ValueError):
+    """A header HTTP cannot carry (in a deployment's own Response)."""
+
+
+def check_headers(headers: Headers, source: str) -> None:
+    """Raise InvalidHeaderError for a header name or value HTTP cannot carry, by uvicorn's own
+    rules (its ``send`` checks every header; the lane writes what it is given)."""
+    for name, value in headers:
+        if not name or HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+            raise InvalidHeaderError(f"the {source}'s header {name!r}: {value!r} is not valid HTTP")
 
 
 def direct_lane(scope: Scope) -> DirectLane | None:

@@ -63,7 +63,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphserve.errors import NodeExecutionError, RequestError
 
-from .direct_lane import DirectLane, direct_lane
+from .direct_lane import DirectLane, InvalidHeaderError, check_headers, direct_lane
 from .drift import DriftMonitor
 from .encoding import JSONDecodeError, JSONLimitError, dumps, loads
 from .http_defaults import BODY_TIMED_OUT
@@ -570,22 +570,6 @@ def encode_result(result: Any, text_as_text: bool) -> Answer:
     if text_as_text and isinstance(result, str):
         return Answer(200, result.encode(), [(b"content-type", _TEXT)])
     return Answer(200, dumps(result))
-
-
-class InvalidHeaderError(ValueError):
-    """A header a deployment's Response carries that HTTP cannot (checked before the direct
-    lane writes it; uvicorn's ``send`` checks the same)."""
-
-
-_BAD_NAME = re.compile(rb'[\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]')  # RFC 9110 token characters only
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # no control characters but tab
-
-
-def check_headers(headers: Headers, source: str) -> None:
-    """Raise InvalidHeaderError for a header name or value HTTP cannot carry."""
-    for name, value in headers:
-        if not name or _BAD_NAME.search(name) or _BAD_VALUE.search(value):
-            raise InvalidHeaderError(f"the {source}'s header {name!r}: {value!r} is not valid HTTP")
 
 
 def with_trace(answer: Answer, trace: Trace) -> Answer:
