@@ -10,7 +10,8 @@ server is shut down (in-flight requests finish, graphs stop) when the block ends
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,3 +29,11 @@ def running_server(apps: Any, **serve_kwargs: Any) -> Iterator[str]:
         yield server.url
     finally:
         server.shutdown(timeout=60.0)
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout_s: float = 10.0) -> None:
+    """Until ``condition()`` holds (state of an in-process server, read without a connection), bounded."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)

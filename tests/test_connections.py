@@ -27,6 +27,7 @@ from graphserve.runtime.http_defaults import HEADER_TIMEOUT_S, KEEP_ALIVE_S
 from graphserve.runtime.http_server import Server
 from graphserve.serving import serve
 from tests.graphs import ingress_graphs as graphs
+from tests.serving_utils import wait_for
 
 REQUEST = b'POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{"x": 1}'
 SLOW = b'POST /slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{"delay": 1.0}'
@@ -45,14 +46,6 @@ def running(**limits: object) -> Iterator[Server]:
 def server(**limits: object) -> Iterator[tuple[str, int]]:
     with running(**limits) as started:
         yield started.url, started.port
-
-
-def wait_for(condition: object, what: str, timeout_s: float = 10.0) -> None:
-    """Until ``condition()`` holds (state read in process, no connection needed), bounded."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def connect(port: int) -> socket.socket:
